@@ -1,0 +1,251 @@
+//! Semantic checks on a parsed `ProxyConfig`: what serde cannot express.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::locate::Segment;
+use crate::{ProxyConfig, Service};
+
+/// One rule broken by a configuration, with the path of the offending field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    /// Path of the field, e.g. `services[1].ports[0].port`.
+    pub path: Vec<Segment>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, seg) in self.path.iter().enumerate() {
+            match seg {
+                Segment::Field(name) if i == 0 => write!(f, "{name}")?,
+                Segment::Field(name) => write!(f, ".{name}")?,
+                Segment::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Collects errors under a growing field path.
+struct Checker {
+    path: Vec<Segment>,
+    errors: Vec<ValidationError>,
+}
+
+impl Checker {
+    fn at<R>(&mut self, seg: Segment, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.path.push(seg);
+        let r = f(self);
+        self.path.pop();
+        r
+    }
+    fn field<R>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.at(Segment::Field(name.to_string()), f)
+    }
+    fn fail(&mut self, field: &str, message: impl Into<String>) {
+        let mut path = self.path.clone();
+        if !field.is_empty() {
+            path.push(Segment::Field(field.to_string()));
+        }
+        self.errors.push(ValidationError {
+            path,
+            message: message.into(),
+        });
+    }
+    fn socket_addr(&mut self, field: &str, value: &str) {
+        if !value.is_empty() && value.parse::<SocketAddr>().is_err() {
+            self.fail(field, format!("`{value}` is not an IP:port address"));
+        }
+    }
+    fn port(&mut self, field: &str, value: u32, required: bool) {
+        if (required && value == 0) || value > 65535 {
+            self.fail(field, format!("{value} is not a port number (1-65535)"));
+        }
+    }
+}
+
+/// Whether `host` is a usable host pattern: a DNS name, optionally with a leading `*.`, or `*`.
+fn valid_host(host: &str) -> bool {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    if host == "*" {
+        return true;
+    }
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+/// Checks every rule and returns all violations (empty when the config is usable).
+pub fn validate(cfg: &ProxyConfig) -> Vec<ValidationError> {
+    let mut c = Checker {
+        path: Vec::new(),
+        errors: Vec::new(),
+    };
+    if let Some(l) = &cfg.listeners {
+        c.field("listeners", |c| {
+            c.socket_addr("outbound", &l.outbound);
+            c.socket_addr("inbound", &l.inbound);
+            c.socket_addr("admin", &l.admin);
+        });
+    }
+    if let Some(w) = &cfg.workload {
+        c.field("workload", |c| {
+            let mut seen = HashSet::new();
+            for (i, p) in w.ports.iter().enumerate() {
+                c.field("ports", |c| {
+                    c.at(Segment::Index(i), |c| {
+                        c.port("port", p.port, true);
+                        if !seen.insert(p.port) {
+                            c.fail("port", format!("port {} is listed twice", p.port));
+                        }
+                        c.socket_addr("appAddress", &p.app_address);
+                    })
+                });
+            }
+        });
+    }
+    let mut names = HashSet::new();
+    for (i, svc) in cfg.services.iter().enumerate() {
+        c.field("services", |c| c.at(Segment::Index(i), |c| check_service(c, svc, &mut names)));
+    }
+    for (i, vh) in cfg.virtual_hosts.iter().enumerate() {
+        c.field("virtualHosts", |c| {
+            c.at(Segment::Index(i), |c| {
+                if vh.hosts.is_empty() {
+                    c.fail("hosts", "at least one host is required");
+                }
+                for (j, h) in vh.hosts.iter().enumerate() {
+                    if !valid_host(h) {
+                        c.field("hosts", |c| c.at(Segment::Index(j), |c| c.fail("", format!("`{h}` is not a host name"))));
+                    }
+                }
+                for (j, r) in vh.routes.iter().enumerate() {
+                    c.field("routes", |c| {
+                        c.at(Segment::Index(j), |c| {
+                            let Some(dest) = &r.route else {
+                                c.fail("route", "a destination is required");
+                                return;
+                            };
+                            c.field("route", |c| match find_service(cfg, &dest.service) {
+                                None => c.fail("service", format!("no service named or hosting `{}`", dest.service)),
+                                Some(svc) => {
+                                    if dest.port != 0 && !svc.ports.iter().any(|p| p.port == dest.port) {
+                                        c.fail("port", format!("service `{}` has no port {}", svc.name, dest.port));
+                                    }
+                                }
+                            });
+                            for (k, m) in r.r#match.iter().enumerate() {
+                                if let Some(uri) = &m.uri {
+                                    if uri.match_type.is_none() {
+                                        c.field("match", |c| c.at(Segment::Index(k), |c| c.fail("uri", "set `exact` or `prefix`")));
+                                    }
+                                }
+                            }
+                        })
+                    });
+                }
+            })
+        });
+    }
+    c.errors
+}
+
+fn check_service(c: &mut Checker, svc: &Service, names: &mut HashSet<String>) {
+    if svc.name.is_empty() {
+        c.fail("name", "a service needs a name");
+    } else if !names.insert(svc.name.clone()) {
+        c.fail("name", format!("service `{}` is defined twice", svc.name));
+    }
+    for (j, h) in svc.hosts.iter().enumerate() {
+        if !valid_host(h) {
+            c.field("hosts", |c| c.at(Segment::Index(j), |c| c.fail("", format!("`{h}` is not a host name"))));
+        }
+    }
+    for (j, a) in svc.addresses.iter().enumerate() {
+        if a.parse::<IpAddr>().is_err() {
+            c.field("addresses", |c| c.at(Segment::Index(j), |c| c.fail("", format!("`{a}` is not an IP address"))));
+        }
+    }
+    if svc.ports.is_empty() {
+        c.fail("ports", "a service needs at least one port");
+    }
+    let mut seen = HashSet::new();
+    for (j, p) in svc.ports.iter().enumerate() {
+        c.field("ports", |c| {
+            c.at(Segment::Index(j), |c| {
+                c.port("port", p.port, true);
+                c.port("targetPort", p.target_port, false);
+                if !seen.insert(p.port) {
+                    c.fail("port", format!("port {} is listed twice", p.port));
+                }
+            })
+        });
+    }
+    for (j, e) in svc.endpoints.iter().enumerate() {
+        c.field("endpoints", |c| {
+            c.at(Segment::Index(j), |c| {
+                if e.address.is_empty() {
+                    c.fail("address", "an endpoint needs an address");
+                } else if e.address.parse::<IpAddr>().is_err() && !valid_host(&e.address) {
+                    c.fail("address", format!("`{}` is neither an IP address nor a host name", e.address));
+                }
+                c.port("port", e.port, false);
+            })
+        });
+    }
+}
+
+/// Finds a service by name or by one of its hosts.
+pub fn find_service<'a>(cfg: &'a ProxyConfig, key: &str) -> Option<&'a Service> {
+    cfg.services
+        .iter()
+        .find(|s| s.name == key)
+        .or_else(|| cfg.services.iter().find(|s| s.hosts.iter().any(|h| h == key)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn errors(yaml: &str) -> Vec<String> {
+        let cfg: ProxyConfig = serde_yaml::from_str(yaml).unwrap();
+        validate(&cfg).iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn clean_config_passes() {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/static/proxy.yaml")).unwrap();
+        assert!(errors(&text).is_empty(), "{:?}", errors(&text));
+    }
+
+    #[test]
+    fn dangling_route_and_bad_values() {
+        let e = errors(
+            "listeners: {admin: 'nope'}\nservices:\n  - name: a\n    ports: [{port: 70000}]\n    addresses: [1.2.3]\n\
+             virtualHosts:\n  - hosts: [x.local]\n    routes: [{route: {service: missing}}]\n",
+        );
+        let joined = e.join("\n");
+        for want in [
+            "listeners.admin: `nope` is not an IP:port address",
+            "services[0].ports[0].port: 70000 is not a port number",
+            "services[0].addresses[0]: `1.2.3` is not an IP address",
+            "virtualHosts[0].routes[0].route.service: no service named or hosting `missing`",
+        ] {
+            assert!(joined.contains(want), "missing {want:?} in\n{joined}");
+        }
+    }
+
+    #[test]
+    fn duplicate_service() {
+        let e = errors("services:\n  - {name: a, ports: [{port: 1}]}\n  - {name: a, ports: [{port: 1}]}\n");
+        assert_eq!(e, vec!["services[1].name: service `a` is defined twice"]);
+    }
+}
