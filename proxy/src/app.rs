@@ -1,0 +1,158 @@
+//! Process orchestration: bind listeners, serve, reload, and drain on shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::Admin;
+use crate::live::Live;
+use crate::shared::Shared;
+use crate::telemetry::access_log::{AccessLog, AccessLogWriter};
+use crate::telemetry::logging::LogControl;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::ListenerKind;
+
+/// Start-up options (flags win over the config file).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Outbound listener address.
+    pub outbound: Option<SocketAddr>,
+    /// Inbound listener address.
+    pub inbound: Option<SocketAddr>,
+    /// Admin listener address.
+    pub admin: Option<SocketAddr>,
+    /// Where to write the bound admin address.
+    pub admin_address_path: Option<PathBuf>,
+    /// How long to wait for in-flight work on shutdown.
+    pub drain_timeout: Duration,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({which}): {source}")]
+    Bind {
+        /// Which listener.
+        which: &'static str,
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Metrics registration failed.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// Writing the admin address file or starting the log thread failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn pick_addr(flag: Option<SocketAddr>, config: &str, default: &str) -> SocketAddr {
+    flag.or_else(|| config.parse().ok())
+        .or_else(|| default.parse().ok())
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+async fn bind(which: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(|source| StartError::Bind { which, addr, source })?;
+    let bound = socket
+        .set_reuseaddr(true)
+        .and_then(|()| socket.bind(addr))
+        .and_then(|()| socket.listen(4096));
+    bound.map_err(|source| StartError::Bind { which, addr, source })
+}
+
+/// Runs the proxy until shutdown completes. Returns the access-log writer so the caller can
+/// flush it after the runtime has stopped.
+pub async fn run(opts: Options, live: Live, log: LogControl) -> Result<Option<AccessLogWriter>, StartError> {
+    let metrics = Metrics::new()?;
+    let (access_log, writer) = {
+        let (a, w) = AccessLog::start(metrics.access_log_dropped.clone())?;
+        (Some(a), Some(w))
+    };
+    let snap = live.load();
+    let listeners = snap.config.listeners.clone().unwrap_or_default();
+    drop(snap);
+    let outbound = bind("outbound", pick_addr(opts.outbound, &listeners.outbound, "127.0.0.1:15001")).await?;
+    let inbound = bind("inbound", pick_addr(opts.inbound, &listeners.inbound, "0.0.0.0:15006")).await?;
+    let admin_l = bind("admin", pick_addr(opts.admin, &listeners.admin, "127.0.0.1:15000")).await?;
+
+    let shared = Arc::new(Shared {
+        live,
+        metrics,
+        access_log,
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        inbound_rr: AtomicUsize::new(0),
+    });
+    let admin = Arc::new(Admin {
+        shared: shared.clone(),
+        log,
+        ready: AtomicBool::new(false),
+        outbound: outbound.local_addr()?,
+        inbound: inbound.local_addr()?,
+        admin: admin_l.local_addr()?,
+    });
+    tracing::info!(outbound = %admin.outbound, inbound = %admin.inbound, admin = %admin.admin, "listening");
+
+    let admin_stop = CancellationToken::new();
+    let admin_task = tokio::spawn(admin.clone().run(admin_l, admin_stop.clone()));
+    let out_task = tokio::spawn(crate::listener::run(shared.clone(), ListenerKind::Outbound, outbound));
+    let in_task = tokio::spawn(crate::listener::run(shared.clone(), ListenerKind::Inbound, inbound));
+    let watch_shared = shared.clone();
+    let watch_task = tokio::spawn(async move {
+        watch_shared
+            .live
+            .watch(&watch_shared.metrics, watch_shared.shutdown.clone())
+            .await
+    });
+
+    if let Some(path) = &opts.admin_address_path {
+        // Write then rename, so readers never see a partial address.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, admin.admin.to_string())?;
+        std::fs::rename(&tmp, path)?;
+    }
+    admin.ready.store(true, Ordering::Release);
+
+    wait_for_signal(&shared.shutdown).await;
+    tracing::info!(drain_timeout = ?opts.drain_timeout, "draining");
+    shared.shutdown.cancel();
+    let _ = tokio::join!(out_task, in_task, watch_task);
+    shared.tasks.close();
+    if tokio::time::timeout(opts.drain_timeout, shared.tasks.wait()).await.is_err() {
+        tracing::warn!(remaining = shared.tasks.len(), "drain timeout: closing remaining connections");
+    }
+    admin_stop.cancel();
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    Ok(writer)
+}
+
+async fn wait_for_signal(shutdown: &CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            tracing::warn!("cannot install signal handlers; use /quitquitquit to stop");
+            shutdown.cancelled().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = shutdown.cancelled() => {}
+    }
+}

@@ -1,0 +1,389 @@
+//! Forwarding one HTTP request: pick the target, fix headers, choose an endpoint, send with
+//! retries on connect failure, and hand back the streamed response.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use halyard_xds::{LoadBalancer, Protocol};
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::http::body::{ProxyBody, ResponseBody};
+use crate::http::headers;
+use crate::http::local::Local;
+use crate::routes::normalize_host;
+use crate::shared::Shared;
+use crate::snapshot::{defaults, Snapshot};
+use crate::telemetry::access_log::Exchange;
+use crate::telemetry::ListenerKind;
+use crate::upstream::{pick, Conn, HttpVersion, PooledH1, Upstream, UpstreamKey};
+
+/// Attempts per request when connecting fails (Istio's default: 2 retries).
+const CONNECT_ATTEMPTS: u32 = 3;
+/// Sends retried after finding a pooled connection closed.
+const STALE_RETRIES: u32 = 3;
+
+/// What is known about the downstream connection a request arrived on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The listener.
+    pub listener: ListenerKind,
+    /// The client.
+    pub peer: SocketAddr,
+    /// Original destination when the connection was redirected to us.
+    pub orig_dst: Option<SocketAddr>,
+}
+
+/// Where a request goes.
+struct Target<'a> {
+    endpoints: &'a [Arc<Upstream>],
+    lb: LoadBalancer,
+    rr: &'a AtomicUsize,
+    protocol: Protocol,
+    timeout: Option<Duration>,
+    cluster: Option<Arc<str>>,
+    route: Option<Arc<str>>,
+    idle: Duration,
+}
+
+/// Handles one request from a downstream connection.
+pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ResponseBody<Exchange>> {
+    let snap = shared.live.load();
+    let mut ex = Exchange::start(&shared, &conn, &req, snap.settings.access_log);
+    let result = forward(&shared, &snap, &conn, req, &mut ex).await;
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(local) => {
+            ex.flags.set(local.flags);
+            local.response()
+        }
+    };
+    ex.code = resp.status().as_u16();
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, ResponseBody::new(body, ex))
+}
+
+fn authority_of(req: &Request<Incoming>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+}
+
+async fn forward(
+    shared: &Arc<Shared>,
+    snap: &Arc<Snapshot>,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    ex: &mut Exchange,
+) -> Result<Response<ProxyBody>, Local> {
+    if req.method() == Method::CONNECT {
+        return connect_tunnel(shared, snap, conn, req, ex).await;
+    }
+    let passthrough;
+    let target = match conn.listener {
+        ListenerKind::Inbound => {
+            let t = snap.inbound_target(conn.orig_dst.map(|d| d.port())).ok_or(Local::NO_ROUTE)?;
+            Target {
+                endpoints: std::slice::from_ref(&t.app),
+                lb: LoadBalancer::RoundRobin,
+                rr: &shared.inbound_rr,
+                protocol: t.protocol,
+                timeout: None,
+                cluster: None,
+                route: None,
+                idle: defaults::TCP_IDLE_TIMEOUT,
+            }
+        }
+        ListenerKind::Outbound => {
+            let authority = authority_of(&req).ok_or(Local::BAD_REQUEST)?;
+            let (host, port) = normalize_host(authority);
+            let route = snap.routes.find(host, req.method(), req.uri().path(), req.headers());
+            match route {
+                Some(route) => {
+                    let cluster = snap.clusters.get(route.cluster).ok_or(Local::NO_ROUTE)?;
+                    let wanted = route.port.or(port).or(conn.orig_dst.map(|d| d.port()));
+                    let cp = cluster.port(wanted).ok_or(Local::NO_HEALTHY)?;
+                    Target {
+                        endpoints: &cp.endpoints,
+                        lb: cluster.lb,
+                        rr: &cluster.rr,
+                        protocol: cp.protocol,
+                        timeout: route.timeout,
+                        cluster: Some(cluster.name.clone()),
+                        route: Some(route.name.clone()),
+                        idle: cluster.tcp_idle_timeout,
+                    }
+                }
+                None => match conn.orig_dst.and_then(|d| snap.by_addr(d)) {
+                    Some((cluster, cp)) => Target {
+                        endpoints: &cp.endpoints,
+                        lb: cluster.lb,
+                        rr: &cluster.rr,
+                        protocol: cp.protocol,
+                        timeout: None,
+                        cluster: Some(cluster.name.clone()),
+                        route: None,
+                        idle: cluster.tcp_idle_timeout,
+                    },
+                    None => {
+                        let dst = conn.orig_dst.filter(|_| !snap.registry_only).ok_or(Local::NO_ROUTE)?;
+                        passthrough = [Arc::new(Upstream::new(UpstreamKey {
+                            host: dst.ip().to_string(),
+                            port: dst.port(),
+                            connect_timeout: defaults::CONNECT_TIMEOUT,
+                            idle_timeout: defaults::IDLE_TIMEOUT,
+                        }))];
+                        Target {
+                            endpoints: &passthrough,
+                            lb: LoadBalancer::RoundRobin,
+                            rr: &shared.inbound_rr,
+                            protocol: Protocol::Auto,
+                            timeout: None,
+                            cluster: Some("PassthroughCluster".into()),
+                            route: None,
+                            idle: defaults::TCP_IDLE_TIMEOUT,
+                        }
+                    }
+                },
+            }
+        }
+    };
+    ex.cluster = target.cluster.clone();
+    ex.route = target.route.clone();
+
+    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+    // Declared HTTP/2 and gRPC ports get HTTP/2; declared HTTP gets HTTP/1.1; undeclared
+    // ports speak whatever the client spoke.
+    let version = match target.protocol {
+        _ if upgrade => HttpVersion::Http1,
+        Protocol::Http2 | Protocol::Grpc => HttpVersion::Http2,
+        Protocol::Http => HttpVersion::Http1,
+        _ if req.version() == Version::HTTP_2 => HttpVersion::Http2,
+        _ => HttpVersion::Http1,
+    };
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let (mut parts, body) = req.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    // 100-continue is answered by our server side when the body is first read.
+    parts.headers.remove(header::EXPECT);
+    ex.request_id = Some(headers::ensure_request_id(&mut parts.headers));
+    headers::add_forwarded(&mut parts.headers, conn.peer.ip());
+    set_uri_for(&mut parts, version)?;
+    let counter = Arc::new(AtomicU64::new(0));
+    ex.request_bytes = Some(counter.clone());
+    let upstream_req = Request::from_parts(parts, ProxyBody::streamed(body, Some(counter)));
+
+    let send = send_with_retries(shared, &target, version, upstream_req, ex);
+    let (mut resp, pooled) = match target.timeout {
+        Some(t) => tokio::time::timeout(t, send).await.map_err(|_| Local::TIMEOUT)??,
+        None => send.await?,
+    };
+    ex.pooled = pooled;
+
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    match (switching, downstream_upgrade) {
+        (true, Some(down)) => {
+            let up = hyper::upgrade::on(&mut resp);
+            let idle = target.idle;
+            shared.tasks.spawn(async move {
+                match tokio::try_join!(down, up) {
+                    Ok((d, u)) => {
+                        let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
+                        if let Err(e) = crate::tcp::relay(&mut d, &mut u, idle).await {
+                            tracing::debug!(error = %e, "upgraded connection ended");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+            headers::remove_hop_by_hop(resp.headers_mut(), true);
+        }
+        _ => headers::remove_hop_by_hop(resp.headers_mut(), false),
+    }
+    let (parts, body) = resp.into_parts();
+    Ok(Response::from_parts(parts, ProxyBody::streamed(body, None)))
+}
+
+/// Puts the URI and Host in the form the upstream protocol wants.
+fn set_uri_for(parts: &mut http::request::Parts, version: HttpVersion) -> Result<(), Local> {
+    let authority = match parts.uri.authority() {
+        Some(a) => a.clone(),
+        None => parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse().ok())
+            .ok_or(Local::BAD_REQUEST)?,
+    };
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    match version {
+        HttpVersion::Http1 => {
+            if !parts.headers.contains_key(header::HOST) {
+                let host = HeaderValue::from_str(authority.as_str()).map_err(|_| Local::BAD_REQUEST)?;
+                parts.headers.insert(header::HOST, host);
+            }
+            parts.uri = Uri::from(pq);
+            parts.version = Version::HTTP_11;
+        }
+        HttpVersion::Http2 => {
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(authority);
+            uri.path_and_query = Some(pq);
+            parts.uri = Uri::from_parts(uri).map_err(|_| Local::BAD_REQUEST)?;
+            parts.headers.remove(header::HOST);
+            parts.version = Version::HTTP_2;
+        }
+    }
+    Ok(())
+}
+
+type Sent = (Response<Incoming>, Option<PooledH1>);
+
+/// Picks endpoints and sends; connect failures move on to another endpoint (the request has not
+/// been sent, so this is always safe), as does finding a pooled connection already closed.
+async fn send_with_retries(
+    shared: &Shared,
+    target: &Target<'_>,
+    version: HttpVersion,
+    req: Request<ProxyBody>,
+    ex: &mut Exchange,
+) -> Result<Sent, Local> {
+    let mut req = Some(req);
+    let mut failed: Option<Arc<Upstream>> = None;
+    let (mut attempts, mut stale) = (0, 0);
+    loop {
+        let up = pick(target.endpoints, target.lb, target.rr, failed.as_ref()).ok_or(Local::NO_HEALTHY)?;
+        let guard = up.begin();
+        ex.upstream = Some(up.authority.clone());
+        let conn = match up.checkout(version).await {
+            Ok(c) => c,
+            Err(e) => {
+                attempts += 1;
+                shared.metrics.connect_failures.inc();
+                tracing::debug!(upstream = %up.authority, error = %e, attempt = attempts, "upstream connect failed");
+                if attempts >= CONNECT_ATTEMPTS {
+                    return Err(Local::connect_failed(attempts > 1));
+                }
+                failed = Some(up.clone());
+                // Jittered backoff (Envoy's default base is 25 ms).
+                tokio::time::sleep(Duration::from_millis(25 + fastrand::u64(..25))).await;
+                continue;
+            }
+        };
+        let Some(r) = req.take() else {
+            return Err(Local::UPSTREAM_RESET);
+        };
+        let outcome = match conn {
+            Conn::H1(mut pooled) => match pooled.sender.try_send_request(r).await {
+                Ok(resp) => Ok((resp, Some(pooled))),
+                Err(mut e) => Err((e.take_message(), e.into_error())),
+            },
+            Conn::H2(mut sender) => match sender.try_send_request(r).await {
+                Ok(resp) => Ok((resp, None)),
+                Err(mut e) => Err((e.take_message(), e.into_error())),
+            },
+        };
+        match outcome {
+            Ok(sent) => {
+                ex.in_flight = Some(guard);
+                return Ok(sent);
+            }
+            Err((Some(unsent), e)) if stale < STALE_RETRIES => {
+                stale += 1;
+                tracing::debug!(upstream = %up.authority, error = %e, "pooled connection was closed; retrying");
+                req = Some(unsent);
+            }
+            Err((_, e)) => {
+                tracing::debug!(upstream = %up.authority, error = %e, "upstream request failed");
+                return Err(if e.is_timeout() { Local::TIMEOUT } else { Local::UPSTREAM_RESET });
+            }
+        }
+    }
+}
+
+/// `CONNECT host:port`: open a TCP tunnel to the named service (or, with ALLOW_ANY, the
+/// named address) and relay bytes once the client's connection is upgraded.
+async fn connect_tunnel(
+    shared: &Arc<Shared>,
+    snap: &Arc<Snapshot>,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    ex: &mut Exchange,
+) -> Result<Response<ProxyBody>, Local> {
+    if req.version() != Version::HTTP_11 {
+        return Err(Local::NOT_ALLOWED);
+    }
+    let authority = req.uri().authority().ok_or(Local::BAD_REQUEST)?.clone();
+    let port = authority.port_u16().ok_or(Local::BAD_REQUEST)?;
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let _ = conn;
+    let passthrough;
+    let (endpoints, lb, rr, idle) = match snap.cluster_for_host(&host) {
+        Some(c) => {
+            ex.cluster = Some(c.name.clone());
+            let cp = c.port(Some(port)).ok_or(Local::NO_HEALTHY)?;
+            (&cp.endpoints[..], c.lb, &c.rr, c.tcp_idle_timeout)
+        }
+        None if snap.registry_only => return Err(Local::NO_ROUTE),
+        None => {
+            passthrough = [Arc::new(Upstream::new(UpstreamKey {
+                host,
+                port,
+                connect_timeout: defaults::CONNECT_TIMEOUT,
+                idle_timeout: defaults::IDLE_TIMEOUT,
+            }))];
+            (&passthrough[..], LoadBalancer::RoundRobin, &shared.inbound_rr, defaults::TCP_IDLE_TIMEOUT)
+        }
+    };
+    let mut failed = None;
+    let mut attempts = 0;
+    let (tcp, guard) = loop {
+        let up = pick(endpoints, lb, rr, failed.as_ref()).ok_or(Local::NO_HEALTHY)?;
+        ex.upstream = Some(up.authority.clone());
+        let guard = up.begin();
+        match up.connect_tcp().await {
+            Ok(s) => break (s, guard),
+            Err(e) => {
+                attempts += 1;
+                shared.metrics.connect_failures.inc();
+                tracing::debug!(upstream = %up.authority, error = %e, "tunnel connect failed");
+                if attempts >= CONNECT_ATTEMPTS {
+                    return Err(Local::connect_failed(attempts > 1));
+                }
+                failed = Some(up.clone());
+            }
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    shared.tasks.spawn(async move {
+        let _guard = guard;
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let mut down = TokioIo::new(upgraded);
+                let mut tcp = tcp;
+                if let Err(e) = crate::tcp::relay(&mut down, &mut tcp, idle).await {
+                    tracing::debug!(error = %e, "tunnel ended");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    Ok(Response::new(ProxyBody::Empty))
+}
+
+/// Wall-clock and monotonic start of an exchange.
+pub fn now() -> (SystemTime, Instant) {
+    (SystemTime::now(), Instant::now())
+}

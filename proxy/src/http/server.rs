@@ -1,0 +1,96 @@
+//! Serving HTTP/1.1 and HTTP/2 on a downstream connection, with graceful drain.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::http::proxy::{handle, ConnInfo};
+use crate::shared::Shared;
+
+/// Longest wait for a request's headers to arrive.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves HTTP on `io` until the client closes, an error occurs or the proxy drains.
+pub async fn serve<I>(shared: Arc<Shared>, info: Arc<ConnInfo>, io: I, h2: bool, max_headers: usize)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shutdown = shared.shutdown.clone();
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(handle(shared, info, req).await) }
+    });
+    let io = TokioIo::new(io);
+    if h2 {
+        let conn = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(max_headers as u32)
+            .max_concurrent_streams(1024)
+            .keep_alive_interval(Some(Duration::from_secs(60)))
+            .adaptive_window(true)
+            .serve_connection(io, svc);
+        drive(conn, shutdown).await;
+    } else {
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Some(HEADER_READ_TIMEOUT))
+            .max_buf_size(max_headers.max(8192))
+            .keep_alive(true)
+            .serve_connection(io, svc)
+            .with_upgrades();
+        drive(conn, shutdown).await;
+    }
+}
+
+/// A connection that can stop taking new requests while finishing those in flight.
+trait Drainable: std::future::Future<Output = hyper::Result<()>> {
+    fn drain(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S> Drainable for http1::UpgradeableConnection<I, S>
+where
+    Self: std::future::Future<Output = hyper::Result<()>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn drain(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Drainable for http2::Connection<I, S, E>
+where
+    Self: std::future::Future<Output = hyper::Result<()>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn drain(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+async fn drive<C: Drainable>(conn: C, shutdown: tokio_util::sync::CancellationToken) {
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            // Finish in-flight requests, refuse new ones (HTTP/2 GOAWAY, HTTP/1 close).
+            conn.as_mut().drain();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "downstream HTTP connection ended with error");
+    }
+}

@@ -1,0 +1,17 @@
+//! Halyard proxy: listeners, protocol detection, HTTP/TCP forwarding, upstream pools, live
+//! configuration and telemetry.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod detect;
+pub mod http;
+pub mod io;
+pub mod listener;
+pub mod live;
+pub mod routes;
+pub mod shared;
+pub mod snapshot;
+pub mod tcp;
+pub mod telemetry;
+pub mod upstream;

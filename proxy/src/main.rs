@@ -1,0 +1,112 @@
+//! `halyard-proxy`: the sidecar/gateway proxy binary.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use halyard_proxy::app::{self, Options};
+use halyard_proxy::live::Live;
+use halyard_proxy::telemetry::logging;
+
+/// Halyard's sidecar proxy.
+#[derive(Debug, Parser)]
+#[command(name = "halyard-proxy", version)]
+struct Args {
+    /// Configuration file (YAML or JSON rendering of the proxy's resources).
+    #[arg(long)]
+    config: PathBuf,
+    /// Outbound listener (default 127.0.0.1:15001).
+    #[arg(long)]
+    outbound_addr: Option<SocketAddr>,
+    /// Inbound listener (default 0.0.0.0:15006).
+    #[arg(long)]
+    inbound_addr: Option<SocketAddr>,
+    /// Admin listener (default 127.0.0.1:15000).
+    #[arg(long)]
+    admin_addr: Option<SocketAddr>,
+    /// Write the bound admin address to this file once listening.
+    #[arg(long)]
+    admin_address_path: Option<PathBuf>,
+    /// How long SIGTERM waits for in-flight requests, e.g. `5s`, `500ms`.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Worker threads (default: number of CPUs).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Log filter, e.g. `info` or `info,halyard_proxy=debug`.
+    #[arg(long, env = "HALYARD_LOG", default_value = "info")]
+    log_level: String,
+    /// Format of the proxy's own logs on stderr.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 5s or 500ms"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("`{s}`: unit must be ms, s or m")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let log = match logging::init(&args.log_level, args.log_format == "json") {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("halyard-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let live = match Live::from_file(&args.config) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("halyard-proxy: invalid configuration:\n{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all().thread_name("halyard-worker");
+    if let Some(n) = args.concurrency.filter(|n| *n > 0) {
+        rt.worker_threads(n);
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("halyard-proxy: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = Options {
+        outbound: args.outbound_addr,
+        inbound: args.inbound_addr,
+        admin: args.admin_addr,
+        admin_address_path: args.admin_address_path,
+        drain_timeout: args.drain_timeout,
+    };
+    let result = rt.block_on(app::run(opts, live, log));
+    // Stopping the runtime drops the last access-log senders; then the writer can finish.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(writer) => {
+            if let Some(w) = writer {
+                w.join();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("halyard-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! State shared by every listener and task of one proxy process.
+
+use std::sync::atomic::AtomicUsize;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::live::Live;
+use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::metrics::Metrics;
+
+/// Everything a connection or request needs besides its own data.
+pub struct Shared {
+    /// The applied configuration.
+    pub live: Live,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Access log sink (none when stdout logging is off).
+    pub access_log: Option<AccessLog>,
+    /// Cancelled when the proxy starts draining.
+    pub shutdown: CancellationToken,
+    /// Connection and tunnel tasks, awaited while draining.
+    pub tasks: TaskTracker,
+    /// Round-robin cursor for single-target picks (inbound, passthrough).
+    pub inbound_rr: AtomicUsize,
+}

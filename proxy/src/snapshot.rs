@@ -1,0 +1,315 @@
+//! The applied configuration, compiled for the request path. Immutable; a reload builds a
+//! new one (reusing endpoint state and pools from the previous) and swaps it in.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use halyard_xds::{self as xds, duration_or, LoadBalancer, Protocol, ProxyConfig};
+
+use crate::routes::{compile_vhost, Route, RouteError, RouteTable, VirtualHost};
+use crate::upstream::{Upstream, UpstreamKey};
+
+/// Defaults for what the config leaves out.
+pub mod defaults {
+    use std::time::Duration;
+    /// Upstream TCP connect timeout.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Idle pooled upstream connections.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Idle opaque TCP connections.
+    pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+    /// Waiting for the first client bytes.
+    pub const DETECTION_TIMEOUT: Duration = Duration::from_millis(100);
+    /// Idle downstream HTTP connections.
+    pub const DOWNSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+    /// Request header bytes.
+    pub const MAX_REQUEST_HEADERS: usize = 60 * 1024;
+    /// Concurrent downstream connections per listener.
+    pub const MAX_CONNECTIONS: usize = 100_000;
+}
+
+/// A port of a cluster with its endpoints.
+#[derive(Debug)]
+pub struct ClusterPort {
+    /// Service port.
+    pub port: u16,
+    /// Declared protocol.
+    pub protocol: Protocol,
+    /// Endpoints at their target port.
+    pub endpoints: Vec<Arc<Upstream>>,
+}
+
+/// A service as the request path sees it.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Service name.
+    pub name: Arc<str>,
+    /// Ports, in config order.
+    pub ports: Vec<ClusterPort>,
+    /// Endpoint selection.
+    pub lb: LoadBalancer,
+    /// Round-robin cursor.
+    pub rr: AtomicUsize,
+    /// Idle limit for opaque TCP.
+    pub tcp_idle_timeout: Duration,
+}
+
+impl Cluster {
+    /// Chooses the port: the requested one when it exists, else the first.
+    pub fn port(&self, wanted: Option<u16>) -> Option<&ClusterPort> {
+        wanted
+            .and_then(|w| self.ports.iter().find(|p| p.port == w))
+            .or_else(|| self.ports.first())
+    }
+}
+
+/// A port of the local workload.
+#[derive(Debug)]
+pub struct InboundTarget {
+    /// Original destination port.
+    pub port: u16,
+    /// Declared protocol.
+    pub protocol: Protocol,
+    /// The application.
+    pub app: Arc<Upstream>,
+}
+
+/// Resolved proxy-wide settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// First-bytes wait.
+    pub detection_timeout: Duration,
+    /// Request header limit in bytes.
+    pub max_request_headers: usize,
+    /// Idle downstream HTTP connections.
+    pub downstream_idle_timeout: Duration,
+    /// Whether to write access logs.
+    pub access_log: bool,
+    /// Per-listener connection cap.
+    pub max_connections: usize,
+}
+
+/// The compiled, immutable configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Version from the config.
+    pub version: String,
+    /// When it was applied.
+    pub applied_at: SystemTime,
+    /// The source resources, for `/config_dump`.
+    pub config: ProxyConfig,
+    /// Services by index.
+    pub clusters: Vec<Arc<Cluster>>,
+    /// HTTP routing.
+    pub routes: RouteTable,
+    /// (service VIP, port) → (cluster, port index).
+    by_addr: HashMap<SocketAddr, (usize, usize)>,
+    /// Local workload ports.
+    pub inbound: Vec<InboundTarget>,
+    /// Settings.
+    pub settings: Settings,
+    /// Outbound policy for unknown destinations.
+    pub registry_only: bool,
+    /// Every endpoint, for reuse by the next snapshot and for pool sweeping.
+    upstreams: HashMap<UpstreamKey, Arc<Upstream>>,
+}
+
+/// Why a validated config could still not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A route could not be compiled.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+}
+
+impl Snapshot {
+    /// Compiles `config`; endpoint state (pools, load) is carried over from `previous`.
+    pub fn build(config: ProxyConfig, previous: Option<&Snapshot>) -> Result<Self, BuildError> {
+        let mut upstreams: HashMap<UpstreamKey, Arc<Upstream>> = HashMap::new();
+        let mut upstream = |key: UpstreamKey| -> Arc<Upstream> {
+            if let Some(u) = upstreams.get(&key) {
+                return u.clone();
+            }
+            let u = previous
+                .and_then(|p| p.upstreams.get(&key).cloned())
+                .unwrap_or_else(|| Arc::new(Upstream::new(key.clone())));
+            upstreams.insert(key, u.clone());
+            u
+        };
+
+        let mut clusters = Vec::with_capacity(config.services.len());
+        let mut by_addr = HashMap::new();
+        for (ci, svc) in config.services.iter().enumerate() {
+            let connect_timeout = duration_or(svc.connect_timeout.as_ref(), defaults::CONNECT_TIMEOUT);
+            let idle_timeout = duration_or(svc.idle_timeout.as_ref(), defaults::IDLE_TIMEOUT);
+            let mut ports = Vec::with_capacity(svc.ports.len());
+            for (pi, p) in svc.ports.iter().enumerate() {
+                let port = p.port as u16;
+                let target = if p.target_port == 0 { port } else { p.target_port as u16 };
+                let mut endpoints = Vec::new();
+                for e in &svc.endpoints {
+                    let key = UpstreamKey {
+                        host: e.address.clone(),
+                        port: if e.port == 0 { target } else { e.port as u16 },
+                        connect_timeout,
+                        idle_timeout,
+                    };
+                    let u = upstream(key);
+                    // Weights repeat an endpoint in the pick list (bounded to keep it small).
+                    for _ in 0..e.weight.clamp(1, 16) {
+                        endpoints.push(u.clone());
+                    }
+                }
+                for a in &svc.addresses {
+                    if let Ok(ip) = a.parse::<IpAddr>() {
+                        by_addr.entry(SocketAddr::new(ip, port)).or_insert((ci, pi));
+                    }
+                }
+                ports.push(ClusterPort {
+                    port,
+                    protocol: p.protocol(),
+                    endpoints,
+                });
+            }
+            clusters.push(Arc::new(Cluster {
+                name: svc.name.clone().into(),
+                ports,
+                lb: svc.load_balancer(),
+                rr: AtomicUsize::new(0),
+                tcp_idle_timeout: duration_or(svc.tcp_idle_timeout.as_ref(), defaults::TCP_IDLE_TIMEOUT),
+            }));
+        }
+
+        let cluster_of = |key: &str| {
+            config
+                .services
+                .iter()
+                .position(|s| s.name == key)
+                .or_else(|| config.services.iter().position(|s| s.hosts.iter().any(|h| h == key)))
+        };
+        let mut routes = RouteTable::default();
+        for vh in &config.virtual_hosts {
+            routes.add(&vh.hosts, compile_vhost(vh, cluster_of)?);
+        }
+        for (ci, svc) in config.services.iter().enumerate() {
+            let name: Arc<str> = svc.name.clone().into();
+            let vhost = VirtualHost {
+                name: name.clone(),
+                routes: vec![Route::catch_all(name, ci)],
+            };
+            routes.add(&svc.hosts, vhost);
+        }
+
+        let inbound = config
+            .workload
+            .iter()
+            .flat_map(|w| &w.ports)
+            .map(|p| {
+                let port = p.port as u16;
+                let app: SocketAddr = p
+                    .app_address
+                    .parse()
+                    .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], port)));
+                InboundTarget {
+                    port,
+                    protocol: p.protocol(),
+                    app: upstream(UpstreamKey {
+                        host: app.ip().to_string(),
+                        port: app.port(),
+                        connect_timeout: defaults::CONNECT_TIMEOUT,
+                        idle_timeout: defaults::IDLE_TIMEOUT,
+                    }),
+                }
+            })
+            .collect();
+
+        let s = config.settings.clone().unwrap_or_default();
+        let settings = Settings {
+            detection_timeout: duration_or(s.protocol_detection_timeout.as_ref(), defaults::DETECTION_TIMEOUT),
+            max_request_headers: match s.max_request_headers_kb {
+                0 => defaults::MAX_REQUEST_HEADERS,
+                kb => kb as usize * 1024,
+            },
+            downstream_idle_timeout: duration_or(s.downstream_idle_timeout.as_ref(), defaults::DOWNSTREAM_IDLE_TIMEOUT),
+            access_log: s.access_log.unwrap_or(true),
+            max_connections: match s.max_connections {
+                0 => defaults::MAX_CONNECTIONS,
+                n => n as usize,
+            },
+        };
+        let registry_only = config
+            .outbound_traffic_policy
+            .as_ref()
+            .is_some_and(|p| p.mode() == xds::outbound_traffic_policy::Mode::RegistryOnly);
+        Ok(Self {
+            version: config.version.clone(),
+            applied_at: SystemTime::now(),
+            clusters,
+            routes,
+            by_addr,
+            inbound,
+            settings,
+            registry_only,
+            upstreams,
+            config,
+        })
+    }
+
+    /// The cluster port a service VIP:port belongs to.
+    pub fn by_addr(&self, addr: SocketAddr) -> Option<(&Arc<Cluster>, &ClusterPort)> {
+        let (ci, pi) = *self.by_addr.get(&addr)?;
+        let c = self.clusters.get(ci)?;
+        Some((c, c.ports.get(pi)?))
+    }
+
+    /// The cluster serving an HTTP host name (for CONNECT targets and TCP by name).
+    pub fn cluster_for_host(&self, host: &str) -> Option<&Arc<Cluster>> {
+        let vh = self.routes.vhost(host)?;
+        let r = vh.routes.first()?;
+        self.clusters.get(r.cluster)
+    }
+
+    /// The local workload port for an original destination port (first port if none).
+    pub fn inbound_target(&self, port: Option<u16>) -> Option<&InboundTarget> {
+        port.and_then(|p| self.inbound.iter().find(|t| t.port == p))
+            .or_else(|| self.inbound.first())
+    }
+
+    /// Drops expired idle connections of every endpoint.
+    pub fn sweep_pools(&self) {
+        for u in self.upstreams.values() {
+            u.sweep();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(yaml: &str) -> ProxyConfig {
+        halyard_xds::parse_str(yaml, std::path::Path::new("t.yaml")).unwrap()
+    }
+
+    const BASE: &str = "services:\n  - name: a\n    hosts: [a.local]\n    addresses: [127.0.0.9]\n    ports: [{port: 80, targetPort: 8080}, {port: 81, protocol: TCP}]\n    endpoints: [{address: 127.0.0.1}, {address: 127.0.0.2, weight: 2}]\n";
+
+    #[test]
+    fn builds_clusters_and_addresses() {
+        let s = Snapshot::build(cfg(BASE), None).unwrap();
+        let (c, p) = s.by_addr("127.0.0.9:81".parse().unwrap()).unwrap();
+        assert_eq!((&*c.name, p.port, p.protocol), ("a", 81, Protocol::Tcp));
+        assert_eq!(p.endpoints.len(), 3);
+        assert_eq!(c.ports[0].endpoints[0].key().port, 8080);
+        assert_eq!(s.cluster_for_host("a.local").unwrap().name.as_ref(), "a");
+    }
+
+    #[test]
+    fn reload_reuses_endpoint_state() {
+        let s1 = Snapshot::build(cfg(BASE), None).unwrap();
+        let s2 = Snapshot::build(cfg(BASE), Some(&s1)).unwrap();
+        assert!(Arc::ptr_eq(&s1.clusters[0].ports[0].endpoints[0], &s2.clusters[0].ports[0].endpoints[0]));
+    }
+}

@@ -1,0 +1,196 @@
+//! Opaque TCP relay: both directions in one task, half-close propagated, idle timeout.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+const BUF_SIZE: usize = 16 * 1024;
+
+/// Bytes moved by a finished relay.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Transferred {
+    /// From the client (downstream) to the server (upstream).
+    pub client_to_server: u64,
+    /// From the server back to the client.
+    pub server_to_client: u64,
+}
+
+/// How a relay ended.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Nothing moved in either direction for the idle timeout.
+    #[error("idle timeout")]
+    Idle(Transferred),
+    /// A read or write failed.
+    #[error("{source}")]
+    Io {
+        /// Bytes moved before the failure.
+        moved: Transferred,
+        /// The failure.
+        source: io::Error,
+    },
+}
+
+/// One direction of the relay.
+struct OneWay {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    read_done: bool,
+    shut: bool,
+    total: u64,
+}
+
+impl OneWay {
+    fn new() -> Self {
+        Self {
+            buf: vec![0; BUF_SIZE].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            read_done: false,
+            shut: false,
+            total: 0,
+        }
+    }
+
+    /// Moves bytes from `r` to `w` until blocked; `Ready(Ok)` once EOF was read, all bytes
+    /// written and the write side shut down (the half-close passed on).
+    fn poll_copy<R, W>(&mut self, cx: &mut Context<'_>, mut r: Pin<&mut R>, mut w: Pin<&mut W>, moved: &mut bool) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            if self.start == self.end && !self.read_done {
+                let mut rb = ReadBuf::new(&mut self.buf);
+                match r.as_mut().poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        if n == 0 {
+                            self.read_done = true;
+                        } else {
+                            self.start = 0;
+                            self.end = n;
+                            *moved = true;
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        // Nothing more to read right now: make sure what was written is flushed.
+                        ready!(w.as_mut().poll_flush(cx))?;
+                        return Poll::Pending;
+                    }
+                }
+            }
+            while self.start < self.end {
+                let n = ready!(w.as_mut().poll_write(cx, &self.buf[self.start..self.end]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.start += n;
+                self.total += n as u64;
+                *moved = true;
+            }
+            if self.read_done {
+                if !self.shut {
+                    ready!(w.as_mut().poll_shutdown(cx))?;
+                    self.shut = true;
+                }
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+/// Relays bytes between `client` and `server` until both directions reach EOF, an error
+/// occurs, or nothing moves for `idle`.
+pub async fn relay<C, S>(client: &mut C, server: &mut S, idle: Duration) -> Result<Transferred, RelayError>
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut up = OneWay::new();
+    let mut down = OneWay::new();
+    let (mut up_done, mut down_done) = (false, false);
+    let sleep = tokio::time::sleep(idle);
+    tokio::pin!(sleep);
+    let totals = |up: &OneWay, down: &OneWay| Transferred {
+        client_to_server: up.total,
+        server_to_client: down.total,
+    };
+    let result = poll_fn(|cx| {
+        let mut moved = false;
+        if !up_done {
+            match up.poll_copy(cx, Pin::new(&mut *client), Pin::new(&mut *server), &mut moved) {
+                Poll::Ready(Ok(())) => up_done = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if !down_done {
+            match down.poll_copy(cx, Pin::new(&mut *server), Pin::new(&mut *client), &mut moved) {
+                Poll::Ready(Ok(())) => down_done = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if up_done && down_done {
+            return Poll::Ready(Ok(true));
+        }
+        if moved {
+            sleep.as_mut().reset(tokio::time::Instant::now() + idle);
+        }
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Ok(false)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await;
+    let moved = totals(&up, &down);
+    match result {
+        Ok(true) => Ok(moved),
+        Ok(false) => Err(RelayError::Idle(moved)),
+        Err(source) => Err(RelayError::Io { moved, source }),
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn half_close_passes_through() {
+        let (mut client, mut proxy_c) = tokio::io::duplex(1024);
+        let (mut proxy_s, mut server) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(async move { relay(&mut proxy_c, &mut proxy_s, Duration::from_secs(5)).await });
+        // Server echoes until EOF, then closes.
+        let echo = tokio::spawn(async move {
+            let mut data = Vec::new();
+            server.read_to_end(&mut data).await.unwrap();
+            server.write_all(&data).await.unwrap();
+            server.shutdown().await.unwrap();
+        });
+        client.write_all(b"ping").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"ping");
+        echo.await.unwrap();
+        let t = relay.await.unwrap().unwrap();
+        assert_eq!(t, Transferred { client_to_server: 4, server_to_client: 4 });
+    }
+
+    #[tokio::test]
+    async fn idle_timeout_fires() {
+        let (_client, mut proxy_c) = tokio::io::duplex(64);
+        let (mut proxy_s, _server) = tokio::io::duplex(64);
+        let r = relay(&mut proxy_c, &mut proxy_s, Duration::from_millis(50)).await;
+        assert!(matches!(r, Err(RelayError::Idle(_))));
+    }
+}

@@ -1,0 +1,282 @@
+//! JSON access log lines on stdout, written by a dedicated thread so that a slow stdout never
+//! blocks the runtime; when its bounded queue is full, lines are dropped and counted.
+
+use std::io::Write;
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+
+use prometheus::IntCounter;
+
+/// Lines queued at most before new ones are dropped.
+const QUEUE: usize = 16 * 1024;
+
+/// Sends access-log lines to the writer thread.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: SyncSender<String>,
+    dropped: IntCounter,
+}
+
+/// The writer thread; joining it flushes what was queued.
+pub struct AccessLogWriter(JoinHandle<()>);
+
+impl AccessLog {
+    /// Starts the writer thread.
+    pub fn start(dropped: IntCounter) -> std::io::Result<(Self, AccessLogWriter)> {
+        let (tx, rx) = sync_channel::<String>(QUEUE);
+        let handle = std::thread::Builder::new().name("access-log".into()).spawn(move || {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+            while let Ok(line) = rx.recv() {
+                let _ = out.write_all(line.as_bytes());
+                let _ = out.write_all(b"\n");
+                // Drain what is already queued, then flush once.
+                while let Ok(line) = rx.try_recv() {
+                    let _ = out.write_all(line.as_bytes());
+                    let _ = out.write_all(b"\n");
+                }
+                let _ = out.flush();
+            }
+        })?;
+        Ok((Self { tx, dropped }, AccessLogWriter(handle)))
+    }
+
+    /// Queues one line (without its newline).
+    pub fn write(&self, line: String) {
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+}
+
+impl AccessLogWriter {
+    /// Waits until every queued line is written (all senders must be gone).
+    pub fn join(self) {
+        let _ = self.0.join();
+    }
+}
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderValue, Method, Request, Uri, Version};
+use serde_json::{json, Map, Value};
+
+use super::flags::Flags;
+use super::ListenerKind;
+use crate::http::body::OnFinish;
+use crate::http::proxy::ConnInfo;
+use crate::shared::Shared;
+use crate::upstream::{InFlight, PooledH1};
+
+/// Formats a time as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn header_str(v: &Option<HeaderValue>) -> Value {
+    match v.as_ref().and_then(|v| v.to_str().ok()) {
+        Some(s) => Value::String(s.to_string()),
+        None => Value::Null,
+    }
+}
+
+/// One HTTP request/response as it is being proxied; reports metrics and the access log when
+/// the response body ends, and returns the upstream connection to its pool if it completed.
+pub struct Exchange {
+    shared: Arc<Shared>,
+    listener: ListenerKind,
+    log: bool,
+    start_wall: SystemTime,
+    start: Instant,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    authority: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    peer: SocketAddr,
+    /// Status code sent downstream.
+    pub code: u16,
+    /// Response flags.
+    pub flags: Flags,
+    /// `x-request-id` forwarded.
+    pub request_id: Option<HeaderValue>,
+    /// Endpoint used.
+    pub upstream: Option<Arc<str>>,
+    /// Service used.
+    pub cluster: Option<Arc<str>>,
+    /// Route used.
+    pub route: Option<Arc<str>>,
+    /// Request body bytes read from downstream.
+    pub request_bytes: Option<Arc<AtomicU64>>,
+    /// Keeps the endpoint's in-flight count until the response ends.
+    pub in_flight: Option<InFlight>,
+    /// HTTP/1 upstream connection to return to the pool once the body is done.
+    pub pooled: Option<PooledH1>,
+}
+
+impl Exchange {
+    /// Starts recording a request.
+    pub fn start<B>(shared: &Arc<Shared>, conn: &ConnInfo, req: &Request<B>, log: bool) -> Self {
+        let authority = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| req.headers().get(http::header::HOST).cloned());
+        Self {
+            shared: shared.clone(),
+            listener: conn.listener,
+            log,
+            start_wall: SystemTime::now(),
+            start: Instant::now(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            authority,
+            user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
+            peer: conn.peer,
+            code: 0,
+            flags: Flags::default(),
+            request_id: None,
+            upstream: None,
+            cluster: None,
+            route: None,
+            request_bytes: None,
+            in_flight: None,
+            pooled: None,
+        }
+    }
+
+    fn line(&self, bytes_sent: u64) -> String {
+        let mut m = Map::with_capacity(16);
+        m.insert("start_time".into(), rfc3339(self.start_wall).into());
+        m.insert("listener".into(), self.listener.as_str().into());
+        m.insert("method".into(), self.method.as_str().into());
+        m.insert(
+            "path".into(),
+            self.uri.path_and_query().map_or_else(|| self.uri.to_string(), |p| p.to_string()).into(),
+        );
+        m.insert("protocol".into(), protocol_name(self.version).into());
+        m.insert("response_code".into(), self.code.into());
+        m.insert("response_flags".into(), self.flags.to_string().into());
+        let received = self.request_bytes.as_ref().map_or(0, |c| c.load(Ordering::Relaxed));
+        m.insert("bytes_received".into(), received.into());
+        m.insert("bytes_sent".into(), bytes_sent.into());
+        m.insert("duration_ms".into(), (self.start.elapsed().as_millis() as u64).into());
+        m.insert("upstream_host".into(), json!(self.upstream.as_deref()));
+        m.insert("upstream_cluster".into(), json!(self.cluster.as_deref()));
+        m.insert("route_name".into(), json!(self.route.as_deref()));
+        m.insert("x_request_id".into(), header_str(&self.request_id));
+        m.insert("authority".into(), header_str(&self.authority));
+        m.insert("user_agent".into(), header_str(&self.user_agent));
+        m.insert("downstream_remote_address".into(), self.peer.to_string().into());
+        Value::Object(m).to_string()
+    }
+}
+
+impl OnFinish for Exchange {
+    fn finish(mut self, completed: bool, bytes_sent: u64) {
+        if let Some(p) = self.pooled.take() {
+            if completed {
+                p.release();
+            }
+        }
+        if !completed && self.flags.is_empty() {
+            self.flags.set(Flags::DC);
+        }
+        self.in_flight = None;
+        self.shared.metrics.listener(self.listener).request(self.code);
+        if self.log {
+            if let Some(log) = &self.shared.access_log {
+                log.write(self.line(bytes_sent));
+            }
+        }
+    }
+}
+
+/// Fields of one opaque TCP connection's log line.
+pub struct TcpRecord<'a> {
+    /// Listener.
+    pub listener: ListenerKind,
+    /// When it was accepted.
+    pub start_wall: SystemTime,
+    /// Duration.
+    pub duration: std::time::Duration,
+    /// Client.
+    pub peer: SocketAddr,
+    /// Endpoint.
+    pub upstream: Option<&'a str>,
+    /// Service.
+    pub cluster: Option<&'a str>,
+    /// Bytes from client.
+    pub received: u64,
+    /// Bytes to client.
+    pub sent: u64,
+    /// Flags.
+    pub flags: Flags,
+}
+
+impl TcpRecord<'_> {
+    /// The JSON line.
+    pub fn line(&self) -> String {
+        json!({
+            "start_time": rfc3339(self.start_wall),
+            "listener": self.listener.as_str(),
+            "protocol": "TCP",
+            "response_flags": self.flags.to_string(),
+            "bytes_received": self.received,
+            "bytes_sent": self.sent,
+            "duration_ms": self.duration.as_millis() as u64,
+            "upstream_host": self.upstream,
+            "upstream_cluster": self.cluster,
+            "downstream_remote_address": self.peer.to_string(),
+        })
+        .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_rfc3339() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_764_064_800_123);
+        assert_eq!(rfc3339(t), "2025-11-25T10:00:00.123Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
+    }
+}

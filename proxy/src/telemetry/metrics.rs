@@ -1,0 +1,131 @@
+//! The proxy's Prometheus metrics. Request-path counters are resolved once per label set and
+//! cached, so recording is an atomic add.
+
+use std::sync::OnceLock;
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use super::ListenerKind;
+
+/// Counters of one listener, label values pre-resolved.
+pub struct ListenerMetrics {
+    /// `halyard_connections_active{listener}`.
+    pub connections_active: IntGauge,
+    /// `halyard_connections_total{listener}`.
+    pub connections_total: IntCounter,
+    requests: IntCounterVec,
+    listener: &'static str,
+    by_code: Box<[OnceLock<IntCounter>]>,
+}
+
+impl ListenerMetrics {
+    /// Counts one finished request with its status code.
+    pub fn request(&self, code: u16) {
+        let slot = self.by_code.get(code as usize).unwrap_or(&self.by_code[0]);
+        slot.get_or_init(|| {
+            let label = if (100..600).contains(&code) { code.to_string() } else { "other".to_string() };
+            self.requests.with_label_values(&[self.listener, &label])
+        })
+        .inc();
+    }
+}
+
+/// All metrics of the process.
+pub struct Metrics {
+    /// The registry served at `/stats/prometheus`.
+    pub registry: Registry,
+    /// Outbound listener.
+    pub outbound: ListenerMetrics,
+    /// Inbound listener.
+    pub inbound: ListenerMetrics,
+    /// `halyard_config_reloads_total{result}`.
+    pub reloads: IntCounterVec,
+    /// `halyard_access_log_dropped_total`.
+    pub access_log_dropped: IntCounter,
+    /// `halyard_upstream_connect_failures_total`.
+    pub connect_failures: IntCounter,
+    /// `halyard_connections_rejected_total` (connection cap reached).
+    pub connections_rejected: IntCounter,
+}
+
+/// Registration failed (a programming error: duplicate names).
+pub type MetricsError = prometheus::Error;
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let build = IntGaugeVec::new(Opts::new("halyard_build_info", "Build information."), &["version"])?;
+        registry.register(Box::new(build.clone()))?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let active = IntGaugeVec::new(
+            Opts::new("halyard_connections_active", "Downstream connections open now."),
+            &["listener"],
+        )?;
+        let total = IntCounterVec::new(
+            Opts::new("halyard_connections_total", "Downstream connections accepted."),
+            &["listener"],
+        )?;
+        let requests = IntCounterVec::new(
+            Opts::new("halyard_requests_total", "HTTP requests completed, by status code."),
+            &["listener", "code"],
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new("halyard_config_reloads_total", "Configuration reloads by result."),
+            &["result"],
+        )?;
+        let access_log_dropped = IntCounter::new(
+            "halyard_access_log_dropped_total",
+            "Access log lines dropped because the writer fell behind.",
+        )?;
+        let connect_failures = IntCounter::new(
+            "halyard_upstream_connect_failures_total",
+            "Failed attempts to connect to an upstream endpoint.",
+        )?;
+        let connections_rejected = IntCounter::new(
+            "halyard_connections_rejected_total",
+            "Downstream connections closed at once because the listener was at its limit.",
+        )?;
+        registry.register(Box::new(active.clone()))?;
+        registry.register(Box::new(total.clone()))?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(reloads.clone()))?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
+        registry.register(Box::new(connect_failures.clone()))?;
+        registry.register(Box::new(connections_rejected.clone()))?;
+        let listener = |kind: ListenerKind| ListenerMetrics {
+            connections_active: active.with_label_values(&[kind.as_str()]),
+            connections_total: total.with_label_values(&[kind.as_str()]),
+            requests: requests.clone(),
+            listener: kind.as_str(),
+            by_code: (0..600).map(|_| OnceLock::new()).collect(),
+        };
+        Ok(Self {
+            outbound: listener(ListenerKind::Outbound),
+            inbound: listener(ListenerKind::Inbound),
+            registry,
+            reloads,
+            access_log_dropped,
+            connect_failures,
+            connections_rejected,
+        })
+    }
+
+    /// The metrics of a listener.
+    pub fn listener(&self, kind: ListenerKind) -> &ListenerMetrics {
+        match kind {
+            ListenerKind::Outbound => &self.outbound,
+            ListenerKind::Inbound => &self.inbound,
+        }
+    }
+
+    /// Renders the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let encoder = prometheus::TextEncoder::new();
+        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}

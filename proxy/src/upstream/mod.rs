@@ -1,0 +1,125 @@
+//! Upstream endpoints: their connection pools, in-flight accounting and load balancing.
+
+mod balance;
+mod pool;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use balance::pick;
+pub use pool::{Conn, ConnectError, HttpVersion, PooledH1};
+
+use pool::Pool;
+
+/// Identity of an upstream endpoint: where it is and how its pool behaves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamKey {
+    /// IP address or DNS name.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Idle keep-alive connections are closed after this.
+    pub idle_timeout: Duration,
+}
+
+/// One endpoint (host:port) with its connection pool and live load.
+pub struct Upstream {
+    key: UpstreamKey,
+    /// `host:port`, as shown in logs.
+    pub authority: Arc<str>,
+    /// Resolved address when the host is an IP literal.
+    ip: Option<SocketAddr>,
+    /// Requests and connections currently using this endpoint.
+    in_flight: AtomicUsize,
+    pool: Pool,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream").field("authority", &self.authority).finish()
+    }
+}
+
+impl Upstream {
+    /// Creates an endpoint with an empty pool.
+    pub fn new(key: UpstreamKey) -> Self {
+        let ip = key.host.parse().ok().map(|ip| SocketAddr::new(ip, key.port));
+        let authority: Arc<str> = match ip {
+            Some(a) => a.to_string().into(),
+            None => format!("{}:{}", key.host, key.port).into(),
+        };
+        Self {
+            pool: Pool::new(key.idle_timeout),
+            key,
+            authority,
+            ip,
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// The key this endpoint was built from.
+    pub fn key(&self) -> &UpstreamKey {
+        &self.key
+    }
+
+    /// Current number of requests/connections using it.
+    pub fn load(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Marks one more user until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Resolves the endpoint's socket address.
+    async fn resolve(&self) -> Result<SocketAddr, ConnectError> {
+        if let Some(a) = self.ip {
+            return Ok(a);
+        }
+        let mut addrs = tokio::net::lookup_host((self.key.host.as_str(), self.key.port))
+            .await
+            .map_err(ConnectError::Resolve)?;
+        addrs
+            .next()
+            .ok_or_else(|| ConnectError::Resolve(std::io::Error::other("no addresses")))
+    }
+
+    /// Opens a raw TCP connection (for opaque TCP and tunnels).
+    pub async fn connect_tcp(&self) -> Result<tokio::net::TcpStream, ConnectError> {
+        let addr = self.resolve().await?;
+        pool::connect_tcp(addr, self.key.connect_timeout).await
+    }
+
+    /// Gets a ready HTTP connection of the given version: pooled, or new.
+    pub async fn checkout(self: &Arc<Self>, version: HttpVersion) -> Result<Conn, ConnectError> {
+        self.pool.checkout(self, version).await
+    }
+
+    /// Drops idle connections older than the idle timeout.
+    pub fn sweep(&self) {
+        self.pool.sweep();
+    }
+}
+
+/// Holds one unit of an upstream's in-flight count.
+pub struct InFlight(Arc<Upstream>);
+
+impl InFlight {
+    /// The upstream being used.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,200 @@
+//! Per-endpoint HTTP connection pools: a bounded stack of idle HTTP/1.1 connections with an
+//! idle timeout, and one shared, multiplexed HTTP/2 connection.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::Upstream;
+use crate::http::body::ProxyBody;
+
+/// Idle HTTP/1.1 connections kept per endpoint at most.
+const MAX_IDLE_H1: usize = 256;
+
+/// HTTP version spoken to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpVersion {
+    /// HTTP/1.1 with keep-alive.
+    Http1,
+    /// HTTP/2 with prior knowledge.
+    Http2,
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// DNS resolution failed.
+    #[error("resolve: {0}")]
+    Resolve(std::io::Error),
+    /// The TCP connect failed (refused, unreachable...).
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    /// The TCP connect did not finish in time.
+    #[error("connect timeout")]
+    Timeout,
+    /// The HTTP handshake failed.
+    #[error("handshake: {0}")]
+    Handshake(hyper::Error),
+}
+
+/// A ready connection to send one request on.
+pub enum Conn {
+    /// An HTTP/1.1 connection, exclusively ours until returned.
+    H1(PooledH1),
+    /// A handle to a shared HTTP/2 connection.
+    H2(http2::SendRequest<ProxyBody>),
+}
+
+/// An HTTP/1.1 connection taken from a pool; give it back with [`PooledH1::release`] once the
+/// response body has been read to the end.
+pub struct PooledH1 {
+    /// The request sender.
+    pub sender: http1::SendRequest<ProxyBody>,
+    upstream: Arc<Upstream>,
+}
+
+impl PooledH1 {
+    /// Returns the connection to its endpoint's idle list.
+    pub fn release(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.upstream.pool.h1.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_H1 {
+            idle.push(IdleH1 {
+                sender: self.sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+struct IdleH1 {
+    sender: http1::SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+/// The pool of one endpoint.
+pub(super) struct Pool {
+    h1: Mutex<Vec<IdleH1>>,
+    h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
+    /// Serialises HTTP/2 connects so concurrent requests share one new connection.
+    h2_connecting: tokio::sync::Mutex<()>,
+    idle_timeout: Duration,
+}
+
+pub(super) async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(ConnectError::Timeout),
+        Ok(Err(e)) => return Err(ConnectError::Connect(e)),
+        Ok(Ok(s)) => s,
+    };
+    // Small writes (headers, gRPC frames) must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+impl Pool {
+    pub(super) fn new(idle_timeout: Duration) -> Self {
+        Self {
+            h1: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+            h2_connecting: tokio::sync::Mutex::new(()),
+            idle_timeout,
+        }
+    }
+
+    fn lock_h1(&self) -> std::sync::MutexGuard<'_, Vec<IdleH1>> {
+        self.h1.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn current_h2(&self) -> Option<http2::SendRequest<ProxyBody>> {
+        let slot = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    pub(super) async fn checkout(&self, up: &Arc<Upstream>, version: HttpVersion) -> Result<Conn, ConnectError> {
+        match version {
+            HttpVersion::Http1 => {
+                if let Some(sender) = self.pop_idle_h1() {
+                    return Ok(Conn::H1(PooledH1 { sender, upstream: up.clone() }));
+                }
+                let sender = self.connect_h1(up).await?;
+                Ok(Conn::H1(PooledH1 { sender, upstream: up.clone() }))
+            }
+            HttpVersion::Http2 => {
+                if let Some(s) = self.current_h2() {
+                    return Ok(Conn::H2(s));
+                }
+                let _one_at_a_time = self.h2_connecting.lock().await;
+                if let Some(s) = self.current_h2() {
+                    return Ok(Conn::H2(s));
+                }
+                let sender = self.connect_h2(up).await?;
+                *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender.clone());
+                Ok(Conn::H2(sender))
+            }
+        }
+    }
+
+    /// Newest first: recently used connections are the least likely to have been closed.
+    fn pop_idle_h1(&self) -> Option<http1::SendRequest<ProxyBody>> {
+        let mut idle = self.lock_h1();
+        while let Some(entry) = idle.pop() {
+            if entry.since.elapsed() < self.idle_timeout && entry.sender.is_ready() {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    async fn connect_h1(&self, up: &Upstream) -> Result<http1::SendRequest<ProxyBody>, ConnectError> {
+        let addr = up.resolve().await?;
+        let tcp = connect_tcp(addr, up.key.connect_timeout).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(ConnectError::Handshake)?;
+        let authority = up.authority.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(upstream = %authority, error = %e, "upstream HTTP/1 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect_h2(&self, up: &Upstream) -> Result<http2::SendRequest<ProxyBody>, ConnectError> {
+        let addr = up.resolve().await?;
+        let tcp = connect_tcp(addr, up.key.connect_timeout).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .adaptive_window(true)
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(ConnectError::Handshake)?;
+        let authority = up.authority.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(upstream = %authority, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    pub(super) fn sweep(&self) {
+        let timeout = self.idle_timeout;
+        self.lock_h1().retain(|e| e.since.elapsed() < timeout && !e.sender.is_closed());
+        let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        if h2.as_ref().is_some_and(|s| s.is_closed()) {
+            *h2 = None;
+        }
+    }
+}
