@@ -131,7 +131,7 @@ impl Live {
                         self.reload_logged(metrics, "file change");
                     }
                     sweeps += 1;
-                    if sweeps % 10 == 0 {
+                    if sweeps.is_multiple_of(10) {
                         self.load().sweep_pools();
                     }
                 }

@@ -100,8 +100,8 @@ pub struct VirtualHost {
 pub struct RouteTable {
     vhosts: Vec<VirtualHost>,
     exact: HashMap<String, usize>,
-    /// (suffix including the leading dot, vhost), longest suffix first.
-    wildcard: Vec<(String, usize)>,
+    /// `*.suffix` patterns by their suffix including the leading dot.
+    wildcard: HashMap<String, usize>,
     any: Option<usize>,
 }
 
@@ -138,7 +138,7 @@ impl RouteTable {
             let taken = if h == "*" {
                 self.any.is_some()
             } else if let Some(suffix) = h.strip_prefix('*') {
-                self.wildcard.iter().any(|(s, _)| s == suffix)
+                self.wildcard.contains_key(suffix)
             } else {
                 self.exact.contains_key(&h)
             };
@@ -149,8 +149,7 @@ impl RouteTable {
             if h == "*" {
                 self.any = Some(idx);
             } else if let Some(suffix) = h.strip_prefix('*') {
-                self.wildcard.push((suffix.to_string(), idx));
-                self.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+                self.wildcard.insert(suffix.to_string(), idx);
             } else {
                 self.exact.insert(h, idx);
             }
@@ -167,11 +166,11 @@ impl RouteTable {
             None if host.bytes().any(|b| b.is_ascii_uppercase()) => {
                 return self.vhost(&host.to_ascii_lowercase());
             }
-            None => self
-                .wildcard
-                .iter()
-                .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
-                .map(|(_, i)| *i)
+            // Longest matching `*.suffix` first: try the suffix after each dot, left to right.
+            None => host
+                .char_indices()
+                .filter(|&(i, c)| c == '.' && i > 0)
+                .find_map(|(i, _)| self.wildcard.get(&host[i..]).copied())
                 .or(self.any),
         };
         idx.and_then(|i| self.vhosts.get(i))
@@ -278,6 +277,7 @@ mod tests {
         assert_eq!(t.find("A.LOCAL", &Method::GET, "/api/", &h).unwrap().cluster, 0);
         assert_eq!(t.find("x.wild.local", &Method::GET, "/", &h).unwrap().cluster, 2);
         assert!(t.find("wild.local", &Method::GET, "/", &h).is_none());
+        assert_eq!(t.find("a.b.wild.local", &Method::GET, "/", &h).unwrap().cluster, 2);
         assert!(t.find("b.local", &Method::GET, "/", &h).is_none());
     }
 

@@ -226,7 +226,7 @@ impl Snapshot {
             })
             .collect();
 
-        let s = config.settings.clone().unwrap_or_default();
+        let s = config.settings.unwrap_or_default();
         let settings = Settings {
             detection_timeout: duration_or(s.protocol_detection_timeout.as_ref(), defaults::DETECTION_TIMEOUT),
             max_request_headers: match s.max_request_headers_kb {
