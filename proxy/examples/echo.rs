@@ -14,7 +14,10 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
-async fn echo(name: &'static str, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn echo(
+    name: &'static str,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     // Count the body without keeping it.
     let mut body = body;
@@ -28,7 +31,12 @@ async fn echo(name: &'static str, req: Request<Incoming>) -> Result<Response<Ful
     let headers: serde_json::Map<String, serde_json::Value> = parts
         .headers
         .iter()
-        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned().into()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
+            )
+        })
         .collect();
     let doc = serde_json::json!({
         "workload": name,
@@ -41,8 +49,10 @@ async fn echo(name: &'static str, req: Request<Incoming>) -> Result<Response<Ful
     let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
     text.push('\n');
     let mut resp = Response::new(Full::new(Bytes::from(text)));
-    resp.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     Ok(resp)
 }
 
@@ -55,9 +65,15 @@ async fn main() -> std::io::Result<()> {
         match (a.as_str(), args.next()) {
             ("--name", Some(v)) => name = v,
             ("--listen", Some(v)) => {
-                listen = v.parse().map_err(|e| std::io::Error::other(format!("--listen {v}: {e}")))?;
+                listen = v
+                    .parse()
+                    .map_err(|e| std::io::Error::other(format!("--listen {v}: {e}")))?;
             }
-            _ => return Err(std::io::Error::other("usage: echo [--name NAME] [--listen IP:PORT]")),
+            _ => {
+                return Err(std::io::Error::other(
+                    "usage: echo [--name NAME] [--listen IP:PORT]",
+                ))
+            }
         }
     }
     let name: &'static str = Box::leak(name.into_boxed_str());

@@ -35,10 +35,15 @@ pub struct Admin {
     pub admin: SocketAddr,
 }
 
-fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<ProxyBody> {
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -117,7 +122,11 @@ impl Admin {
     }
 
     /// Serves the admin port until `stop` is cancelled.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, stop: tokio_util::sync::CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
         loop {
             let (stream, _) = tokio::select! {
                 _ = stop.cancelled() => return,

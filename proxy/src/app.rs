@@ -65,17 +65,29 @@ async fn bind(which: &'static str, addr: SocketAddr) -> Result<TcpListener, Star
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
     }
-    .map_err(|source| StartError::Bind { which, addr, source })?;
+    .map_err(|source| StartError::Bind {
+        which,
+        addr,
+        source,
+    })?;
     let bound = socket
         .set_reuseaddr(true)
         .and_then(|()| socket.bind(addr))
         .and_then(|()| socket.listen(4096));
-    bound.map_err(|source| StartError::Bind { which, addr, source })
+    bound.map_err(|source| StartError::Bind {
+        which,
+        addr,
+        source,
+    })
 }
 
 /// Runs the proxy until shutdown completes. Returns the access-log writer so the caller can
 /// flush it after the runtime has stopped.
-pub async fn run(opts: Options, live: Live, log: LogControl) -> Result<Option<AccessLogWriter>, StartError> {
+pub async fn run(
+    opts: Options,
+    live: Live,
+    log: LogControl,
+) -> Result<Option<AccessLogWriter>, StartError> {
     let metrics = Metrics::new()?;
     let (access_log, writer) = {
         let (a, w) = AccessLog::start(metrics.access_log_dropped.clone())?;
@@ -84,9 +96,21 @@ pub async fn run(opts: Options, live: Live, log: LogControl) -> Result<Option<Ac
     let snap = live.load();
     let listeners = snap.config.listeners.clone().unwrap_or_default();
     drop(snap);
-    let outbound = bind("outbound", pick_addr(opts.outbound, &listeners.outbound, "127.0.0.1:15001")).await?;
-    let inbound = bind("inbound", pick_addr(opts.inbound, &listeners.inbound, "0.0.0.0:15006")).await?;
-    let admin_l = bind("admin", pick_addr(opts.admin, &listeners.admin, "127.0.0.1:15000")).await?;
+    let outbound = bind(
+        "outbound",
+        pick_addr(opts.outbound, &listeners.outbound, "127.0.0.1:15001"),
+    )
+    .await?;
+    let inbound = bind(
+        "inbound",
+        pick_addr(opts.inbound, &listeners.inbound, "0.0.0.0:15006"),
+    )
+    .await?;
+    let admin_l = bind(
+        "admin",
+        pick_addr(opts.admin, &listeners.admin, "127.0.0.1:15000"),
+    )
+    .await?;
 
     let shared = Arc::new(Shared {
         live,
@@ -108,8 +132,16 @@ pub async fn run(opts: Options, live: Live, log: LogControl) -> Result<Option<Ac
 
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin.clone().run(admin_l, admin_stop.clone()));
-    let out_task = tokio::spawn(crate::listener::run(shared.clone(), ListenerKind::Outbound, outbound));
-    let in_task = tokio::spawn(crate::listener::run(shared.clone(), ListenerKind::Inbound, inbound));
+    let out_task = tokio::spawn(crate::listener::run(
+        shared.clone(),
+        ListenerKind::Outbound,
+        outbound,
+    ));
+    let in_task = tokio::spawn(crate::listener::run(
+        shared.clone(),
+        ListenerKind::Inbound,
+        inbound,
+    ));
     let watch_shared = shared.clone();
     let watch_task = tokio::spawn(async move {
         watch_shared
@@ -131,8 +163,14 @@ pub async fn run(opts: Options, live: Live, log: LogControl) -> Result<Option<Ac
     shared.shutdown.cancel();
     let _ = tokio::join!(out_task, in_task, watch_task);
     shared.tasks.close();
-    if tokio::time::timeout(opts.drain_timeout, shared.tasks.wait()).await.is_err() {
-        tracing::warn!(remaining = shared.tasks.len(), "drain timeout: closing remaining connections");
+    if tokio::time::timeout(opts.drain_timeout, shared.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = shared.tasks.len(),
+            "drain timeout: closing remaining connections"
+        );
     }
     admin_stop.cancel();
     let _ = admin_task.await;
@@ -142,7 +180,10 @@ pub async fn run(opts: Options, live: Live, log: LogControl) -> Result<Option<Ac
 
 async fn wait_for_signal(shutdown: &CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(t), Ok(i)) => (t, i),
         _ => {
             tracing::warn!("cannot install signal handlers; use /quitquitquit to stop");

@@ -23,9 +23,30 @@ pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Methods whose request line marks a connection as HTTP/1.
 const METHODS: &[&[u8]] = &[
-    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH",
-    b"PROPFIND", b"PROPPATCH", b"MKCOL", b"COPY", b"MOVE", b"LOCK", b"UNLOCK", b"REPORT",
-    b"MKACTIVITY", b"CHECKOUT", b"MERGE", b"SEARCH", b"PURGE", b"LINK", b"UNLINK",
+    b"GET",
+    b"HEAD",
+    b"POST",
+    b"PUT",
+    b"DELETE",
+    b"CONNECT",
+    b"OPTIONS",
+    b"TRACE",
+    b"PATCH",
+    b"PROPFIND",
+    b"PROPPATCH",
+    b"MKCOL",
+    b"COPY",
+    b"MOVE",
+    b"LOCK",
+    b"UNLOCK",
+    b"REPORT",
+    b"MKACTIVITY",
+    b"CHECKOUT",
+    b"MERGE",
+    b"SEARCH",
+    b"PURGE",
+    b"LINK",
+    b"UNLINK",
 ];
 
 /// Bytes needed at most to decide.
@@ -46,10 +67,18 @@ pub fn classify(buf: &[u8]) -> Option<Detected> {
     }
     let n = buf.len().min(H2_PREFACE.len());
     if buf[..n] == H2_PREFACE[..n] {
-        return if n == H2_PREFACE.len() { Some(Detected::Http2) } else { None };
+        return if n == H2_PREFACE.len() {
+            Some(Detected::Http2)
+        } else {
+            None
+        };
     }
     match buf.iter().position(|&b| b == b' ') {
-        Some(sp) => Some(if METHODS.contains(&&buf[..sp]) { Detected::Http1 } else { Detected::Tcp }),
+        Some(sp) => Some(if METHODS.contains(&&buf[..sp]) {
+            Detected::Http1
+        } else {
+            Detected::Tcp
+        }),
         None if METHODS.iter().any(|m| m.starts_with(buf)) => None,
         None => Some(Detected::Tcp),
     }
@@ -57,7 +86,10 @@ pub fn classify(buf: &[u8]) -> Option<Detected> {
 
 /// Reads from `io` until the protocol is known or `timeout` passes; returns the verdict and the
 /// bytes consumed, which the caller must replay (see [`crate::io::PrefixedIo`]).
-pub async fn detect<I: AsyncRead + Unpin>(io: &mut I, timeout: Duration) -> std::io::Result<(Detected, Bytes)> {
+pub async fn detect<I: AsyncRead + Unpin>(
+    io: &mut I,
+    timeout: Duration,
+) -> std::io::Result<(Detected, Bytes)> {
     let mut buf = BytesMut::with_capacity(MAX_PEEK);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -88,7 +120,10 @@ mod tests {
         assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Detected::Http1));
         assert_eq!(classify(b"CONNECT a:443 HTTP/1.1"), Some(Detected::Http1));
         assert_eq!(classify(b"GE"), None);
-        assert_eq!(classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Some(Detected::Http2));
+        assert_eq!(
+            classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Some(Detected::Http2)
+        );
         assert_eq!(classify(b"PRI * HTTP/2"), None);
         assert_eq!(classify(b"PRI * HTTP/1.1\r\n"), Some(Detected::Tcp));
         assert_eq!(classify(&[0x16, 0x03, 0x01, 0x02]), Some(Detected::Tls));

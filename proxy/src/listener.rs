@@ -29,7 +29,9 @@ pub fn original_dst(stream: &TcpStream, local: SocketAddr) -> Option<SocketAddr>
         SocketAddr::V4(_) => sock.original_dst_v4(),
         SocketAddr::V6(_) => sock.original_dst_v6(),
     };
-    addr.ok().and_then(|a| a.as_socket()).filter(|a| *a != local)
+    addr.ok()
+        .and_then(|a| a.as_socket())
+        .filter(|a| *a != local)
 }
 
 /// Accepts connections until shutdown; each is served on its own task.
@@ -76,22 +78,42 @@ pub async fn run(shared: Arc<Shared>, kind: ListenerKind, listener: TcpListener)
 fn hint(snap: &Snapshot, kind: ListenerKind, orig: Option<SocketAddr>) -> Protocol {
     match kind {
         ListenerKind::Outbound => orig.and_then(|o| snap.by_addr(o)).map(|(_, p)| p.protocol),
-        ListenerKind::Inbound => snap.inbound_target(orig.map(|o| o.port())).map(|t| t.protocol),
+        ListenerKind::Inbound => snap
+            .inbound_target(orig.map(|o| o.port()))
+            .map(|t| t.protocol),
     }
     .unwrap_or(Protocol::Auto)
 }
 
-async fn connection(shared: &Arc<Shared>, kind: ListenerKind, mut stream: TcpStream, peer: SocketAddr, local: SocketAddr) {
+async fn connection(
+    shared: &Arc<Shared>,
+    kind: ListenerKind,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+) {
     let _ = stream.set_nodelay(true);
     let orig_dst = original_dst(&stream, local);
     let snap = shared.live.load();
     let max_headers = snap.settings.max_request_headers;
+    let idle_timeout = snap.settings.downstream_idle_timeout;
     let detected = match hint(&snap, kind, orig_dst) {
         Protocol::Tcp => Ok((Detected::Tcp, Bytes::new())),
         Protocol::Auto => detect(&mut stream, snap.settings.detection_timeout).await,
-        Protocol::Http | Protocol::Http2 | Protocol::Grpc => detect(&mut stream, HINTED_DETECTION_TIMEOUT)
-            .await
-            .map(|(d, b)| (if d == Detected::Http2 { d } else { Detected::Http1 }, b)),
+        Protocol::Http | Protocol::Http2 | Protocol::Grpc => {
+            detect(&mut stream, HINTED_DETECTION_TIMEOUT)
+                .await
+                .map(|(d, b)| {
+                    (
+                        if d == Detected::Http2 {
+                            d
+                        } else {
+                            Detected::Http1
+                        },
+                        b,
+                    )
+                })
+        }
     };
     let (proto, prefix) = match detected {
         Ok(x) => x,
@@ -100,45 +122,94 @@ async fn connection(shared: &Arc<Shared>, kind: ListenerKind, mut stream: TcpStr
             return;
         }
     };
-    let info = Arc::new(ConnInfo {
-        listener: kind,
-        peer,
-        orig_dst,
-    });
+    let info = Arc::new(ConnInfo::new(kind, peer, orig_dst));
     let io = PrefixedIo::new(prefix, stream);
     match proto {
         Detected::Http1 | Detected::Http2 => {
             drop(snap);
-            crate::http::server::serve(shared.clone(), info, io, proto == Detected::Http2, max_headers).await;
+            let limits = crate::http::server::Limits {
+                max_headers,
+                idle_timeout,
+            };
+            crate::http::server::serve(shared.clone(), info, io, proto == Detected::Http2, limits)
+                .await;
         }
         Detected::Tls | Detected::Tcp => forward_tcp(shared, &snap, &info, io).await,
     }
 }
 
 /// Relays an opaque TCP connection to its destination.
-async fn forward_tcp(shared: &Arc<Shared>, snap: &Arc<Snapshot>, info: &ConnInfo, mut io: PrefixedIo<TcpStream>) {
+async fn forward_tcp(
+    shared: &Arc<Shared>,
+    snap: &Arc<Snapshot>,
+    info: &ConnInfo,
+    mut io: PrefixedIo<TcpStream>,
+) {
     let start_wall = SystemTime::now();
     let start = Instant::now();
     let passthrough;
-    let (endpoints, lb, rr, idle, cluster): (&[Arc<Upstream>], _, _, _, Option<Arc<str>>) = match info.listener {
-        ListenerKind::Inbound => match snap.inbound_target(info.orig_dst.map(|d| d.port())) {
-            Some(t) => (std::slice::from_ref(&t.app), LoadBalancer::RoundRobin, &shared.inbound_rr, defaults::TCP_IDLE_TIMEOUT, None),
-            None => return log_tcp(shared, snap, info, start_wall, start, None, None, Default::default(), Flags::NR),
-        },
-        ListenerKind::Outbound => match info.orig_dst.map(|d| (d, snap.by_addr(d))) {
-            Some((_, Some((c, p)))) => (&p.endpoints[..], c.lb, &c.rr, c.tcp_idle_timeout, Some(c.name.clone())),
-            Some((dst, None)) if !snap.registry_only => {
-                passthrough = [Arc::new(Upstream::new(UpstreamKey {
-                    host: dst.ip().to_string(),
-                    port: dst.port(),
-                    connect_timeout: defaults::CONNECT_TIMEOUT,
-                    idle_timeout: defaults::IDLE_TIMEOUT,
-                }))];
-                (&passthrough[..], LoadBalancer::RoundRobin, &shared.inbound_rr, defaults::TCP_IDLE_TIMEOUT, Some("PassthroughCluster".into()))
-            }
-            _ => return log_tcp(shared, snap, info, start_wall, start, None, None, Default::default(), Flags::NR),
-        },
-    };
+    let (endpoints, lb, rr, idle, cluster): (&[Arc<Upstream>], _, _, _, Option<Arc<str>>) =
+        match info.listener {
+            ListenerKind::Inbound => match snap.inbound_target(info.orig_dst.map(|d| d.port())) {
+                Some(t) => (
+                    std::slice::from_ref(&t.app),
+                    LoadBalancer::RoundRobin,
+                    &shared.inbound_rr,
+                    defaults::TCP_IDLE_TIMEOUT,
+                    None,
+                ),
+                None => {
+                    return log_tcp(
+                        shared,
+                        snap,
+                        info,
+                        start_wall,
+                        start,
+                        None,
+                        None,
+                        Default::default(),
+                        Flags::NR,
+                    )
+                }
+            },
+            ListenerKind::Outbound => match info.orig_dst.map(|d| (d, snap.by_addr(d))) {
+                Some((_, Some((c, p)))) => (
+                    &p.endpoints[..],
+                    c.lb,
+                    &c.rr,
+                    c.tcp_idle_timeout,
+                    Some(c.name.clone()),
+                ),
+                Some((dst, None)) if !snap.registry_only => {
+                    passthrough = [Arc::new(Upstream::new(UpstreamKey {
+                        host: dst.ip().to_string(),
+                        port: dst.port(),
+                        connect_timeout: defaults::CONNECT_TIMEOUT,
+                        idle_timeout: defaults::IDLE_TIMEOUT,
+                    }))];
+                    (
+                        &passthrough[..],
+                        LoadBalancer::RoundRobin,
+                        &shared.inbound_rr,
+                        defaults::TCP_IDLE_TIMEOUT,
+                        Some("PassthroughCluster".into()),
+                    )
+                }
+                _ => {
+                    return log_tcp(
+                        shared,
+                        snap,
+                        info,
+                        start_wall,
+                        start,
+                        None,
+                        None,
+                        Default::default(),
+                        Flags::NR,
+                    )
+                }
+            },
+        };
     let mut failed: Option<Arc<Upstream>> = None;
     let mut flags = Flags::default();
     for attempt in 1..=3 {
@@ -157,7 +228,17 @@ async fn forward_tcp(shared: &Arc<Shared>, snap: &Arc<Snapshot>, info: &ConnInfo
                         (moved, Flags::default())
                     }
                 };
-                return log_tcp(shared, snap, info, start_wall, start, Some(&up.authority), cluster.as_deref(), moved, f);
+                return log_tcp(
+                    shared,
+                    snap,
+                    info,
+                    start_wall,
+                    start,
+                    Some(&up.authority),
+                    cluster.as_deref(),
+                    moved,
+                    f,
+                );
             }
             Err(e) => {
                 shared.metrics.connect_failures.inc();
@@ -171,7 +252,17 @@ async fn forward_tcp(shared: &Arc<Shared>, snap: &Arc<Snapshot>, info: &ConnInfo
         }
     }
     let upstream = failed.as_ref().map(|u| u.authority.clone());
-    log_tcp(shared, snap, info, start_wall, start, upstream.as_deref(), cluster.as_deref(), Default::default(), flags)
+    log_tcp(
+        shared,
+        snap,
+        info,
+        start_wall,
+        start,
+        upstream.as_deref(),
+        cluster.as_deref(),
+        Default::default(),
+        flags,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -102,7 +102,10 @@ impl Live {
             Ok(()) => metrics.reloads.with_label_values(&["ok"]).inc(),
             Err(e) => {
                 metrics.reloads.with_label_values(&["error"]).inc();
-                tracing::error!(trigger = why, "configuration rejected, keeping the previous one: {e}");
+                tracing::error!(
+                    trigger = why,
+                    "configuration rejected, keeping the previous one: {e}"
+                );
             }
         }
     }

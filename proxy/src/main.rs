@@ -49,7 +49,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .map(|i| s.split_at(i))
         .unwrap_or((s, "s"));
-    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 5s or 500ms"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 5s or 500ms"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,

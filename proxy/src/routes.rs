@@ -45,7 +45,10 @@ pub struct RouteMatch {
 impl RouteMatch {
     fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
         self.uri.as_ref().is_none_or(|m| m.matches(path))
-            && self.method.as_ref().is_none_or(|m| m.matches(method.as_str()))
+            && self
+                .method
+                .as_ref()
+                .is_none_or(|m| m.matches(method.as_str()))
             && self.headers.iter().all(|(name, m)| {
                 headers
                     .get_all(name)
@@ -82,7 +85,11 @@ impl Route {
     }
 
     fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
-        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(method, path, headers))
+        self.matches.is_empty()
+            || self
+                .matches
+                .iter()
+                .any(|m| m.matches(method, path, headers))
     }
 }
 
@@ -117,7 +124,9 @@ pub struct RouteError {
 pub fn normalize_host(authority: &str) -> (&str, Option<u16>) {
     if let Some(rest) = authority.strip_prefix('[') {
         if let Some(end) = rest.find(']') {
-            let port = rest[end + 1..].strip_prefix(':').and_then(|p| p.parse().ok());
+            let port = rest[end + 1..]
+                .strip_prefix(':')
+                .and_then(|p| p.parse().ok());
             return (&rest[..end], port);
         }
     }
@@ -177,8 +186,17 @@ impl RouteTable {
     }
 
     /// Finds the route for a request.
-    pub fn find(&self, host: &str, method: &Method, path: &str, headers: &HeaderMap) -> Option<&Route> {
-        self.vhost(host)?.routes.iter().find(|r| r.matches(method, path, headers))
+    pub fn find(
+        &self,
+        host: &str,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<&Route> {
+        self.vhost(host)?
+            .routes
+            .iter()
+            .find(|r| r.matches(method, path, headers))
     }
 }
 
@@ -193,8 +211,12 @@ pub fn compile_vhost(
     };
     let mut routes = Vec::with_capacity(vh.routes.len());
     for (i, r) in vh.routes.iter().enumerate() {
-        let dest = r.route.as_ref().ok_or_else(|| err(format!("route {i} has no destination")))?;
-        let cluster = cluster_of(&dest.service).ok_or_else(|| err(format!("unknown service `{}`", dest.service)))?;
+        let dest = r
+            .route
+            .as_ref()
+            .ok_or_else(|| err(format!("route {i} has no destination")))?;
+        let cluster = cluster_of(&dest.service)
+            .ok_or_else(|| err(format!("unknown service `{}`", dest.service)))?;
         let mut matches = Vec::with_capacity(r.r#match.len());
         for m in &r.r#match {
             let mut headers = Vec::new();
@@ -211,13 +233,21 @@ pub fn compile_vhost(
                 headers,
             });
         }
-        let name = if r.name.is_empty() { format!("{}-{i}", vh.name) } else { r.name.clone() };
+        let name = if r.name.is_empty() {
+            format!("{}-{i}", vh.name)
+        } else {
+            r.name.clone()
+        };
         routes.push(Route {
             name: name.into(),
             matches,
             cluster,
             port: u16::try_from(dest.port).ok().filter(|p| *p != 0),
-            timeout: r.timeout.as_ref().map(xds::to_std_duration).filter(|d| !d.is_zero()),
+            timeout: r
+                .timeout
+                .as_ref()
+                .map(xds::to_std_duration)
+                .filter(|d| !d.is_zero()),
         });
     }
     Ok(VirtualHost {
@@ -244,12 +274,18 @@ mod tests {
                         }),
                         ..Default::default()
                     }],
-                    route: Some(xds::RouteDestination { service: "api".into(), port: 0 }),
+                    route: Some(xds::RouteDestination {
+                        service: "api".into(),
+                        port: 0,
+                    }),
                     timeout: None,
                 },
                 xds::HttpRoute {
                     name: "rest".into(),
-                    route: Some(xds::RouteDestination { service: "web".into(), port: 8080 }),
+                    route: Some(xds::RouteDestination {
+                        service: "web".into(),
+                        port: 8080,
+                    }),
                     ..Default::default()
                 },
             ],
@@ -261,9 +297,21 @@ mod tests {
         })
         .unwrap();
         t.add(&vh.hosts, compiled);
-        t.add(&["*.wild.local".into()], VirtualHost { name: "w".into(), routes: vec![Route::catch_all("w".into(), 2)] });
+        t.add(
+            &["*.wild.local".into()],
+            VirtualHost {
+                name: "w".into(),
+                routes: vec![Route::catch_all("w".into(), 2)],
+            },
+        );
         // Already claimed by the explicit vhost: ignored.
-        t.add(&["a.local".into()], VirtualHost { name: "dup".into(), routes: vec![Route::catch_all("dup".into(), 9)] });
+        t.add(
+            &["a.local".into()],
+            VirtualHost {
+                name: "dup".into(),
+                routes: vec![Route::catch_all("dup".into(), 9)],
+            },
+        );
         t
     }
 
@@ -271,13 +319,31 @@ mod tests {
     fn matches_in_order() {
         let t = table();
         let h = HeaderMap::new();
-        assert_eq!(&*t.find("a.local", &Method::GET, "/api/x", &h).unwrap().name, "api");
+        assert_eq!(
+            &*t.find("a.local", &Method::GET, "/api/x", &h).unwrap().name,
+            "api"
+        );
         let rest = t.find("a.local", &Method::GET, "/other", &h).unwrap();
         assert_eq!((&*rest.name, rest.port), ("rest", Some(8080)));
-        assert_eq!(t.find("A.LOCAL", &Method::GET, "/api/", &h).unwrap().cluster, 0);
-        assert_eq!(t.find("x.wild.local", &Method::GET, "/", &h).unwrap().cluster, 2);
+        assert_eq!(
+            t.find("A.LOCAL", &Method::GET, "/api/", &h)
+                .unwrap()
+                .cluster,
+            0
+        );
+        assert_eq!(
+            t.find("x.wild.local", &Method::GET, "/", &h)
+                .unwrap()
+                .cluster,
+            2
+        );
         assert!(t.find("wild.local", &Method::GET, "/", &h).is_none());
-        assert_eq!(t.find("a.b.wild.local", &Method::GET, "/", &h).unwrap().cluster, 2);
+        assert_eq!(
+            t.find("a.b.wild.local", &Method::GET, "/", &h)
+                .unwrap()
+                .cluster,
+            2
+        );
         assert!(t.find("b.local", &Method::GET, "/", &h).is_none());
     }
 

@@ -143,12 +143,17 @@ impl Snapshot {
         let mut clusters = Vec::with_capacity(config.services.len());
         let mut by_addr = HashMap::new();
         for (ci, svc) in config.services.iter().enumerate() {
-            let connect_timeout = duration_or(svc.connect_timeout.as_ref(), defaults::CONNECT_TIMEOUT);
+            let connect_timeout =
+                duration_or(svc.connect_timeout.as_ref(), defaults::CONNECT_TIMEOUT);
             let idle_timeout = duration_or(svc.idle_timeout.as_ref(), defaults::IDLE_TIMEOUT);
             let mut ports = Vec::with_capacity(svc.ports.len());
             for (pi, p) in svc.ports.iter().enumerate() {
                 let port = p.port as u16;
-                let target = if p.target_port == 0 { port } else { p.target_port as u16 };
+                let target = if p.target_port == 0 {
+                    port
+                } else {
+                    p.target_port as u16
+                };
                 let mut endpoints = Vec::new();
                 for e in &svc.endpoints {
                     let key = UpstreamKey {
@@ -179,7 +184,10 @@ impl Snapshot {
                 ports,
                 lb: svc.load_balancer(),
                 rr: AtomicUsize::new(0),
-                tcp_idle_timeout: duration_or(svc.tcp_idle_timeout.as_ref(), defaults::TCP_IDLE_TIMEOUT),
+                tcp_idle_timeout: duration_or(
+                    svc.tcp_idle_timeout.as_ref(),
+                    defaults::TCP_IDLE_TIMEOUT,
+                ),
             }));
         }
 
@@ -188,7 +196,12 @@ impl Snapshot {
                 .services
                 .iter()
                 .position(|s| s.name == key)
-                .or_else(|| config.services.iter().position(|s| s.hosts.iter().any(|h| h == key)))
+                .or_else(|| {
+                    config
+                        .services
+                        .iter()
+                        .position(|s| s.hosts.iter().any(|h| h == key))
+                })
         };
         let mut routes = RouteTable::default();
         for vh in &config.virtual_hosts {
@@ -228,12 +241,18 @@ impl Snapshot {
 
         let s = config.settings.unwrap_or_default();
         let settings = Settings {
-            detection_timeout: duration_or(s.protocol_detection_timeout.as_ref(), defaults::DETECTION_TIMEOUT),
+            detection_timeout: duration_or(
+                s.protocol_detection_timeout.as_ref(),
+                defaults::DETECTION_TIMEOUT,
+            ),
             max_request_headers: match s.max_request_headers_kb {
                 0 => defaults::MAX_REQUEST_HEADERS,
                 kb => kb as usize * 1024,
             },
-            downstream_idle_timeout: duration_or(s.downstream_idle_timeout.as_ref(), defaults::DOWNSTREAM_IDLE_TIMEOUT),
+            downstream_idle_timeout: duration_or(
+                s.downstream_idle_timeout.as_ref(),
+                defaults::DOWNSTREAM_IDLE_TIMEOUT,
+            ),
             access_log: s.access_log.unwrap_or(true),
             max_connections: match s.max_connections {
                 0 => defaults::MAX_CONNECTIONS,
@@ -310,6 +329,9 @@ mod tests {
     fn reload_reuses_endpoint_state() {
         let s1 = Snapshot::build(cfg(BASE), None).unwrap();
         let s2 = Snapshot::build(cfg(BASE), Some(&s1)).unwrap();
-        assert!(Arc::ptr_eq(&s1.clusters[0].ports[0].endpoints[0], &s2.clusters[0].ports[0].endpoints[0]));
+        assert!(Arc::ptr_eq(
+            &s1.clusters[0].ports[0].endpoints[0],
+            &s2.clusters[0].ports[0].endpoints[0]
+        ));
     }
 }

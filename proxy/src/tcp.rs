@@ -59,7 +59,13 @@ impl OneWay {
 
     /// Moves bytes from `r` to `w` until blocked; `Ready(Ok)` once EOF was read, all bytes
     /// written and the write side shut down (the half-close passed on).
-    fn poll_copy<R, W>(&mut self, cx: &mut Context<'_>, mut r: Pin<&mut R>, mut w: Pin<&mut W>, moved: &mut bool) -> Poll<io::Result<()>>
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut r: Pin<&mut R>,
+        mut w: Pin<&mut W>,
+        moved: &mut bool,
+    ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + ?Sized,
         W: AsyncWrite + ?Sized,
@@ -108,7 +114,11 @@ impl OneWay {
 
 /// Relays bytes between `client` and `server` until both directions reach EOF, an error
 /// occurs, or nothing moves for `idle`.
-pub async fn relay<C, S>(client: &mut C, server: &mut S, idle: Duration) -> Result<Transferred, RelayError>
+pub async fn relay<C, S>(
+    client: &mut C,
+    server: &mut S,
+    idle: Duration,
+) -> Result<Transferred, RelayError>
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     S: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -125,14 +135,24 @@ where
     let result = poll_fn(|cx| {
         let mut moved = false;
         if !up_done {
-            match up.poll_copy(cx, Pin::new(&mut *client), Pin::new(&mut *server), &mut moved) {
+            match up.poll_copy(
+                cx,
+                Pin::new(&mut *client),
+                Pin::new(&mut *server),
+                &mut moved,
+            ) {
                 Poll::Ready(Ok(())) => up_done = true,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}
             }
         }
         if !down_done {
-            match down.poll_copy(cx, Pin::new(&mut *server), Pin::new(&mut *client), &mut moved) {
+            match down.poll_copy(
+                cx,
+                Pin::new(&mut *server),
+                Pin::new(&mut *client),
+                &mut moved,
+            ) {
                 Poll::Ready(Ok(())) => down_done = true,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}
@@ -158,7 +178,6 @@ where
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,7 +187,10 @@ mod tests {
     async fn half_close_passes_through() {
         let (mut client, mut proxy_c) = tokio::io::duplex(1024);
         let (mut proxy_s, mut server) = tokio::io::duplex(1024);
-        let relay = tokio::spawn(async move { relay(&mut proxy_c, &mut proxy_s, Duration::from_secs(5)).await });
+        let relay =
+            tokio::spawn(
+                async move { relay(&mut proxy_c, &mut proxy_s, Duration::from_secs(5)).await },
+            );
         // Server echoes until EOF, then closes.
         let echo = tokio::spawn(async move {
             let mut data = Vec::new();
@@ -183,7 +205,13 @@ mod tests {
         assert_eq!(back, b"ping");
         echo.await.unwrap();
         let t = relay.await.unwrap().unwrap();
-        assert_eq!(t, Transferred { client_to_server: 4, server_to_client: 4 });
+        assert_eq!(
+            t,
+            Transferred {
+                client_to_server: 4,
+                server_to_client: 4
+            }
+        );
     }
 
     #[tokio::test]

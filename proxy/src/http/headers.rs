@@ -28,10 +28,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in listed {
         headers.remove(name);
     }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &header::TRANSFER_ENCODING, &header::PROXY_AUTHORIZATION] {
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TRANSFER_ENCODING,
+        &header::PROXY_AUTHORIZATION,
+    ] {
         headers.remove(name);
     }
-    if headers.get(header::TE).is_some_and(|v| v.as_bytes() != b"trailers") {
+    if headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes() != b"trailers")
+    {
         headers.remove(header::TE);
     }
     if keep_upgrade {

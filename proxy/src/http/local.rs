@@ -19,11 +19,23 @@ pub struct Local {
 
 impl Local {
     /// No service for the destination.
-    pub const NO_ROUTE: Local = Local::new(StatusCode::BAD_GATEWAY, Flags::NR, "no route to destination (NR)");
+    pub const NO_ROUTE: Local = Local::new(
+        StatusCode::BAD_GATEWAY,
+        Flags::NR,
+        "no route to destination (NR)",
+    );
     /// The service has no endpoints.
-    pub const NO_HEALTHY: Local = Local::new(StatusCode::SERVICE_UNAVAILABLE, Flags::UH, "no healthy upstream (UH)");
+    pub const NO_HEALTHY: Local = Local::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Flags::UH,
+        "no healthy upstream (UH)",
+    );
     /// Timeout before the response started.
-    pub const TIMEOUT: Local = Local::new(StatusCode::GATEWAY_TIMEOUT, Flags::UT, "upstream request timeout (UT)");
+    pub const TIMEOUT: Local = Local::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        Flags::UT,
+        "upstream request timeout (UT)",
+    );
     /// The upstream closed or reset the exchange.
     pub const UPSTREAM_RESET: Local = Local::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -31,13 +43,25 @@ impl Local {
         "upstream connect error or disconnect/reset before headers (UC)",
     );
     /// The request lacks what is needed to route it.
-    pub const BAD_REQUEST: Local = Local::new(StatusCode::BAD_REQUEST, Flags::DPE, "bad request: missing or invalid authority");
+    pub const BAD_REQUEST: Local = Local::new(
+        StatusCode::BAD_REQUEST,
+        Flags::DPE,
+        "bad request: missing or invalid authority",
+    );
     /// Method not supported in this form.
-    pub const NOT_ALLOWED: Local = Local::new(StatusCode::METHOD_NOT_ALLOWED, Flags::DPE, "method not supported here");
+    pub const NOT_ALLOWED: Local = Local::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        Flags::DPE,
+        "method not supported here",
+    );
 
     /// A local response.
     pub const fn new(status: StatusCode, flags: Flags, reason: &'static str) -> Self {
-        Self { status, flags, reason }
+        Self {
+            status,
+            flags,
+            reason,
+        }
     }
 
     /// Connect failed (`retried`: after retries).
@@ -46,7 +70,11 @@ impl Local {
         if retried {
             flags.set(Flags::URX);
         }
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, flags, "upstream connect error (UF)")
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            flags,
+            "upstream connect error (UF)",
+        )
     }
 
     /// Builds the HTTP response.
@@ -56,8 +84,10 @@ impl Local {
         text.push('\n');
         let mut resp = Response::new(ProxyBody::full(Bytes::from(text)));
         *resp.status_mut() = self.status;
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         resp
     }
 }

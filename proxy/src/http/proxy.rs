@@ -2,9 +2,9 @@
 //! retries on connect failure, and hand back the streamed response.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use halyard_xds::{LoadBalancer, Protocol};
 use http::header::{self, HeaderValue};
@@ -37,6 +37,48 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Original destination when the connection was redirected to us.
     pub orig_dst: Option<SocketAddr>,
+    /// Requests on this connection whose response has not ended.
+    pub active: AtomicUsize,
+    /// When the connection last had no active request, as ms since `opened`.
+    pub idle_since_ms: AtomicU64,
+    /// When the connection was accepted.
+    pub opened: Instant,
+}
+
+impl ConnInfo {
+    /// A new connection's record.
+    pub fn new(listener: ListenerKind, peer: SocketAddr, orig_dst: Option<SocketAddr>) -> Self {
+        Self {
+            listener,
+            peer,
+            orig_dst,
+            active: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            opened: Instant::now(),
+        }
+    }
+
+    /// Marks a request started.
+    pub fn request_started(&self) {
+        self.active.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Marks a request's response ended.
+    pub fn request_ended(&self) {
+        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let ms = self.opened.elapsed().as_millis() as u64;
+            self.idle_since_ms.store(ms, Ordering::Release);
+        }
+    }
+
+    /// How long the connection has had no active request (zero while one is active).
+    pub fn idle_for(&self) -> Duration {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        self.opened.elapsed().saturating_sub(since)
+    }
 }
 
 /// Where a request goes.
@@ -52,7 +94,11 @@ struct Target<'a> {
 }
 
 /// Handles one request from a downstream connection.
-pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ResponseBody<Exchange>> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody<Exchange>> {
     let snap = shared.live.load();
     let mut ex = Exchange::start(&shared, &conn, &req, snap.settings.access_log);
     let result = forward(&shared, &snap, &conn, req, &mut ex).await;
@@ -69,10 +115,11 @@ pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incom
 }
 
 fn authority_of(req: &Request<Incoming>) -> Option<&str> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 async fn forward(
@@ -88,7 +135,9 @@ async fn forward(
     let passthrough;
     let target = match conn.listener {
         ListenerKind::Inbound => {
-            let t = snap.inbound_target(conn.orig_dst.map(|d| d.port())).ok_or(Local::NO_ROUTE)?;
+            let t = snap
+                .inbound_target(conn.orig_dst.map(|d| d.port()))
+                .ok_or(Local::NO_ROUTE)?;
             Target {
                 endpoints: std::slice::from_ref(&t.app),
                 lb: LoadBalancer::RoundRobin,
@@ -103,7 +152,9 @@ async fn forward(
         ListenerKind::Outbound => {
             let authority = authority_of(&req).ok_or(Local::BAD_REQUEST)?;
             let (host, port) = normalize_host(authority);
-            let route = snap.routes.find(host, req.method(), req.uri().path(), req.headers());
+            let route = snap
+                .routes
+                .find(host, req.method(), req.uri().path(), req.headers());
             match route {
                 Some(route) => {
                     let cluster = snap.clusters.get(route.cluster).ok_or(Local::NO_ROUTE)?;
@@ -132,7 +183,10 @@ async fn forward(
                         idle: cluster.tcp_idle_timeout,
                     },
                     None => {
-                        let dst = conn.orig_dst.filter(|_| !snap.registry_only).ok_or(Local::NO_ROUTE)?;
+                        let dst = conn
+                            .orig_dst
+                            .filter(|_| !snap.registry_only)
+                            .ok_or(Local::NO_ROUTE)?;
                         passthrough = [Arc::new(Upstream::new(UpstreamKey {
                             host: dst.ip().to_string(),
                             port: dst.port(),
@@ -182,7 +236,9 @@ async fn forward(
 
     let send = send_with_retries(shared, &target, version, upstream_req, ex);
     let (mut resp, pooled) = match target.timeout {
-        Some(t) => tokio::time::timeout(t, send).await.map_err(|_| Local::TIMEOUT)??,
+        Some(t) => tokio::time::timeout(t, send)
+            .await
+            .map_err(|_| Local::TIMEOUT)??,
         None => send.await?,
     };
     ex.pooled = pooled;
@@ -230,7 +286,8 @@ fn set_uri_for(parts: &mut http::request::Parts, version: HttpVersion) -> Result
     match version {
         HttpVersion::Http1 => {
             if !parts.headers.contains_key(header::HOST) {
-                let host = HeaderValue::from_str(authority.as_str()).map_err(|_| Local::BAD_REQUEST)?;
+                let host =
+                    HeaderValue::from_str(authority.as_str()).map_err(|_| Local::BAD_REQUEST)?;
                 parts.headers.insert(header::HOST, host);
             }
             parts.uri = Uri::from(pq);
@@ -264,7 +321,8 @@ async fn send_with_retries(
     let mut failed: Option<Arc<Upstream>> = None;
     let (mut attempts, mut stale) = (0, 0);
     loop {
-        let up = pick(target.endpoints, target.lb, target.rr, failed.as_ref()).ok_or(Local::NO_HEALTHY)?;
+        let up = pick(target.endpoints, target.lb, target.rr, failed.as_ref())
+            .ok_or(Local::NO_HEALTHY)?;
         let guard = up.begin();
         ex.upstream = Some(up.authority.clone());
         let conn = match up.checkout(version).await {
@@ -307,7 +365,11 @@ async fn send_with_retries(
             }
             Err((_, e)) => {
                 tracing::debug!(upstream = %up.authority, error = %e, "upstream request failed");
-                return Err(if e.is_timeout() { Local::TIMEOUT } else { Local::UPSTREAM_RESET });
+                return Err(if e.is_timeout() {
+                    Local::TIMEOUT
+                } else {
+                    Local::UPSTREAM_RESET
+                });
             }
         }
     }
@@ -327,7 +389,11 @@ async fn connect_tunnel(
     }
     let authority = req.uri().authority().ok_or(Local::BAD_REQUEST)?.clone();
     let port = authority.port_u16().ok_or(Local::BAD_REQUEST)?;
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
     let _ = conn;
     let passthrough;
     let (endpoints, lb, rr, idle) = match snap.cluster_for_host(&host) {
@@ -344,7 +410,12 @@ async fn connect_tunnel(
                 connect_timeout: defaults::CONNECT_TIMEOUT,
                 idle_timeout: defaults::IDLE_TIMEOUT,
             }))];
-            (&passthrough[..], LoadBalancer::RoundRobin, &shared.inbound_rr, defaults::TCP_IDLE_TIMEOUT)
+            (
+                &passthrough[..],
+                LoadBalancer::RoundRobin,
+                &shared.inbound_rr,
+                defaults::TCP_IDLE_TIMEOUT,
+            )
         }
     };
     let mut failed = None;
@@ -381,9 +452,4 @@ async fn connect_tunnel(
         }
     });
     Ok(Response::new(ProxyBody::Empty))
-}
-
-/// Wall-clock and monotonic start of an exchange.
-pub fn now() -> (SystemTime, Instant) {
-    (SystemTime::now(), Instant::now())
 }

@@ -15,12 +15,27 @@ use crate::shared::Shared;
 /// Longest wait for a request's headers to arrive.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves HTTP on `io` until the client closes, an error occurs or the proxy drains.
-pub async fn serve<I>(shared: Arc<Shared>, info: Arc<ConnInfo>, io: I, h2: bool, max_headers: usize)
+/// Per-connection limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Request header bytes.
+    pub max_headers: usize,
+    /// Close after this long without an active request.
+    pub idle_timeout: Duration,
+}
+
+/// Serves HTTP on `io` until the client closes, an error occurs, the connection stays idle
+/// too long, or the proxy drains.
+pub async fn serve<I>(shared: Arc<Shared>, info: Arc<ConnInfo>, io: I, h2: bool, limits: Limits)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shutdown = shared.shutdown.clone();
+    let max_headers = limits.max_headers;
+    let idle = Idle {
+        info: info.clone(),
+        timeout: limits.idle_timeout,
+    };
     let svc = service_fn(move |req| {
         let shared = shared.clone();
         let info = info.clone();
@@ -35,7 +50,7 @@ where
             .keep_alive_interval(Some(Duration::from_secs(60)))
             .adaptive_window(true)
             .serve_connection(io, svc);
-        drive(conn, shutdown).await;
+        drive(conn, shutdown, idle).await;
     } else {
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -44,7 +59,7 @@ where
             .keep_alive(true)
             .serve_connection(io, svc)
             .with_upgrades();
-        drive(conn, shutdown).await;
+        drive(conn, shutdown, idle).await;
     }
 }
 
@@ -80,12 +95,37 @@ where
     }
 }
 
-async fn drive<C: Drainable>(conn: C, shutdown: tokio_util::sync::CancellationToken) {
+/// Idle tracking of one connection.
+struct Idle {
+    info: Arc<ConnInfo>,
+    timeout: Duration,
+}
+
+impl Idle {
+    /// Resolves once the connection has had no active request for the timeout.
+    async fn expired(&self) {
+        loop {
+            let idle = self.info.idle_for();
+            if idle >= self.timeout {
+                return;
+            }
+            // Sleep until the earliest moment it could expire.
+            tokio::time::sleep(self.timeout - idle).await;
+        }
+    }
+}
+
+async fn drive<C: Drainable>(conn: C, shutdown: tokio_util::sync::CancellationToken, idle: Idle) {
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = shutdown.cancelled() => {
             // Finish in-flight requests, refuse new ones (HTTP/2 GOAWAY, HTTP/1 close).
+            conn.as_mut().drain();
+            conn.await
+        }
+        _ = idle.expired() => {
+            tracing::debug!(peer = %idle.info.peer, "closing idle downstream connection");
             conn.as_mut().drain();
             conn.await
         }

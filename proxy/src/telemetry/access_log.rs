@@ -24,20 +24,22 @@ impl AccessLog {
     /// Starts the writer thread.
     pub fn start(dropped: IntCounter) -> std::io::Result<(Self, AccessLogWriter)> {
         let (tx, rx) = sync_channel::<String>(QUEUE);
-        let handle = std::thread::Builder::new().name("access-log".into()).spawn(move || {
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
-            while let Ok(line) = rx.recv() {
-                let _ = out.write_all(line.as_bytes());
-                let _ = out.write_all(b"\n");
-                // Drain what is already queued, then flush once.
-                while let Ok(line) = rx.try_recv() {
+        let handle = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+                while let Ok(line) = rx.recv() {
                     let _ = out.write_all(line.as_bytes());
                     let _ = out.write_all(b"\n");
+                    // Drain what is already queued, then flush once.
+                    while let Ok(line) = rx.try_recv() {
+                        let _ = out.write_all(line.as_bytes());
+                        let _ = out.write_all(b"\n");
+                    }
+                    let _ = out.flush();
                 }
-                let _ = out.flush();
-            }
-        })?;
+            })?;
         Ok((Self { tx, dropped }, AccessLogWriter(handle)))
     }
 
@@ -117,7 +119,7 @@ fn header_str(v: &Option<HeaderValue>) -> Value {
 /// the response body ends, and returns the upstream connection to its pool if it completed.
 pub struct Exchange {
     shared: Arc<Shared>,
-    listener: ListenerKind,
+    conn: Arc<ConnInfo>,
     log: bool,
     start_wall: SystemTime,
     start: Instant,
@@ -126,7 +128,6 @@ pub struct Exchange {
     version: Version,
     authority: Option<HeaderValue>,
     user_agent: Option<HeaderValue>,
-    peer: SocketAddr,
     /// Status code sent downstream.
     pub code: u16,
     /// Response flags.
@@ -149,7 +150,13 @@ pub struct Exchange {
 
 impl Exchange {
     /// Starts recording a request.
-    pub fn start<B>(shared: &Arc<Shared>, conn: &ConnInfo, req: &Request<B>, log: bool) -> Self {
+    pub fn start<B>(
+        shared: &Arc<Shared>,
+        conn: &Arc<ConnInfo>,
+        req: &Request<B>,
+        log: bool,
+    ) -> Self {
+        conn.request_started();
         let authority = req
             .uri()
             .authority()
@@ -157,7 +164,7 @@ impl Exchange {
             .or_else(|| req.headers().get(http::header::HOST).cloned());
         Self {
             shared: shared.clone(),
-            listener: conn.listener,
+            conn: conn.clone(),
             log,
             start_wall: SystemTime::now(),
             start: Instant::now(),
@@ -166,7 +173,6 @@ impl Exchange {
             version: req.version(),
             authority,
             user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
-            peer: conn.peer,
             code: 0,
             flags: Flags::default(),
             request_id: None,
@@ -182,26 +188,38 @@ impl Exchange {
     fn line(&self, bytes_sent: u64) -> String {
         let mut m = Map::with_capacity(16);
         m.insert("start_time".into(), rfc3339(self.start_wall).into());
-        m.insert("listener".into(), self.listener.as_str().into());
+        m.insert("listener".into(), self.conn.listener.as_str().into());
         m.insert("method".into(), self.method.as_str().into());
         m.insert(
             "path".into(),
-            self.uri.path_and_query().map_or_else(|| self.uri.to_string(), |p| p.to_string()).into(),
+            self.uri
+                .path_and_query()
+                .map_or_else(|| self.uri.to_string(), |p| p.to_string())
+                .into(),
         );
         m.insert("protocol".into(), protocol_name(self.version).into());
         m.insert("response_code".into(), self.code.into());
         m.insert("response_flags".into(), self.flags.to_string().into());
-        let received = self.request_bytes.as_ref().map_or(0, |c| c.load(Ordering::Relaxed));
+        let received = self
+            .request_bytes
+            .as_ref()
+            .map_or(0, |c| c.load(Ordering::Relaxed));
         m.insert("bytes_received".into(), received.into());
         m.insert("bytes_sent".into(), bytes_sent.into());
-        m.insert("duration_ms".into(), (self.start.elapsed().as_millis() as u64).into());
+        m.insert(
+            "duration_ms".into(),
+            (self.start.elapsed().as_millis() as u64).into(),
+        );
         m.insert("upstream_host".into(), json!(self.upstream.as_deref()));
         m.insert("upstream_cluster".into(), json!(self.cluster.as_deref()));
         m.insert("route_name".into(), json!(self.route.as_deref()));
         m.insert("x_request_id".into(), header_str(&self.request_id));
         m.insert("authority".into(), header_str(&self.authority));
         m.insert("user_agent".into(), header_str(&self.user_agent));
-        m.insert("downstream_remote_address".into(), self.peer.to_string().into());
+        m.insert(
+            "downstream_remote_address".into(),
+            self.conn.peer.to_string().into(),
+        );
         Value::Object(m).to_string()
     }
 }
@@ -217,7 +235,11 @@ impl OnFinish for Exchange {
             self.flags.set(Flags::DC);
         }
         self.in_flight = None;
-        self.shared.metrics.listener(self.listener).request(self.code);
+        self.conn.request_ended();
+        self.shared
+            .metrics
+            .listener(self.conn.listener)
+            .request(self.code);
         if self.log {
             if let Some(log) = &self.shared.access_log {
                 log.write(self.line(bytes_sent));
@@ -277,6 +299,9 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_millis(1_764_064_800_123);
         assert_eq!(rfc3339(t), "2025-11-25T10:00:00.123Z");
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000Z"
+        );
     }
 }

@@ -21,7 +21,9 @@ impl LogControl {
     /// Applies a new filter such as `debug` or `info,halyard_proxy::http=trace`.
     pub fn set(&self, filter: &str) -> Result<(), BadFilter> {
         let f = EnvFilter::try_new(filter).map_err(|e| BadFilter(filter.into(), e.to_string()))?;
-        self.handle.reload(f).map_err(|e| BadFilter(filter.into(), e.to_string()))?;
+        self.handle
+            .reload(f)
+            .map_err(|e| BadFilter(filter.into(), e.to_string()))?;
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = filter.to_string();
         tracing::info!(filter, "log level changed");
         Ok(())
@@ -29,7 +31,10 @@ impl LogControl {
 
     /// The filter in force.
     pub fn current(&self) -> String {
-        self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -37,7 +42,9 @@ impl LogControl {
 pub fn init(filter: &str, json: bool) -> Result<LogControl, BadFilter> {
     let f = EnvFilter::try_new(filter).map_err(|e| BadFilter(filter.into(), e.to_string()))?;
     let (layer, handle) = reload::Layer::new(f);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(true);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(true);
     let registry = tracing_subscriber::registry().with(layer);
     if json {
         registry.with(fmt.json()).init();

@@ -23,7 +23,11 @@ impl ListenerMetrics {
     pub fn request(&self, code: u16) {
         let slot = self.by_code.get(code as usize).unwrap_or(&self.by_code[0]);
         slot.get_or_init(|| {
-            let label = if (100..600).contains(&code) { code.to_string() } else { "other".to_string() };
+            let label = if (100..600).contains(&code) {
+                code.to_string()
+            } else {
+                "other".to_string()
+            };
             self.requests.with_label_values(&[self.listener, &label])
         })
         .inc();
@@ -55,23 +59,38 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new();
-        let build = IntGaugeVec::new(Opts::new("halyard_build_info", "Build information."), &["version"])?;
+        let build = IntGaugeVec::new(
+            Opts::new("halyard_build_info", "Build information."),
+            &["version"],
+        )?;
         registry.register(Box::new(build.clone()))?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let active = IntGaugeVec::new(
-            Opts::new("halyard_connections_active", "Downstream connections open now."),
+            Opts::new(
+                "halyard_connections_active",
+                "Downstream connections open now.",
+            ),
             &["listener"],
         )?;
         let total = IntCounterVec::new(
-            Opts::new("halyard_connections_total", "Downstream connections accepted."),
+            Opts::new(
+                "halyard_connections_total",
+                "Downstream connections accepted.",
+            ),
             &["listener"],
         )?;
         let requests = IntCounterVec::new(
-            Opts::new("halyard_requests_total", "HTTP requests completed, by status code."),
+            Opts::new(
+                "halyard_requests_total",
+                "HTTP requests completed, by status code.",
+            ),
             &["listener", "code"],
         )?;
         let reloads = IntCounterVec::new(
-            Opts::new("halyard_config_reloads_total", "Configuration reloads by result."),
+            Opts::new(
+                "halyard_config_reloads_total",
+                "Configuration reloads by result.",
+            ),
             &["result"],
         )?;
         let access_log_dropped = IntCounter::new(

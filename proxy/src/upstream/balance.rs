@@ -41,7 +41,11 @@ pub fn pick<'a>(
         }
     };
     // Skip the excluded endpoint by moving to the next one.
-    let i = if usable(first) { first } else { (first + 1) % n };
+    let i = if usable(first) {
+        first
+    } else {
+        (first + 1) % n
+    };
     endpoints.get(i)
 }
 
@@ -68,7 +72,14 @@ mod tests {
     fn round_robin_cycles() {
         let e = ups(3);
         let rr = AtomicUsize::new(0);
-        let picked: Vec<u16> = (0..6).map(|_| pick(&e, LoadBalancer::RoundRobin, &rr, None).unwrap().key().port).collect();
+        let picked: Vec<u16> = (0..6)
+            .map(|_| {
+                pick(&e, LoadBalancer::RoundRobin, &rr, None)
+                    .unwrap()
+                    .key()
+                    .port
+            })
+            .collect();
         assert_eq!(picked, vec![1000, 1001, 1002, 1000, 1001, 1002]);
     }
 
@@ -78,7 +89,13 @@ mod tests {
         let _busy: Vec<_> = (0..5).map(|_| e[0].begin()).collect();
         let rr = AtomicUsize::new(0);
         for _ in 0..50 {
-            assert_eq!(pick(&e, LoadBalancer::LeastRequest, &rr, None).unwrap().key().port, 1001);
+            assert_eq!(
+                pick(&e, LoadBalancer::LeastRequest, &rr, None)
+                    .unwrap()
+                    .key()
+                    .port,
+                1001
+            );
         }
     }
 
@@ -86,7 +103,11 @@ mod tests {
     fn exclusion_avoids_failed_endpoint() {
         let e = ups(3);
         let rr = AtomicUsize::new(0);
-        for lb in [LoadBalancer::RoundRobin, LoadBalancer::Random, LoadBalancer::LeastRequest] {
+        for lb in [
+            LoadBalancer::RoundRobin,
+            LoadBalancer::Random,
+            LoadBalancer::LeastRequest,
+        ] {
             for _ in 0..100 {
                 let p = pick(&e, lb, &rr, Some(&e[1])).unwrap();
                 assert!(!Arc::ptr_eq(p, &e[1]));

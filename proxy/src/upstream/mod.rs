@@ -41,14 +41,20 @@ pub struct Upstream {
 
 impl fmt::Debug for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Upstream").field("authority", &self.authority).finish()
+        f.debug_struct("Upstream")
+            .field("authority", &self.authority)
+            .finish()
     }
 }
 
 impl Upstream {
     /// Creates an endpoint with an empty pool.
     pub fn new(key: UpstreamKey) -> Self {
-        let ip = key.host.parse().ok().map(|ip| SocketAddr::new(ip, key.port));
+        let ip = key
+            .host
+            .parse()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, key.port));
         let authority: Arc<str> = match ip {
             Some(a) => a.to_string().into(),
             None => format!("{}:{}", key.host, key.port).into(),

@@ -64,7 +64,12 @@ impl PooledH1 {
         if self.sender.is_closed() {
             return;
         }
-        let mut idle = self.upstream.pool.h1.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self
+            .upstream
+            .pool
+            .h1
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if idle.len() < MAX_IDLE_H1 {
             idle.push(IdleH1 {
                 sender: self.sender,
@@ -88,7 +93,10 @@ pub(super) struct Pool {
     idle_timeout: Duration,
 }
 
-pub(super) async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+pub(super) async fn connect_tcp(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_) => return Err(ConnectError::Timeout),
         Ok(Err(e)) => return Err(ConnectError::Connect(e)),
@@ -118,14 +126,24 @@ impl Pool {
         slot.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
-    pub(super) async fn checkout(&self, up: &Arc<Upstream>, version: HttpVersion) -> Result<Conn, ConnectError> {
+    pub(super) async fn checkout(
+        &self,
+        up: &Arc<Upstream>,
+        version: HttpVersion,
+    ) -> Result<Conn, ConnectError> {
         match version {
             HttpVersion::Http1 => {
                 if let Some(sender) = self.pop_idle_h1() {
-                    return Ok(Conn::H1(PooledH1 { sender, upstream: up.clone() }));
+                    return Ok(Conn::H1(PooledH1 {
+                        sender,
+                        upstream: up.clone(),
+                    }));
                 }
                 let sender = self.connect_h1(up).await?;
-                Ok(Conn::H1(PooledH1 { sender, upstream: up.clone() }))
+                Ok(Conn::H1(PooledH1 {
+                    sender,
+                    upstream: up.clone(),
+                }))
             }
             HttpVersion::Http2 => {
                 if let Some(s) = self.current_h2() {
@@ -153,7 +171,10 @@ impl Pool {
         None
     }
 
-    async fn connect_h1(&self, up: &Upstream) -> Result<http1::SendRequest<ProxyBody>, ConnectError> {
+    async fn connect_h1(
+        &self,
+        up: &Upstream,
+    ) -> Result<http1::SendRequest<ProxyBody>, ConnectError> {
         let addr = up.resolve().await?;
         let tcp = connect_tcp(addr, up.key.connect_timeout).await?;
         let (sender, conn) = http1::Builder::new()
@@ -169,7 +190,10 @@ impl Pool {
         Ok(sender)
     }
 
-    async fn connect_h2(&self, up: &Upstream) -> Result<http2::SendRequest<ProxyBody>, ConnectError> {
+    async fn connect_h2(
+        &self,
+        up: &Upstream,
+    ) -> Result<http2::SendRequest<ProxyBody>, ConnectError> {
         let addr = up.resolve().await?;
         let tcp = connect_tcp(addr, up.key.connect_timeout).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
@@ -191,7 +215,8 @@ impl Pool {
 
     pub(super) fn sweep(&self) {
         let timeout = self.idle_timeout;
-        self.lock_h1().retain(|e| e.since.elapsed() < timeout && !e.sender.is_closed());
+        self.lock_h1()
+            .retain(|e| e.since.elapsed() < timeout && !e.sender.is_closed());
         let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
         if h2.as_ref().is_some_and(|s| s.is_closed()) {
             *h2 = None;
