@@ -42,24 +42,51 @@ fn config(n: usize) -> String {
 }
 
 fn routing(c: &mut Criterion) {
-    let cfg = halyard_xds::parse_str(&config(1000), Path::new("bench.yaml")).expect("bench config is valid");
+    let cfg = halyard_xds::parse_str(&config(1000), Path::new("bench.yaml"))
+        .expect("bench config is valid");
     let snap = Snapshot::build(cfg.clone(), None).expect("bench config compiles");
     let headers = HeaderMap::new();
     let mut g = c.benchmark_group("route_lookup_1000_hosts");
     g.bench_function("exact_host_last_route", |b| {
-        b.iter(|| snap.routes.find(black_box("svc777.ns.svc.cluster.local"), &Method::GET, "/static/x", &headers))
+        b.iter(|| {
+            snap.routes.find(
+                black_box("svc777.ns.svc.cluster.local"),
+                &Method::GET,
+                "/static/x",
+                &headers,
+            )
+        })
     });
     g.bench_function("exact_host_first_route", |b| {
-        b.iter(|| snap.routes.find(black_box("svc777.ns.svc.cluster.local"), &Method::POST, "/api/v1/orders", &headers))
+        b.iter(|| {
+            snap.routes.find(
+                black_box("svc777.ns.svc.cluster.local"),
+                &Method::POST,
+                "/api/v1/orders",
+                &headers,
+            )
+        })
     });
     g.bench_function("wildcard_host", |b| {
-        b.iter(|| snap.routes.find(black_box("a.svc500.example.com"), &Method::GET, "/", &headers))
+        b.iter(|| {
+            snap.routes.find(
+                black_box("a.svc500.example.com"),
+                &Method::GET,
+                "/",
+                &headers,
+            )
+        })
     });
     g.bench_function("unknown_host", |b| {
-        b.iter(|| snap.routes.find(black_box("nope.example.org"), &Method::GET, "/", &headers))
+        b.iter(|| {
+            snap.routes
+                .find(black_box("nope.example.org"), &Method::GET, "/", &headers)
+        })
     });
     g.finish();
-    c.bench_function("snapshot_build_1000_services", |b| b.iter(|| Snapshot::build(cfg.clone(), Some(&snap))));
+    c.bench_function("snapshot_build_1000_services", |b| {
+        b.iter(|| Snapshot::build(cfg.clone(), Some(&snap)))
+    });
 }
 
 criterion_group!(benches, detection, routing);

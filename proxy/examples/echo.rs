@@ -2,23 +2,88 @@
 //! JSON describing it (its name, method, path, headers), so one can see what the mesh added.
 //!
 //! `cargo run -p halyard-proxy --example echo -- --name echo --listen 127.0.0.1:18080`
+//!
+//! Query parameters shape the answer, for tests and benchmarks: `delay_ms=N` waits before
+//! answering, `status=N` sets the status, `bytes=N` streams N zero bytes instead of JSON.
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body::{Frame, SizeHint};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
+/// A body of `remaining` zero bytes, produced in 64 KiB chunks without holding them all.
+struct Zeros {
+    remaining: u64,
+}
+
+static ZEROS: [u8; 65536] = [0; 65536];
+
+impl http_body::Body for Zeros {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(ZEROS.len() as u64);
+        self.remaining -= n;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+            &ZEROS[..n as usize],
+        )))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// Returns the value of query parameter `key` parsed as a number.
+fn query_num(query: Option<&str>, key: &str) -> Option<u64> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+type EchoBody = Either<Full<Bytes>, Zeros>;
+
 async fn echo(
     name: &'static str,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<EchoBody>, Infallible> {
     let (parts, body) = req.into_parts();
+    let query = parts.uri.query();
+    if let Some(ms) = query_num(query, "delay_ms") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let status = query_num(query, "status")
+        .and_then(|s| http::StatusCode::from_u16(s as u16).ok())
+        .unwrap_or(http::StatusCode::OK);
+    if let Some(n) = query_num(query, "bytes") {
+        drop(body);
+        let mut resp = Response::new(Either::Right(Zeros { remaining: n }));
+        *resp.status_mut() = status;
+        return Ok(resp);
+    }
     // Count the body without keeping it.
     let mut body = body;
     let mut body_bytes = 0usize;
@@ -48,7 +113,8 @@ async fn echo(
     });
     let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
     text.push('\n');
-    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    let mut resp = Response::new(Either::Left(Full::new(Bytes::from(text))));
+    *resp.status_mut() = status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),

@@ -2,6 +2,7 @@
 //! the control server, and loading of their static-file form with precise errors.
 #![forbid(unsafe_code)]
 
+mod duration;
 mod load;
 mod locate;
 mod validate;
@@ -31,6 +32,9 @@ pub fn to_std_duration(d: &pbjson_types::Duration) -> std::time::Duration {
 }
 
 /// Returns the std duration of an optional protobuf duration, or `default` when unset.
-pub fn duration_or(d: Option<&pbjson_types::Duration>, default: std::time::Duration) -> std::time::Duration {
+pub fn duration_or(
+    d: Option<&pbjson_types::Duration>,
+    default: std::time::Duration,
+) -> std::time::Duration {
     d.map(to_std_duration).unwrap_or(default)
 }

@@ -75,6 +75,8 @@ pub fn parse_str(text: &str, path: &Path) -> Result<ProxyConfig, LoadError> {
     if text.trim().is_empty() {
         return Err(parse_err(1, 1, "the file is empty".into()));
     }
+    let normalized = crate::duration::normalize(text);
+    let text: &str = &normalized;
     let is_json = path.extension().is_some_and(|e| e == "json");
     let config: ProxyConfig = if is_json {
         serde_json::from_str(text).map_err(|e| {
@@ -83,7 +85,10 @@ pub fn parse_str(text: &str, path: &Path) -> Result<ProxyConfig, LoadError> {
         })?
     } else {
         serde_yaml::from_str(text).map_err(|e| {
-            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
             parse_err(line, column, strip_location(&e.to_string()))
         })?
     };
@@ -114,7 +119,9 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        parse_str(text, Path::new("proxy.yaml")).unwrap_err().to_string()
+        parse_str(text, Path::new("proxy.yaml"))
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -133,7 +140,8 @@ mod tests {
 
     #[test]
     fn bad_enum_is_reported() {
-        let e = err("services:\n  - name: a\n    ports:\n      - port: 80\n        protocol: SMTP\n");
+        let e =
+            err("services:\n  - name: a\n    ports:\n      - port: 80\n        protocol: SMTP\n");
         assert!(e.starts_with("proxy.yaml:5:"), "{e}");
     }
 
@@ -141,7 +149,10 @@ mod tests {
     fn semantic_errors_have_lines() {
         let text = "services:\n  - name: a\n    ports:\n      - port: 80\n    endpoints:\n      - address: ''\n";
         let e = err(text);
-        assert!(e.starts_with("proxy.yaml:6: services[0].endpoints[0].address:"), "{e}");
+        assert!(
+            e.starts_with("proxy.yaml:6: services[0].endpoints[0].address:"),
+            "{e}"
+        );
     }
 
     #[test]

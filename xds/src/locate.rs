@@ -84,7 +84,9 @@ impl MarkedEventReceiver for Builder {
 /// Field names may be written camelCase or snake_case; compare them loosely.
 fn same_field(a: &str, b: &str) -> bool {
     fn norm(s: &str) -> impl Iterator<Item = char> + '_ {
-        s.chars().filter(|c| *c != '_').map(|c| c.to_ascii_lowercase())
+        s.chars()
+            .filter(|c| *c != '_')
+            .map(|c| c.to_ascii_lowercase())
     }
     norm(a).eq(norm(b))
 }
@@ -92,13 +94,16 @@ fn same_field(a: &str, b: &str) -> bool {
 /// Returns the 1-based line of the deepest node along `path` that exists in `source`.
 pub fn line_of(source: &str, path: &[Segment]) -> Option<usize> {
     let mut builder = Builder::default();
-    Parser::new_from_str(source).load(&mut builder, false).ok()?;
+    Parser::new_from_str(source)
+        .load(&mut builder, false)
+        .ok()?;
     let mut node = builder.root.as_ref()?;
     for seg in path {
         let next = match (seg, node) {
-            (Segment::Field(name), Node::Map(_, entries)) => {
-                entries.iter().find(|(k, _)| same_field(k, name)).map(|(_, n)| n)
-            }
+            (Segment::Field(name), Node::Map(_, entries)) => entries
+                .iter()
+                .find(|(k, _)| same_field(k, name))
+                .map(|(_, n)| n),
             (Segment::Index(i), Node::Seq(_, items)) => items.get(*i),
             _ => None,
         };
@@ -116,7 +121,8 @@ mod tests {
 
     #[test]
     fn finds_nested_lines() {
-        let src = "version: a\nservices:\n  - name: x\n    ports:\n      - port: 1\n      - port: 2\n";
+        let src =
+            "version: a\nservices:\n  - name: x\n    ports:\n      - port: 1\n      - port: 2\n";
         let p = |s: &[Segment]| line_of(src, s);
         assert_eq!(p(&[Segment::Field("version".into())]), Some(1));
         let port2 = [
@@ -128,14 +134,22 @@ mod tests {
         ];
         assert_eq!(p(&port2), Some(6));
         // A missing leaf falls back to its parent's line.
-        let missing = [Segment::Field("services".into()), Segment::Index(0), Segment::Field("target_port".into())];
+        let missing = [
+            Segment::Field("services".into()),
+            Segment::Index(0),
+            Segment::Field("target_port".into()),
+        ];
         assert_eq!(p(&missing), Some(3));
     }
 
     #[test]
     fn json_and_snake_case() {
         let src = "{\n \"services\": [\n  {\"name\": \"a\",\n   \"connect_timeout\": \"x\"}]}";
-        let path = [Segment::Field("services".into()), Segment::Index(0), Segment::Field("connectTimeout".into())];
+        let path = [
+            Segment::Field("services".into()),
+            Segment::Index(0),
+            Segment::Field("connectTimeout".into()),
+        ];
         assert_eq!(line_of(src, &path), Some(4));
     }
 }

@@ -78,7 +78,9 @@ fn valid_host(host: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         })
 }
 
@@ -113,7 +115,9 @@ pub fn validate(cfg: &ProxyConfig) -> Vec<ValidationError> {
     }
     let mut names = HashSet::new();
     for (i, svc) in cfg.services.iter().enumerate() {
-        c.field("services", |c| c.at(Segment::Index(i), |c| check_service(c, svc, &mut names)));
+        c.field("services", |c| {
+            c.at(Segment::Index(i), |c| check_service(c, svc, &mut names))
+        });
     }
     for (i, vh) in cfg.virtual_hosts.iter().enumerate() {
         c.field("virtualHosts", |c| {
@@ -123,7 +127,11 @@ pub fn validate(cfg: &ProxyConfig) -> Vec<ValidationError> {
                 }
                 for (j, h) in vh.hosts.iter().enumerate() {
                     if !valid_host(h) {
-                        c.field("hosts", |c| c.at(Segment::Index(j), |c| c.fail("", format!("`{h}` is not a host name"))));
+                        c.field("hosts", |c| {
+                            c.at(Segment::Index(j), |c| {
+                                c.fail("", format!("`{h}` is not a host name"))
+                            })
+                        });
                     }
                 }
                 for (j, r) in vh.routes.iter().enumerate() {
@@ -134,17 +142,32 @@ pub fn validate(cfg: &ProxyConfig) -> Vec<ValidationError> {
                                 return;
                             };
                             c.field("route", |c| match find_service(cfg, &dest.service) {
-                                None => c.fail("service", format!("no service named or hosting `{}`", dest.service)),
+                                None => c.fail(
+                                    "service",
+                                    format!("no service named or hosting `{}`", dest.service),
+                                ),
                                 Some(svc) => {
-                                    if dest.port != 0 && !svc.ports.iter().any(|p| p.port == dest.port) {
-                                        c.fail("port", format!("service `{}` has no port {}", svc.name, dest.port));
+                                    if dest.port != 0
+                                        && !svc.ports.iter().any(|p| p.port == dest.port)
+                                    {
+                                        c.fail(
+                                            "port",
+                                            format!(
+                                                "service `{}` has no port {}",
+                                                svc.name, dest.port
+                                            ),
+                                        );
                                     }
                                 }
                             });
                             for (k, m) in r.r#match.iter().enumerate() {
                                 if let Some(uri) = &m.uri {
                                     if uri.match_type.is_none() {
-                                        c.field("match", |c| c.at(Segment::Index(k), |c| c.fail("uri", "set `exact` or `prefix`")));
+                                        c.field("match", |c| {
+                                            c.at(Segment::Index(k), |c| {
+                                                c.fail("uri", "set `exact` or `prefix`")
+                                            })
+                                        });
                                     }
                                 }
                             }
@@ -165,12 +188,20 @@ fn check_service(c: &mut Checker, svc: &Service, names: &mut HashSet<String>) {
     }
     for (j, h) in svc.hosts.iter().enumerate() {
         if !valid_host(h) {
-            c.field("hosts", |c| c.at(Segment::Index(j), |c| c.fail("", format!("`{h}` is not a host name"))));
+            c.field("hosts", |c| {
+                c.at(Segment::Index(j), |c| {
+                    c.fail("", format!("`{h}` is not a host name"))
+                })
+            });
         }
     }
     for (j, a) in svc.addresses.iter().enumerate() {
         if a.parse::<IpAddr>().is_err() {
-            c.field("addresses", |c| c.at(Segment::Index(j), |c| c.fail("", format!("`{a}` is not an IP address"))));
+            c.field("addresses", |c| {
+                c.at(Segment::Index(j), |c| {
+                    c.fail("", format!("`{a}` is not an IP address"))
+                })
+            });
         }
     }
     if svc.ports.is_empty() {
@@ -194,7 +225,10 @@ fn check_service(c: &mut Checker, svc: &Service, names: &mut HashSet<String>) {
                 if e.address.is_empty() {
                     c.fail("address", "an endpoint needs an address");
                 } else if e.address.parse::<IpAddr>().is_err() && !valid_host(&e.address) {
-                    c.fail("address", format!("`{}` is neither an IP address nor a host name", e.address));
+                    c.fail(
+                        "address",
+                        format!("`{}` is neither an IP address nor a host name", e.address),
+                    );
                 }
                 c.port("port", e.port, false);
             })
@@ -204,10 +238,11 @@ fn check_service(c: &mut Checker, svc: &Service, names: &mut HashSet<String>) {
 
 /// Finds a service by name or by one of its hosts.
 pub fn find_service<'a>(cfg: &'a ProxyConfig, key: &str) -> Option<&'a Service> {
-    cfg.services
-        .iter()
-        .find(|s| s.name == key)
-        .or_else(|| cfg.services.iter().find(|s| s.hosts.iter().any(|h| h == key)))
+    cfg.services.iter().find(|s| s.name == key).or_else(|| {
+        cfg.services
+            .iter()
+            .find(|s| s.hosts.iter().any(|h| h == key))
+    })
 }
 
 #[cfg(test)]
@@ -222,7 +257,10 @@ mod tests {
 
     #[test]
     fn clean_config_passes() {
-        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/static/proxy.yaml")).unwrap();
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/static/proxy.yaml"),
+        )
+        .unwrap();
         assert!(errors(&text).is_empty(), "{:?}", errors(&text));
     }
 
@@ -245,7 +283,9 @@ mod tests {
 
     #[test]
     fn duplicate_service() {
-        let e = errors("services:\n  - {name: a, ports: [{port: 1}]}\n  - {name: a, ports: [{port: 1}]}\n");
+        let e = errors(
+            "services:\n  - {name: a, ports: [{port: 1}]}\n  - {name: a, ports: [{port: 1}]}\n",
+        );
         assert_eq!(e, vec!["services[1].name: service `a` is defined twice"]);
     }
 }

@@ -1,0 +1,550 @@
+//! End-to-end test harness: starts the built `halyard-proxy`, the echo app and peers this
+//! project did not write (curl, Python grpcio, websockets), and talks to them as a user would.
+//!
+//! Every process is killed when its handle drops; a failing test prints the proxy's stderr.
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+
+/// How long any single wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The cargo target profile directory the tests were built into (e.g. `target/debug`).
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/debug/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in <profile>/deps")
+        .to_path_buf()
+}
+
+/// The proxy binary under test: `$HALYARD_PROXY_BIN` or `<profile>/halyard-proxy`.
+pub fn proxy_bin() -> PathBuf {
+    std::env::var_os("HALYARD_PROXY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| profile_dir().join("halyard-proxy"))
+}
+
+/// A cargo example binary of the workspace (built by `cargo build --examples`).
+pub fn example_bin(name: &str) -> PathBuf {
+    profile_dir().join("examples").join(name)
+}
+
+/// The Python with the test peers' packages: `$HALYARD_PYTHON` or the venv `tests/run.sh` makes.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("HALYARD_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = PathBuf::from("/var/tmp/halyard-venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+/// A peer script under `tests/peers/`.
+pub fn peer(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("peers")
+        .join(name)
+}
+
+/// Polls `f` until it returns `Some`, failing the test after `DEADLINE`.
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates a fresh directory under the system temp dir.
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("halyard-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    child: Child,
+    name: String,
+    stderr_file: Option<PathBuf>,
+}
+
+impl Proc {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, ...) with `kill(1)`.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", sig, &self.pid().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -s {sig} {} failed", self.name);
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Resident set size in KiB, from `/proc/PID/status`.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            if let Some(text) = self
+                .stderr_file
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+            {
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("---- last stderr of {} ----", self.name);
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+/// Spawns `cmd` and waits for a stderr line containing `marker`; returns the process and
+/// the rest of that line after the marker. Later stderr lines are drained in the background.
+pub fn spawn_until(name: &str, mut cmd: Command, marker: &str) -> (Proc, String) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = marker.to_string();
+    std::thread::spawn(move || {
+        let marker = wanted;
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(i) = line.find(&marker) {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(line[i + marker.len()..].trim().to_string());
+                }
+            }
+        }
+    });
+    let proc = Proc {
+        child,
+        name: name.to_string(),
+        stderr_file: None,
+    };
+    match rx.recv_timeout(DEADLINE) {
+        Ok(rest) => (proc, rest),
+        Err(_) => panic!("{name} did not print `{marker}`"),
+    }
+}
+
+/// The echo example app (JSON echo over HTTP/1.1 and h2c).
+pub struct Echo {
+    /// The running process.
+    pub proc: Proc,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Echo {
+    /// Starts an echo app named `name` on an ephemeral loopback port.
+    pub fn start(name: &str) -> Echo {
+        Self::start_on(name, "127.0.0.1:0")
+    }
+
+    /// Starts an echo app on `listen`.
+    pub fn start_on(name: &str, listen: &str) -> Echo {
+        let mut cmd = Command::new(example_bin("echo"));
+        cmd.args(["--name", name, "--listen", listen]);
+        let (proc, rest) = spawn_until(&format!("echo {name}"), cmd, "listening on ");
+        let addr = rest.parse().expect("echo address");
+        Echo { proc, addr }
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+/// A running `halyard-proxy` with its config file, logs and bound addresses.
+pub struct Proxy {
+    /// The running process.
+    pub proc: Proc,
+    /// The outbound listener's address.
+    pub outbound: SocketAddr,
+    /// The inbound listener's address.
+    pub inbound: SocketAddr,
+    /// The admin listener's address.
+    pub admin: SocketAddr,
+    dir: TempDir,
+}
+
+impl Proxy {
+    /// Starts the proxy with `config` (YAML), every listener on an ephemeral port.
+    pub fn start(config: &str) -> Proxy {
+        Self::start_with(config, &[])
+    }
+
+    /// Starts the proxy with `config` and extra command-line arguments.
+    pub fn start_with(config: &str, extra: &[&str]) -> Proxy {
+        let dir = TempDir::new("proxy");
+        let config_path = dir.path().join("proxy.yaml");
+        std::fs::write(&config_path, config).expect("write config");
+        let addr_file = dir.path().join("admin.addr");
+        let stdout = std::fs::File::create(dir.path().join("access.log")).expect("log file");
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("log file");
+        let child = Command::new(proxy_bin())
+            .arg("--config")
+            .arg(&config_path)
+            .args([
+                "--outbound-addr",
+                "127.0.0.1:0",
+                "--inbound-addr",
+                "127.0.0.1:0",
+                "--admin-addr",
+                "127.0.0.1:0",
+                "--concurrency",
+                "2",
+                "--log-level",
+                "info",
+            ])
+            .arg("--admin-address-path")
+            .arg(&addr_file)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", proxy_bin().display()));
+        let mut proc = Proc {
+            child,
+            name: "halyard-proxy".into(),
+            stderr_file: Some(stderr_path),
+        };
+        let admin: SocketAddr = wait_for("the proxy's admin address", || {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                panic!("proxy exited early with {status}");
+            }
+            std::fs::read_to_string(&addr_file)
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        });
+        let listeners = wait_for("GET /listeners", || {
+            let r = http(admin, "GET", "/listeners", &[], b"").ok()?;
+            (r.status == 200).then_some(r)
+        })
+        .json();
+        let get = |k: &str| -> SocketAddr {
+            listeners[k]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("/listeners has no {k}: {listeners}"))
+        };
+        let proxy = Proxy {
+            outbound: get("outbound"),
+            inbound: get("inbound"),
+            admin,
+            proc,
+            dir,
+        };
+        proxy.wait_ready();
+        proxy
+    }
+
+    /// Waits until `/ready` answers 200.
+    pub fn wait_ready(&self) {
+        wait_for("/ready", || {
+            (http(self.admin, "GET", "/ready", &[], b"").ok()?.status == 200).then_some(())
+        });
+    }
+
+    /// The config file the proxy reads (rewrite it to trigger a reload).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("proxy.yaml")
+    }
+
+    /// Everything the proxy wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// The access log entries written so far (stdout, one JSON object per line).
+    pub fn access_log(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits for an access log entry that satisfies `pred`.
+    pub fn wait_log(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_for(&format!("access log entry: {what}"), || {
+            self.access_log().into_iter().find(|e| pred(e))
+        })
+    }
+
+    /// An admin request.
+    pub fn admin(&self, method: &str, path: &str) -> Reply {
+        http(self.admin, method, path, &[], b"").expect("admin request")
+    }
+
+    /// The value of a Prometheus sample whose line starts with `prefix` (name and labels).
+    pub fn metric(&self, prefix: &str) -> Option<f64> {
+        let text = self.admin("GET", "/stats/prometheus").text();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Header (lower-case name, value) pairs.
+    pub headers: Vec<(String, String)>,
+    /// The body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON (panics with the body when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`); a tiny client for admin
+/// calls and for requests curl cannot make (odd headers). Data-path tests use curl.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Reply> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(DEADLINE))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_reply(&raw)
+}
+
+fn parse_reply(raw: &[u8]) -> std::io::Result<Reply> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no header end"))?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("head not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
+    }
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let nl = data.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&data[..nl]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        data = &data[nl + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}
+
+/// What curl printed: the status (`-w %{http_code}`), body and stderr.
+#[derive(Debug)]
+pub struct CurlOut {
+    /// HTTP status code (0 when no response).
+    pub status: u16,
+    /// The response body.
+    pub body: String,
+    /// curl's stderr (with `-v`, the conversation).
+    pub stderr: String,
+    /// Whether curl exited 0.
+    pub ok: bool,
+}
+
+impl CurlOut {
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("curl body not JSON ({e}): {}", self.body))
+    }
+}
+
+const STATUS_MARK: &str = "\n@@status=";
+
+/// Runs curl with `args` (plus `-sS` and a status trailer) and a 30 s cap.
+pub fn curl(args: &[&str]) -> CurlOut {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-w"])
+        .arg(format!("{STATUS_MARK}%{{http_code}}"))
+        .args(args)
+        .output()
+        .expect("run curl (install it: apt-get install curl)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = match stdout.rsplit_once(STATUS_MARK) {
+        Some((b, s)) => (b.to_string(), s.trim().parse().unwrap_or(0)),
+        None => (stdout, 0),
+    };
+    CurlOut {
+        status,
+        body,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        ok: out.status.success(),
+    }
+}
+
+/// A config with one HTTP service `echo.local` → `echo_port`, plus `extra` YAML appended.
+pub fn echo_config(echo_port: u16, extra: &str) -> String {
+    format!(
+        "version: test-1
+workload:
+  name: app
+  namespace: default
+  ports:
+    - port: 8080
+      appAddress: 127.0.0.1:{echo_port}
+services:
+  - name: echo.default.svc.cluster.local
+    hosts: [echo.local]
+    ports:
+      - port: 80
+        protocol: HTTP
+        targetPort: {echo_port}
+    endpoints:
+      - address: 127.0.0.1
+    connectTimeout: 1s
+{extra}"
+    )
+}
+
+/// `http://ADDR/PATH` for curl.
+pub fn url(addr: SocketAddr, path: &str) -> String {
+    format!("http://{addr}{path}")
+}
+
+/// Reads a stream to its end, giving up after `DEADLINE`.
+pub fn read_all(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    s.set_read_timeout(Some(DEADLINE))?;
+    let mut v = Vec::new();
+    s.read_to_end(&mut v)?;
+    Ok(v)
+}
