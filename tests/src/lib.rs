@@ -103,6 +103,16 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Spawns `cmd` (its stdio as the caller set it up).
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Proc {
+            child,
+            name: name.to_string(),
+            stderr_file: None,
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -493,7 +503,11 @@ const STATUS_MARK: &str = "\n@@status=";
 
 /// Runs curl with `args` (plus `-sS` and a status trailer) and a 30 s cap.
 pub fn curl(args: &[&str]) -> CurlOut {
-    let out = Command::new("curl")
+    curl_with(&mut Command::new("curl"), args)
+}
+
+fn curl_with(cmd: &mut Command, args: &[&str]) -> CurlOut {
+    let out = cmd
         .args(["-sS", "--max-time", "30", "-w"])
         .arg(format!("{STATUS_MARK}%{{http_code}}"))
         .args(args)
@@ -547,4 +561,78 @@ pub fn read_all(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut v = Vec::new();
     s.read_to_end(&mut v)?;
     Ok(v)
+}
+
+/// A network namespace of the test's own (needs root), deleted on drop.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a namespace with loopback up, or None when this is not root (the caller
+    /// decides whether that is a skip or a failure).
+    pub fn new(tag: &str) -> Option<Netns> {
+        if !is_root() {
+            return None;
+        }
+        let name = format!("hy-{tag}-{}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        let added = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(added, "ip netns add {name} failed");
+        let ns = Netns { name };
+        ns.sh("ip link set lo up");
+        Some(ns)
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Runs a shell command inside the namespace; panics with its output when it fails.
+    pub fn sh(&self, script: &str) -> String {
+        let out = self
+            .command("sh")
+            .args(["-c", script])
+            .output()
+            .expect("ip netns exec");
+        assert!(
+            out.status.success(),
+            "`{script}` in {} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// curl inside the namespace (same output handling as [`curl`]).
+    pub fn curl(&self, args: &[&str]) -> CurlOut {
+        let mut c = self.command("curl");
+        curl_with(&mut c, args)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Whether the tests run as root (network namespaces and iptables need it).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
