@@ -1,0 +1,291 @@
+"""REPORT.md and latency.svg from the harness's results (standard library only).
+
+Also usable alone: `python3 benches/load/report.py benches/report/results.json` rewrites
+REPORT.md and latency.svg next to the JSON file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from html import escape
+from pathlib import Path
+
+PROXIES = ["halyard", "nginx", "haproxy"]
+ORDER = ["direct"] + PROXIES
+COLORS = {"halyard": "#1f77b4", "nginx": "#2ca02c", "haproxy": "#d62728"}
+LIGHT = {"halyard": "#9ecae9", "nginx": "#a1d99b", "haproxy": "#f4a5a5"}
+
+
+def _num(v, fmt="{:,.0f}", na="n/a"):
+    return na if v is None else fmt.format(v)
+
+
+def _signed(v):
+    return "n/a" if v is None else f"{v:+,.0f}"
+
+
+def _mib(kib):
+    return "n/a" if kib is None else f"{kib / 1024:.1f}"
+
+
+def _cell(r: dict) -> str | None:
+    """Why a row has no numbers, or None when it has."""
+    if r.get("na"):
+        return f"n/a ({r['na']})"
+    if r.get("error") and not r.get("capacity"):
+        return "error (see Problems)"
+    return None
+
+
+def scenario_table(key: str, sc: dict, results: dict) -> list[str]:
+    tg = sc["targets"]
+    direct = tg.get("direct", {})
+    d_rps = direct.get("capacity", {}).get("rps")
+    n_cpu = tg.get("nginx", {}).get("capacity", {}).get("cpu_us_per_req")
+    lines = []
+    d_lat = direct.get("latency", {}).get("latency_us")
+    basis = sc.get("rate_basis", "halyard")
+    basis_label = results["targets"].get(basis, {}).get("label", basis)
+    lines.append(f"Request `GET {sc['path']}` with `Host: {sc['host']}`. Fixed rate "
+                 f"**{sc.get('rate', 0):,} req/s** (half of {basis_label}'s closed-loop rps)."
+                 + (f" Direct latency at that rate: p50 {d_lat['p50']:.0f} µs, "
+                    f"p99 {d_lat['p99']:.0f} µs, p99.9 {d_lat['p99.9']:.0f} µs." if d_lat else ""))
+    lines.append("")
+    lines.append("| target | legs | rps | × direct | proxy CPU-µs/req | × nginx | proxy core busy "
+                 "| CPU-µs/req at fixed rate | added p50 µs | added p99 µs | added p99.9 µs "
+                 "| failed req | RSS after (MiB) |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for k in ORDER:
+        meta = results["targets"].get(k)
+        if meta is None:
+            continue
+        r = tg.get(k)
+        legs = meta.get("legs", {}).get(sc["proto"], "")
+        if r is None:
+            lines.append(f"| {meta['label']} | {legs} | not run | | | | | | | | | | |")
+            continue
+        why = _cell(r)
+        if why:
+            lines.append(f"| {meta['label']} | {legs or '—'} | {why} | | | | | | | | | | |")
+            continue
+        c = r.get("capacity", {})
+        lr = r.get("latency", {})
+        rps = c.get("rps")
+        ratio = f"{rps / d_rps:.2f}" if rps and d_rps else "n/a"
+        cpu = c.get("cpu_us_per_req")
+        cpu_ratio = f"{cpu / n_cpu:.2f}" if cpu and n_cpu else ("n/a" if k != "direct" else "—")
+        busy = c.get("proxy_core_busy")
+        added = r.get("added_us", {})
+        failed = (c.get("bad") or 0) + (lr.get("bad") or 0)
+        if k == "direct":
+            lines.append(f"| {meta['label']} | {legs} | {_num(rps)} | 1.00 | — | — | — | — "
+                         f"| 0 | 0 | 0 | {failed} | — |")
+            continue
+        mem = c.get("mem_after") or {}
+        lines.append(
+            f"| {meta['label']} | {legs} | {_num(rps)} | {ratio} | {_num(cpu, '{:.1f}')} "
+            f"| {cpu_ratio} | {_num(busy * 100 if busy is not None else None, '{:.0f}%')} "
+            f"| {_num(lr.get('cpu_us_per_req'), '{:.1f}')} "
+            f"| {_signed(added.get('p50'))} | {_signed(added.get('p99'))} "
+            f"| {_signed(added.get('p99.9'))} | {failed} | {_mib(mem.get('rss_kib'))} |")
+    return lines
+
+
+def memory_table(results: dict) -> list[str]:
+    lines = ["| target | RSS idle (MiB) | RSS, 1,000 conns (MiB) | per conn (KiB) "
+             "| PSS idle (MiB) | PSS, 1,000 conns (MiB) | peak RSS, whole run (MiB) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for k in PROXIES:
+        meta = results["targets"].get(k)
+        m = results.get("memory", {}).get(k)
+        if meta is None:
+            continue
+        if not m or "idle" not in m:
+            lines.append(f"| {meta['label']} | not run | | | | | |")
+            continue
+        idle, k1 = m["idle"], m.get("conns_1k") or {}
+        per = ((k1["rss_kib"] - idle["rss_kib"]) / 1000) if k1 else None
+        end = m.get("end") or {}
+        note = ""
+        if m.get("conns_1k_ok") is not None and m["conns_1k_ok"] != 1000:
+            note = f" ({m['conns_1k_ok']}/1000 answered 200)"
+        lines.append(f"| {meta['label']}{note} | {_mib(idle['rss_kib'])} | {_mib(k1.get('rss_kib'))} "
+                     f"| {_num(per, '{:.1f}')} | {_mib(idle['pss_kib'])} | {_mib(k1.get('pss_kib'))} "
+                     f"| {_mib(end.get('hwm_kib'))} |")
+    return lines
+
+
+def write_markdown(results: dict, out: Path) -> None:
+    m, t, s = results["machine"], results["tools"], results["settings"]
+    L = ["# Halyard load benchmark", ""]
+    L.append(f"Run: {results['date']}, `{results['mode']}` mode "
+             f"({s['duration_s']} s per measurement after {s['warmup_s']} s of warm-up), "
+             f"harness time {results.get('elapsed_s', '?')} s. Produced by "
+             f"`bash benches/load/run.sh{' --quick' if results['mode'] == 'quick' else ''}`; "
+             "raw numbers in `results.json`.")
+    L.append("")
+    L.append("Ratios are against the baseline (direct to the upstream) or nginx **from this same "
+             "run**; absolute numbers from another day or machine are not comparable.")
+    L += ["", "## Machine", ""]
+    L.append(f"- {m['nproc']} CPUs: {m['cpu_model']}; {m['mem_gib']} GiB; Linux {m['kernel']}; "
+             f"CLK_TCK {m['clk_tck']}")
+    L.append(f"- load average before / after: {results['load_before']} / "
+             f"{results.get('load_after', '?')} (other work on the machine shows up as noise)")
+    L += ["", "## Tools", ""]
+    for k in ("halyard", "halyard_commit", "nginx", "haproxy", "oha", "python"):
+        if k in t:
+            L.append(f"- {k}: {t[k]}")
+    L += ["", "## Setup", ""]
+    L += [
+        f"- Core {s['cores']['proxy']}: the proxy under test (`taskset -c {s['cores']['proxy']}`), "
+        "one worker: Halyard `--concurrency 1`, nginx `worker_processes 1`, haproxy `nbthread 1`.",
+        f"- Core {s['cores']['load_generator_and_upstream']}: the load generator (oha, one "
+        "worker thread) and the upstream (nginx, one worker; `/0` empty 200, `/1k` 1 KiB). "
+        "Because client and upstream share one core, closed-loop rps is often bounded by core "
+        f"{s['cores']['load_generator_and_upstream']}, not by the proxy: read rps together "
+        "with *proxy core busy* (proxy CPU-seconds / wall seconds; 100% = the proxy's core is "
+        "saturated) and compare proxies by *CPU-µs/req*.",
+        f"- Processes run at niceness {s['nice']} to keep other work on the machine out of "
+        "the way." if s.get("nice") else "- Processes run at the default niceness.",
+        f"- Capacity (closed loop): HTTP/1.1 {s['capacity_concurrency']['h1']}, HTTP/2 "
+        f"{s['capacity_concurrency']['h2']}; rps counts 2xx answers; proxy CPU is utime+stime "
+        "from `/proc/PID/stat` (nginx: master + worker) over the measured run.",
+        f"- Latency (open loop, `oha -q RATE --latency-correction`): HTTP/1.1 "
+        f"{s['latency_concurrency']['h1']}, HTTP/2 {s['latency_concurrency']['h2']}; the rate "
+        "is half of Halyard's closed-loop rps in that scenario, the same for every target. "
+        "*Added* latency = target minus direct at the same percentile, same rate, same run.",
+        f"- Memory: RSS (`VmRSS`, nginx master + worker) at idle right after start, then with "
+        f"{s['idle_connections']:,} client connections open, each having completed one "
+        "keep-alive `GET /0` and then held idle.",
+        "- Legs: `h1 → h1` = HTTP/1.1 client side and upstream side; `h2c → h2c` = HTTP/2 "
+        "prior knowledge both sides; nginx's `proxy_pass` has no HTTP/2 upstream, so its "
+        "HTTP/2 row is `h2c → h1` (keep-alive pool of 64).",
+    ]
+    L += ["", "## Results", ""]
+    for key, sc in results["scenarios"].items():
+        L += [f"### {sc['title']}", ""]
+        L += scenario_table(key, sc, results)
+        L.append("")
+    L += ["## Memory", ""]
+    L += memory_table(results)
+    L += ["", "## Added latency", "", "![added latency p50/p99 per target and scenario]"
+          "(latency.svg)", ""]
+    L += ["## Problems", ""]
+    probs = results.get("problems") or []
+    if probs:
+        L += [f"- {p}" for p in probs]
+    else:
+        L.append("None: every request answered 2xx, every process stayed up.")
+    L.append("")
+    (out / "REPORT.md").write_text("\n".join(L))
+
+
+def nice_step(span: float, target_ticks: int = 6) -> float:
+    raw = span / target_ticks if span > 0 else 1
+    mag = 10 ** math.floor(math.log10(raw))
+    for f in (1, 2, 2.5, 5, 10):
+        if raw <= f * mag:
+            return f * mag
+    return 10 * mag
+
+
+def write_svg(results: dict, out: Path) -> None:
+    scen = list(results["scenarios"].items())
+    proxies = [p for p in PROXIES if p in results["targets"]]
+    vals = []
+    for _, sc in scen:
+        for p in proxies:
+            a = sc["targets"].get(p, {}).get("added_us") or {}
+            vals += [v for v in (a.get("p50"), a.get("p99")) if v is not None]
+    vmax = max(vals + [1.0])
+    vmin = min(vals + [0.0])
+    step = nice_step(vmax - vmin)
+    top = math.ceil(vmax * 1.08 / step) * step
+    bot = math.floor(vmin / step) * step if vmin < 0 else 0.0
+
+    W, H = 980, 500
+    ml, mr, mt, mb = 80, 20, 80, 90
+    pw, ph = W - ml - mr, H - mt - mb
+
+    def y(v: float) -> float:
+        return mt + ph * (top - v) / (top - bot)
+
+    e = []
+    e.append(f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
+             f'viewBox="0 0 {W} {H}" font-family="Helvetica, Arial, sans-serif" font-size="12">')
+    e.append(f'<rect width="{W}" height="{H}" fill="white"/>')
+    e.append(f'<text x="{W / 2}" y="24" text-anchor="middle" font-size="16" font-weight="bold">'
+             f'Latency added over direct at a fixed rate (µs, lower is better)</text>')
+    e.append(f'<text x="{W / 2}" y="42" text-anchor="middle" fill="#555">'
+             f'{escape(results["date"])}, {results["mode"]} run; rate = half of Halyard capacity '
+             f'per scenario; solid = p50, light = p99</text>')
+    # legend
+    lx = ml
+    for p in proxies:
+        label = results["targets"][p]["label"]
+        e.append(f'<rect x="{lx}" y="54" width="14" height="14" fill="{COLORS[p]}"/>')
+        e.append(f'<rect x="{lx + 16}" y="54" width="14" height="14" fill="{LIGHT[p]}" '
+                 f'stroke="{COLORS[p]}"/>')
+        e.append(f'<text x="{lx + 36}" y="66">{escape(label)} (p50, p99)</text>')
+        lx += 190
+    # grid and y axis
+    v = bot
+    while v <= top + 1e-9:
+        yy = y(v)
+        e.append(f'<line x1="{ml}" y1="{yy:.1f}" x2="{ml + pw}" y2="{yy:.1f}" '
+                 f'stroke="{"#444" if abs(v) < 1e-9 else "#ddd"}"/>')
+        e.append(f'<text x="{ml - 6}" y="{yy + 4:.1f}" text-anchor="end">{v:,.0f}</text>')
+        v += step
+    e.append(f'<line x1="{ml}" y1="{mt}" x2="{ml}" y2="{mt + ph}" stroke="#444"/>')
+    e.append(f'<text transform="translate(20,{mt + ph / 2}) rotate(-90)" text-anchor="middle">'
+             f'added latency (µs)</text>')
+    # bars
+    gw = pw / max(1, len(scen))
+    slot = (gw - 40) / max(1, len(proxies))
+    bw = min(34.0, slot / 2 - 4)
+    for i, (_, sc) in enumerate(scen):
+        gx = ml + i * gw + 20
+        for j, p in enumerate(proxies):
+            r = sc["targets"].get(p, {})
+            a = r.get("added_us")
+            cx = gx + j * slot + slot / 2
+            label = results["targets"][p]["label"]
+            e.append(f'<text x="{cx:.1f}" y="{mt + ph + 16}" text-anchor="middle">'
+                     f'{escape(label)}</text>')
+            if not a:
+                e.append(f'<text x="{cx:.1f}" y="{y(0) - 6:.1f}" text-anchor="middle" '
+                         f'fill="#888">n/a</text>')
+                continue
+            for k, (pct, fill) in enumerate((("p50", COLORS[p]), ("p99", LIGHT[p]))):
+                val = a.get(pct)
+                if val is None:
+                    continue
+                x0 = cx - bw - 1 if k == 0 else cx + 1
+                y0, y1 = sorted((y(0), y(val)))
+                e.append(f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{bw:.1f}" '
+                         f'height="{max(0.5, y1 - y0):.1f}" fill="{fill}" stroke="{COLORS[p]}">'
+                         f'<title>{escape(label)} {pct}: {val:+.0f} µs</title></rect>')
+                ty = y(val) - 4 if val >= 0 else y(val) + 12
+                e.append(f'<text x="{x0 + bw / 2:.1f}" y="{ty:.1f}" text-anchor="middle" '
+                         f'font-size="10">{val:+.0f}</text>')
+        e.append(f'<text x="{ml + i * gw + gw / 2:.1f}" y="{mt + ph + 40}" text-anchor="middle" '
+                 f'font-weight="bold">{escape(sc["title"])}</text>')
+        e.append(f'<text x="{ml + i * gw + gw / 2:.1f}" y="{mt + ph + 56}" text-anchor="middle" '
+                 f'fill="#555">at {sc.get("rate", 0):,} req/s</text>')
+        if i:
+            e.append(f'<line x1="{ml + i * gw:.1f}" y1="{mt}" x2="{ml + i * gw:.1f}" '
+                     f'y2="{mt + ph + 60}" stroke="#bbb" stroke-dasharray="4 3"/>')
+    e.append("</svg>")
+    (out / "latency.svg").write_text("\n".join(e) + "\n")
+
+
+def write(results: dict, out: Path) -> None:
+    write_markdown(results, out)
+    write_svg(results, out)
+
+
+if __name__ == "__main__":
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "benches/report/results.json")
+    write(json.loads(path.read_text()), path.parent)
