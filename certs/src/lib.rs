@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod ca;
+pub mod caservice;
 mod key;
 pub mod pem;
 pub mod spiffe;
