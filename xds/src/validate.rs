@@ -231,9 +231,42 @@ fn check_service(c: &mut Checker, svc: &Service, names: &mut HashSet<String>) {
                     );
                 }
                 c.port("port", e.port, false);
+                if !e.identity.is_empty() && !valid_spiffe(&e.identity) {
+                    c.fail(
+                        "identity",
+                        format!(
+                            "`{}` is not a SPIFFE ID (spiffe://trust-domain/path)",
+                            e.identity
+                        ),
+                    );
+                }
             })
         });
     }
+}
+
+/// A light SPIFFE ID check (the proxy parses it fully): scheme, trust domain, path.
+fn valid_spiffe(id: &str) -> bool {
+    let Some(rest) = id.strip_prefix("spiffe://") else {
+        return false;
+    };
+    let (td, path) = match rest.split_once('/') {
+        Some((td, path)) => (td, Some(path)),
+        None => (rest, None),
+    };
+    !td.is_empty()
+        && td
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
+        && path.is_none_or(|path| {
+            path.split('/').all(|s| {
+                !s.is_empty()
+                    && s != "."
+                    && s != ".."
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+            })
+        })
 }
 
 /// Finds a service by name or by one of its hosts.
@@ -287,5 +320,17 @@ mod tests {
             "services:\n  - {name: a, ports: [{port: 1}]}\n  - {name: a, ports: [{port: 1}]}\n",
         );
         assert_eq!(e, vec!["services[1].name: service `a` is defined twice"]);
+    }
+
+    #[test]
+    fn endpoint_identity_must_be_spiffe() {
+        let ok = errors("services:\n  - name: a\n    ports: [{port: 1}]\n    endpoints: [{address: 127.0.0.1, identity: 'spiffe://cluster.local/ns/a/sa/b'}]\n");
+        assert!(ok.is_empty(), "{ok:?}");
+        let e = errors("services:\n  - name: a\n    ports: [{port: 1}]\n    endpoints: [{address: 127.0.0.1, identity: 'spiffe://Bad/ns//x'}]\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("services[0].endpoints[0].identity:"),
+            "{e:?}"
+        );
     }
 }
