@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -174,8 +173,15 @@ impl CertificateAuthority {
         } else {
             None
         };
-        Self::from_parts(&ca_cert, &ca_key, &root, chain.as_deref(), trust_domain, policy)
-            .map_err(|e| e.in_file(dir))
+        Self::from_parts(
+            &ca_cert,
+            &ca_key,
+            &root,
+            chain.as_deref(),
+            trust_domain,
+            policy,
+        )
+        .map_err(|e| e.in_file(dir))
     }
 
     fn from_parts(
@@ -205,16 +211,24 @@ impl CertificateAuthority {
         }
         let (_, parsed) = x509_parser::parse_x509_certificate(&ca_cert)
             .map_err(|e| Error::Invalid(format!("CA certificate: {e}")))?;
-        if parsed.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice() {
-            return Err(Error::Invalid("the CA key does not belong to the CA certificate".into()));
+        if parsed.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+        {
+            return Err(Error::Invalid(
+                "the CA key does not belong to the CA certificate".into(),
+            ));
         }
         match parsed.basic_constraints() {
             Ok(Some(bc)) if bc.value.ca => {}
-            _ => return Err(Error::Invalid("the CA certificate is not a CA (basicConstraints)".into())),
+            _ => {
+                return Err(Error::Invalid(
+                    "the CA certificate is not a CA (basicConstraints)".into(),
+                ))
+            }
         }
         crate::verify::check_signed_chain(&chain, &roots)?;
-        let not_after = OffsetDateTime::from_unix_timestamp(parsed.validity().not_after.timestamp())
-            .map_err(|e| Error::Invalid(format!("CA certificate expiry: {e}")))?;
+        let not_after =
+            OffsetDateTime::from_unix_timestamp(parsed.validity().not_after.timestamp())
+                .map_err(|e| Error::Invalid(format!("CA certificate expiry: {e}")))?;
         if not_after <= OffsetDateTime::now_utc() {
             return Err(Error::Invalid("the CA certificate has expired".into()));
         }
@@ -310,12 +324,10 @@ impl CertificateAuthority {
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = vec![SanType::URI(
-            caller
-                .as_str()
-                .try_into()
-                .map_err(|e: rcgen::Error| SignError::Internal(e.to_string()))?,
-        )];
+        params.subject_alt_names =
+            vec![SanType::URI(caller.as_str().try_into().map_err(
+                |e: rcgen::Error| SignError::Internal(e.to_string()),
+            )?)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
@@ -414,6 +426,7 @@ fn write_private(path: &Path, text: &str) -> Result<(), Error> {
         .mode(0o600)
         .open(path)
         .map_err(|e| Error::io(path, e))?;
-    f.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| Error::io(path, e))?;
     f.sync_all().map_err(|e| Error::io(path, e))
 }

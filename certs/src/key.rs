@@ -32,7 +32,9 @@ impl WorkloadKey {
         let mut params = CertificateParams::default();
         params.subject_alt_names = vec![SanType::URI(id.as_str().try_into()?)];
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::OrganizationName, id.trust_domain());
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, id.trust_domain());
         Ok(params.serialize_request(&self.pair)?.pem()?)
     }
 

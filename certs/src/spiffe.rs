@@ -85,7 +85,11 @@ impl SpiffeId {
     }
 
     /// The Istio-style workload identity `spiffe://TD/ns/NS/sa/SA`.
-    pub fn workload(trust_domain: &str, namespace: &str, service_account: &str) -> Result<Self, IdError> {
+    pub fn workload(
+        trust_domain: &str,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<Self, IdError> {
         Self::parse(&format!(
             "{PREFIX}{trust_domain}/ns/{namespace}/sa/{service_account}"
         ))
@@ -156,7 +160,10 @@ mod tests {
         assert_eq!(id.namespace(), Some("demo"));
         assert_eq!(id.service_account(), Some("frontend"));
         assert_eq!(id.to_string(), "spiffe://cluster.local/ns/demo/sa/frontend");
-        assert_eq!(SpiffeId::workload("cluster.local", "demo", "frontend").unwrap(), id);
+        assert_eq!(
+            SpiffeId::workload("cluster.local", "demo", "frontend").unwrap(),
+            id
+        );
         let other = SpiffeId::parse("spiffe://example.org/workloads/x").unwrap();
         assert_eq!(other.namespace(), None);
         assert_eq!(SpiffeId::parse("spiffe://example.org").unwrap().path(), "");

@@ -76,9 +76,7 @@ impl CertStore {
             .filter_map(|c| cert_info(c).ok())
             .collect();
         let provider = rustls::crypto::ring::default_provider();
-        let signing = provider
-            .key_provider
-            .load_private_key(key.private_der())?;
+        let signing = provider.key_provider.load_private_key(key.private_der())?;
         // Roots are not sent: peers have them, and it saves bytes on every handshake.
         let roots = bundle.roots();
         let sent: Vec<_> = chain.into_iter().filter(|c| !roots.contains(c)).collect();

@@ -78,6 +78,14 @@ impl TrustBundle {
         Ok(TrustBundle { roots, anchors })
     }
 
+    /// A bundle that trusts nothing (until replaced).
+    pub fn empty() -> Self {
+        TrustBundle {
+            roots: Vec::new(),
+            anchors: Vec::new(),
+        }
+    }
+
     /// A bundle from PEM text holding one or more roots.
     pub fn from_pem(text: &str) -> Result<Self, Error> {
         Self::new(crate::pem::certs_from_pem(text)?)
@@ -123,14 +131,15 @@ impl TrustBundle {
 }
 
 /// The signature algorithms peers may use (ring's set, as rustls has them).
-pub(crate) fn algorithms() -> &'static [&'static dyn rustls::pki_types::SignatureVerificationAlgorithm] {
+pub(crate) fn algorithms(
+) -> &'static [&'static dyn rustls::pki_types::SignatureVerificationAlgorithm] {
     webpki::ALL_VERIFICATION_ALGS
 }
 
 /// The single SPIFFE ID in a certificate's URI SANs.
 pub fn spiffe_id_of(der: &CertificateDer<'_>) -> Result<SpiffeId, VerifyError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| VerifyError::Parse(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| VerifyError::Parse(e.to_string()))?;
     let san = cert
         .subject_alternative_name()
         .map_err(|e| VerifyError::Parse(e.to_string()))?;
@@ -165,8 +174,8 @@ pub struct CertInfo {
 
 /// Reads the facts `/certs` shows from a certificate.
 pub fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, VerifyError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| VerifyError::Parse(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| VerifyError::Parse(e.to_string()))?;
     Ok(CertInfo {
         identity: spiffe_id_of(der).ok(),
         serial: cert.raw_serial_as_string(),
@@ -226,9 +235,7 @@ pub(crate) fn check_signed_chain(
 pub(crate) fn to_rustls(e: VerifyError) -> rustls::Error {
     let cert_err = match &e {
         VerifyError::Chain(m) if m.contains("Expired") => rustls::CertificateError::Expired,
-        VerifyError::Chain(m) if m.contains("NotValidYet") => {
-            rustls::CertificateError::NotValidYet
-        }
+        VerifyError::Chain(m) if m.contains("NotValidYet") => rustls::CertificateError::NotValidYet,
         VerifyError::Chain(m) if m.contains("UnknownIssuer") => {
             rustls::CertificateError::UnknownIssuer
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use halyard_certs::tls::{client_config, peer_identity, server_config, ClientAuth, ALPN_H2};
 use halyard_certs::verify::Usage;
 use halyard_certs::*;
-use rcgen::{CertificateParams, IsCa, BasicConstraints, KeyPair, SanType};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 fn id(s: &str) -> SpiffeId {
@@ -46,13 +46,25 @@ fn signs_a_csr_for_the_caller_and_the_chain_verifies() {
     let me = id("spiffe://cluster.local/ns/demo/sa/frontend");
     let key = WorkloadKey::generate().unwrap();
     let chain = ca
-        .sign_csr(&key.csr_pem(&me).unwrap(), &me, Some(Duration::from_secs(3600)))
+        .sign_csr(
+            &key.csr_pem(&me).unwrap(),
+            &me,
+            Some(Duration::from_secs(3600)),
+        )
         .unwrap();
     assert_eq!(chain.len(), 2, "leaf then root");
     let der = der_chain(&chain);
     let b = bundle(&ca);
-    assert_eq!(b.verify(&der[0], &[], UnixTime::now(), Usage::Client).unwrap(), me);
-    assert_eq!(b.verify(&der[0], &[], UnixTime::now(), Usage::Server).unwrap(), me);
+    assert_eq!(
+        b.verify(&der[0], &[], UnixTime::now(), Usage::Client)
+            .unwrap(),
+        me
+    );
+    assert_eq!(
+        b.verify(&der[0], &[], UnixTime::now(), Usage::Server)
+            .unwrap(),
+        me
+    );
     let info = verify::cert_info(&der[0]).unwrap();
     let life = info.not_after - info.not_before;
     assert!((3600..=3600 + 120).contains(&life), "lifetime {life}");
@@ -85,7 +97,9 @@ fn refuses_what_the_caller_may_not_have() {
     let key = WorkloadKey::generate().unwrap();
 
     // Another identity.
-    let err = ca.sign_csr(&key.csr_pem(&other).unwrap(), &me, None).unwrap_err();
+    let err = ca
+        .sign_csr(&key.csr_pem(&other).unwrap(), &me, None)
+        .unwrap_err();
     assert!(matches!(err, SignError::IdentityMismatch { .. }), "{err}");
 
     // Extra SANs beside our own.
@@ -107,7 +121,10 @@ fn refuses_what_the_caller_may_not_have() {
         p.subject_alt_names = vec![SanType::URI(me.as_str().try_into().unwrap())];
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     });
-    assert!(matches!(ca.sign_csr(&csr, &me, None), Err(SignError::CaRequested)));
+    assert!(matches!(
+        ca.sign_csr(&csr, &me, None),
+        Err(SignError::CaRequested)
+    ));
 
     // A tampered CSR (signature no longer matches).
     let good = key.csr_pem(&me).unwrap();
@@ -121,7 +138,10 @@ fn refuses_what_the_caller_may_not_have() {
     assert!(matches!(err, SignError::InvalidCsr(_)), "{err}");
 
     // Garbage.
-    assert!(matches!(ca.sign_csr("hello", &me, None), Err(SignError::InvalidCsr(_))));
+    assert!(matches!(
+        ca.sign_csr("hello", &me, None),
+        Err(SignError::InvalidCsr(_))
+    ));
 
     // Too long a lifetime.
     let err = ca
@@ -131,7 +151,9 @@ fn refuses_what_the_caller_may_not_have() {
 
     // Another trust domain than the CA's.
     let foreign = id("spiffe://evil.org/ns/demo/sa/frontend");
-    let err = ca.sign_csr(&key.csr_pem(&foreign).unwrap(), &foreign, None).unwrap_err();
+    let err = ca
+        .sign_csr(&key.csr_pem(&foreign).unwrap(), &foreign, None)
+        .unwrap_err();
     assert!(matches!(err, SignError::IdentityMismatch { .. }), "{err}");
 }
 
@@ -154,7 +176,12 @@ fn root_is_kept_on_disk_with_a_private_key_file() {
     let me = id("spiffe://cluster.local/ns/a/sa/b");
     let (_, chain) = b.issue(&me, Duration::from_secs(60)).unwrap();
     let der = der_chain(&chain);
-    assert_eq!(bundle(&a).verify(&der[0], &[], UnixTime::now(), Usage::Client).unwrap(), me);
+    assert_eq!(
+        bundle(&a)
+            .verify(&der[0], &[], UnixTime::now(), Usage::Client)
+            .unwrap(),
+        me
+    );
 
     // A key others can read is refused.
     std::fs::set_permissions(
@@ -162,8 +189,9 @@ fn root_is_kept_on_disk_with_a_private_key_file() {
         std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
-    let err = CertificateAuthority::load_or_create(dir.path(), "cluster.local", CaPolicy::default())
-        .unwrap_err();
+    let err =
+        CertificateAuthority::load_or_create(dir.path(), "cluster.local", CaPolicy::default())
+            .unwrap_err();
     assert!(err.to_string().contains("chmod 600"), "{err}");
 }
 
@@ -191,9 +219,15 @@ fn intermediate_from_cacerts_files() {
     assert_eq!(issued.len(), 3, "leaf, intermediate, root");
     let der = der_chain(&issued);
     let b = bundle(&root);
-    assert_eq!(b.verify(&der[0], &der[1..2], UnixTime::now(), Usage::Server).unwrap(), me);
+    assert_eq!(
+        b.verify(&der[0], &der[1..2], UnixTime::now(), Usage::Server)
+            .unwrap(),
+        me
+    );
     // Without the intermediate the leaf does not verify.
-    assert!(b.verify(&der[0], &[], UnixTime::now(), Usage::Server).is_err());
+    assert!(b
+        .verify(&der[0], &[], UnixTime::now(), Usage::Server)
+        .is_err());
 
     // A key that does not match the certificate is refused.
     let (_, other_key, _) = root.new_intermediate("other").unwrap();
@@ -260,7 +294,10 @@ fn mutual_tls_checks_both_identities() {
     .unwrap();
     assert_eq!(peer_identity(&ok), Some(client_id.clone()));
     assert_eq!(ok.alpn_protocol(), Some(ALPN_H2));
-    assert_eq!(ok.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    assert_eq!(
+        ok.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
 
     // The client expects someone else: refused.
     let err = handshake(
@@ -268,7 +305,11 @@ fn mutual_tls_checks_both_identities() {
         server.clone(),
     )
     .unwrap_err();
-    assert!(err.to_string().contains("want: SpiffeId(spiffe://cluster.local/ns/demo/sa/db)"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("want: SpiffeId(spiffe://cluster.local/ns/demo/sa/db)"),
+        "{err}"
+    );
 
     // A client with no certificate: refused by a STRICT server.
     let empty = CertStore::new(client_id.clone(), bundle(&ca));
@@ -279,12 +320,19 @@ fn mutual_tls_checks_both_identities() {
     assert!(err.is_err());
     // ... but accepted where client certificates are optional.
     let optional = server_config(ss.clone(), ClientAuth::Optional, &[]).unwrap();
-    let s = handshake(client_config(empty, server_id.clone(), &[]).unwrap(), optional).unwrap();
+    let s = handshake(
+        client_config(empty, server_id.clone(), &[]).unwrap(),
+        optional,
+    )
+    .unwrap();
     assert_eq!(peer_identity(&s), None);
 
     // A client from another CA: refused.
     let foreign = store_for(&self::ca("cluster.local"), &client_id);
-    let err = handshake(client_config(foreign, server_id.clone(), &[]).unwrap(), server.clone());
+    let err = handshake(
+        client_config(foreign, server_id.clone(), &[]).unwrap(),
+        server.clone(),
+    );
     assert!(err.is_err());
 
     // A client from another trust domain signed by a CA we trust (a shared root): refused.
@@ -293,10 +341,16 @@ fn mutual_tls_checks_both_identities() {
     let both = TrustBundle::new([ca.roots(), other_td.roots()].concat()).unwrap();
     let mixed = CertStore::new(stranger.clone(), both.clone());
     let key = WorkloadKey::generate().unwrap();
-    let chain = other_td.sign_csr(&key.csr_pem(&stranger).unwrap(), &stranger, None).unwrap();
+    let chain = other_td
+        .sign_csr(&key.csr_pem(&stranger).unwrap(), &stranger, None)
+        .unwrap();
     mixed.install(&key, &chain).unwrap();
     ss.set_bundle(both);
-    let err = handshake(client_config(mixed, server_id.clone(), &[]).unwrap(), server).unwrap_err();
+    let err = handshake(
+        client_config(mixed, server_id.clone(), &[]).unwrap(),
+        server,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("TrustDomain"), "{err}");
 }
 
@@ -308,7 +362,10 @@ fn renewal_swaps_the_certificate_for_new_handshakes() {
     let first = store.current().unwrap().info.serial.clone();
     let key = WorkloadKey::generate().unwrap();
     store
-        .install(&key, &ca.sign_csr(&key.csr_pem(&me).unwrap(), &me, None).unwrap())
+        .install(
+            &key,
+            &ca.sign_csr(&key.csr_pem(&me).unwrap(), &me, None).unwrap(),
+        )
         .unwrap();
     let second = store.current().unwrap().info.serial.clone();
     assert_ne!(first, second);
@@ -317,7 +374,9 @@ fn renewal_swaps_the_certificate_for_new_handshakes() {
     // current certificate stays.
     let other = id("spiffe://cluster.local/ns/a/sa/c");
     let k2 = WorkloadKey::generate().unwrap();
-    let wrong = ca.sign_csr(&k2.csr_pem(&other).unwrap(), &other, None).unwrap();
+    let wrong = ca
+        .sign_csr(&k2.csr_pem(&other).unwrap(), &other, None)
+        .unwrap();
     assert!(store.install(&k2, &wrong).is_err());
     let mismatched = ca.sign_csr(&k2.csr_pem(&me).unwrap(), &me, None).unwrap();
     assert!(store.install(&key, &mismatched).is_err());

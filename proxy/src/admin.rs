@@ -69,12 +69,21 @@ impl Admin {
             (&Method::GET, "/ready") | (&Method::GET, "/healthz/ready") => {
                 if self.shared.shutdown.is_cancelled() {
                     text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING")
+                } else if !self.ready.load(Ordering::Acquire) {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING")
+                } else if self.shared.identity.as_ref().is_some_and(|i| !i.ready()) {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "WAITING_FOR_CERTIFICATE")
                 } else if self.ready.load(Ordering::Acquire) {
                     text(StatusCode::OK, "LIVE")
                 } else {
                     text(StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING")
                 }
             }
+            (&Method::GET, "/certs") => reply(
+                StatusCode::OK,
+                "application/json",
+                crate::identity::certs_json(self.shared.identity.as_deref()).to_string(),
+            ),
             (&Method::GET, "/listeners") => {
                 let body = json!({
                     "outbound": self.outbound.to_string(),
@@ -116,7 +125,7 @@ impl Admin {
             (_, "/quitquitquit" | "/logging") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "endpoints: /ready /listeners /config_dump /stats/prometheus /logging /quitquitquit",
+                "endpoints: /ready /listeners /certs /config_dump /stats/prometheus /logging /quitquitquit",
             ),
         }
     }

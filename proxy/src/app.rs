@@ -31,6 +31,8 @@ pub struct Options {
     pub admin_address_path: Option<PathBuf>,
     /// How long to wait for in-flight work on shutdown.
     pub drain_timeout: Duration,
+    /// How to obtain a workload certificate; none runs without identity (plaintext only).
+    pub identity: Option<crate::identity::IdentityOptions>,
 }
 
 /// Why the proxy could not start.
@@ -46,6 +48,9 @@ pub enum StartError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The identity could not be set up.
+    #[error("identity: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
     /// Metrics registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -112,7 +117,12 @@ pub async fn run(
     )
     .await?;
 
+    let identity = match opts.identity.clone() {
+        Some(o) => Some(crate::identity::Identity::new(o)?),
+        None => None,
+    };
     let shared = Arc::new(Shared {
+        identity,
         live,
         metrics,
         access_log,
@@ -149,6 +159,16 @@ pub async fn run(
             .watch(&watch_shared.metrics, watch_shared.shutdown.clone())
             .await
     });
+
+    if let Some(identity) = &shared.identity {
+        tracing::info!(identity = %identity.options.identity, ca = %identity.options.ca_addr, "requesting a workload certificate");
+        shared.tasks.spawn(crate::identity::run_rotation(
+            identity.clone(),
+            shared.metrics.cert_expiry.clone(),
+            shared.metrics.cert_renewals.clone(),
+            shared.shutdown.clone(),
+        ));
+    }
 
     if let Some(path) = &opts.admin_address_path {
         // Write then rename, so readers never see a partial address.

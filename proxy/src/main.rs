@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use halyard_certs::SpiffeId;
 use halyard_proxy::app::{self, Options};
+use halyard_proxy::identity::IdentityOptions;
 use halyard_proxy::live::Live;
 use halyard_proxy::telemetry::logging;
 
@@ -42,6 +44,31 @@ struct Args {
     /// Format of the proxy's own logs on stderr.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// The CA's gRPC address (Istio's certificate service); enables identity and mTLS.
+    #[arg(long, env = "CA_ADDR")]
+    ca_addr: Option<String>,
+    /// Root certificates (PEM) trusted for the CA and mesh peers; without it the CA is
+    /// reached in plaintext (development only).
+    #[arg(long)]
+    ca_root_file: Option<PathBuf>,
+    /// Expected SPIFFE ID of the CA server (default spiffe://TD/ns/halyard-system/sa/halyard-control).
+    #[arg(long)]
+    ca_identity: Option<String>,
+    /// File holding the bearer token presented to the CA.
+    #[arg(long)]
+    ca_token_file: Option<PathBuf>,
+    /// Trust domain of the workload's SPIFFE ID.
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Namespace of the workload's identity (default: the config's workload namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    /// Service account of the workload's identity (default: the config's, else `default`).
+    #[arg(long, env = "SERVICE_ACCOUNT")]
+    service_account: Option<String>,
+    /// Requested certificate lifetime, e.g. `24h`.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    cert_ttl: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -56,9 +83,43 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
-        _ => return Err(format!("`{s}`: unit must be ms, s or m")),
+        "h" => n * 3600.0,
+        _ => return Err(format!("`{s}`: unit must be ms, s, m or h")),
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
+}
+
+/// The identity options from flags and the config's workload, when `--ca-addr` is set.
+fn identity_options(args: &Args, live: &Live) -> Result<Option<IdentityOptions>, String> {
+    let Some(ca_addr) = args.ca_addr.clone() else {
+        return Ok(None);
+    };
+    let snap = live.load();
+    let workload = snap.config.workload.clone().unwrap_or_default();
+    let namespace = args
+        .namespace
+        .clone()
+        .or_else(|| Some(workload.namespace.clone()).filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| "default".into());
+    let sa = args
+        .service_account
+        .clone()
+        .or_else(|| Some(workload.service_account.clone()).filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| "default".into());
+    let identity = SpiffeId::workload(&args.trust_domain, &namespace, &sa)
+        .map_err(|e| format!("workload identity: {e}"))?;
+    let ca_identity = match &args.ca_identity {
+        Some(s) => Some(SpiffeId::parse(s).map_err(|e| format!("--ca-identity: {e}"))?),
+        None => None,
+    };
+    Ok(Some(IdentityOptions {
+        ca_addr,
+        ca_root_file: args.ca_root_file.clone(),
+        ca_identity,
+        token_file: args.ca_token_file.clone(),
+        identity,
+        cert_ttl: args.cert_ttl,
+    }))
 }
 
 fn main() -> ExitCode {
@@ -74,6 +135,13 @@ fn main() -> ExitCode {
         Ok(l) => l,
         Err(e) => {
             eprintln!("halyard-proxy: invalid configuration:\n{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let identity = match identity_options(&args, &live) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("halyard-proxy: {e}");
             return ExitCode::from(2);
         }
     };
@@ -95,6 +163,7 @@ fn main() -> ExitCode {
         admin: args.admin_addr,
         admin_address_path: args.admin_address_path,
         drain_timeout: args.drain_timeout,
+        identity,
     };
     let result = rt.block_on(app::run(opts, live, log));
     // Stopping the runtime drops the last access-log senders; then the writer can finish.

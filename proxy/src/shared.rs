@@ -1,10 +1,12 @@
 //! State shared by every listener and task of one proxy process.
 
 use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::identity::Identity;
 use crate::live::Live;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
@@ -21,6 +23,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Connection and tunnel tasks, awaited while draining.
     pub tasks: TaskTracker,
+    /// The workload's identity, when the proxy has one (`--ca-addr`).
+    pub identity: Option<Arc<Identity>>,
     /// Round-robin cursor for single-target picks (inbound, passthrough).
     pub inbound_rr: AtomicUsize,
 }

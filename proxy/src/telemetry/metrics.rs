@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::ListenerKind;
 
@@ -50,6 +50,10 @@ pub struct Metrics {
     pub connect_failures: IntCounter,
     /// `halyard_connections_rejected_total` (connection cap reached).
     pub connections_rejected: IntCounter,
+    /// `halyard_cert_expiry_timestamp_seconds`: when the workload certificate expires.
+    pub cert_expiry: Gauge,
+    /// `halyard_cert_renewals_total{result}`.
+    pub cert_renewals: IntCounterVec,
 }
 
 /// Registration failed (a programming error: duplicate names).
@@ -105,6 +109,19 @@ impl Metrics {
             "halyard_connections_rejected_total",
             "Downstream connections closed at once because the listener was at its limit.",
         )?;
+        let cert_expiry = Gauge::new(
+            "halyard_cert_expiry_timestamp_seconds",
+            "Expiry of the workload certificate in service (Unix seconds).",
+        )?;
+        let cert_renewals = IntCounterVec::new(
+            Opts::new(
+                "halyard_cert_renewals_total",
+                "Workload certificate requests to the CA, by result.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(cert_expiry.clone()))?;
+        registry.register(Box::new(cert_renewals.clone()))?;
         registry.register(Box::new(active.clone()))?;
         registry.register(Box::new(total.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -127,6 +144,8 @@ impl Metrics {
             access_log_dropped,
             connect_failures,
             connections_rejected,
+            cert_expiry,
+            cert_renewals,
         })
     }
 
