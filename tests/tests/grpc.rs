@@ -1,43 +1,99 @@
-//! gRPC through the proxy with Python grpcio on both ends: unary with trailers, bidirectional
-//! ping-pong streaming and error statuses, via the outbound and the inbound listener.
+//! gRPC through the proxy with Python grpcio on both ends (`peers/grpc_peer.py`): unary with
+//! a 1 MiB message and trailing metadata, bidirectional ping-pong streaming (each message is
+//! sent only after the previous echo came back, so buffering in either direction stalls it)
+//! and an error status, via the outbound and the inbound listener.
 
-use std::process::Command;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use halyard_tests::*;
 
+const UNARY: &str = "/halyard.test.Echo/Unary";
+const BIDI: &str = "/halyard.test.Echo/Bidi";
+const FAIL: &str = "/halyard.test.Echo/Fail";
+/// A 1 MiB message plus its 5-byte gRPC length prefix.
+const UNARY_BODY: u64 = (1 << 20) + 5;
+/// 20 pings of 6 or 7 bytes, each with its 5-byte prefix.
+const BIDI_BODY: u64 = 20 * 11;
+/// How long the client peer may take in all (each of its waits is capped at 10 s).
+const CLIENT_DEADLINE: Duration = Duration::from_secs(90);
+
+/// Starts the grpcio server peer; returns it and its port.
 fn grpc_server() -> (Proc, u16) {
     let mut cmd = Command::new(python());
     cmd.arg(peer("grpc_peer.py")).arg("server");
-    let (proc, port) = spawn_until("grpc server", cmd, "listening on ");
-    (proc, port.parse().expect("port"))
+    let (proc, port) = spawn_until("grpc server peer", cmd, "listening on ");
+    (proc, port.parse().expect("grpc server port"))
 }
 
-fn run_client(target: std::net::SocketAddr) -> Value {
-    let out = Command::new(python())
-        .arg(peer("grpc_peer.py"))
-        .args([
-            "client",
-            "--target",
-            &target.to_string(),
-            "--authority",
-            "grpc.local",
-        ])
-        .output()
-        .expect("run grpc client");
-    assert!(
-        out.status.success(),
-        "grpc client failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+/// Runs the grpcio client peer against `target` and returns its JSON summary; fails the test
+/// with the peer's output when it exits non-zero or does not finish in time.
+fn run_client(target: SocketAddr) -> Value {
+    let dir = TempDir::new("grpc-client");
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut client = Proc::spawn(
+        "grpc client peer",
+        Command::new(python())
+            .arg(peer("grpc_peer.py"))
+            .args(["client", "--target", &target.to_string()])
+            .args(["--authority", "grpc.local"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+            .stderr(std::fs::File::create(&err_path).expect("stderr file")),
     );
-    serde_json::from_slice(&out.stdout).expect("client JSON")
+    let status = client.wait_exit(CLIENT_DEADLINE);
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    match status {
+        Some(s) if s.success() => {}
+        Some(s) => panic!("grpc client peer exited with {s}:\n{stdout}\n{stderr}"),
+        None => panic!("grpc client peer still running after {CLIENT_DEADLINE:?}:\n{stderr}"),
+    }
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("grpc client summary not JSON ({e}): {stdout}"))
+}
+
+/// The client peer did every call and saw what the server sent.
+fn assert_summary(r: &Value) {
+    assert_eq!(r["unary_bytes"], 1 << 20, "{r}");
+    assert_eq!(r["trailer"], "done", "{r}");
+    assert_eq!(r["bidi_rounds"], 20, "{r}");
+    assert_eq!(r["fail_status"], "NOT_FOUND", "{r}");
+    assert_eq!(r["fail_details"], "no such thing: halyard.test/42", "{r}");
+}
+
+/// The access log entry of `path`, checked for what every call of the peer shares: HTTP/2
+/// (gRPC status travels in trailers, so the HTTP status is 200 even for `Fail`), no flags,
+/// the server peer as upstream, the client's authority.
+fn logged_call(proxy: &Proxy, listener: &str, path: &str, server_port: u16) -> Value {
+    let e = proxy.wait_log(path, |e| e["path"] == path);
+    assert_eq!(e["listener"], listener, "{e}");
+    assert_eq!(e["method"], "POST", "{e}");
+    assert_eq!(e["protocol"], "HTTP/2", "{e}");
+    assert_eq!(e["response_code"], 200, "{e}");
+    assert_eq!(e["response_flags"], "-", "{e}");
+    assert_eq!(e["authority"], "grpc.local", "{e}");
+    assert_eq!(
+        e["upstream_host"],
+        format!("127.0.0.1:{server_port}"),
+        "{e}"
+    );
+    e
+}
+
+/// The echo calls moved the same bytes both ways, all of them through the proxy.
+fn assert_echoed(e: &Value, at_least: u64) {
+    let received = e["bytes_received"].as_u64().expect("bytes_received");
+    assert!(received >= at_least, "{e}");
+    assert_eq!(e["bytes_sent"], received, "{e}");
 }
 
 #[test]
 fn grpc_unary_bidi_and_errors_through_outbound() {
     let (_server, port) = grpc_server();
     let proxy = Proxy::start(&format!(
-        "version: grpc
+        "version: grpc-out
 services:
   - name: grpc.default.svc.cluster.local
     hosts: [grpc.local]
@@ -45,30 +101,41 @@ services:
     endpoints: [{{address: 127.0.0.1}}]
 "
     ));
-    let r = run_client(proxy.outbound);
-    assert_eq!(r["unary_bytes"], 1 << 20);
-    assert_eq!(r["trailer"], "done");
-    assert_eq!(r["bidi_rounds"], 20);
-    assert_eq!(r["fail_status"], "NOT_FOUND");
-    let e = proxy.wait_log("unary", |e| e["path"] == "/halyard.test.Echo/Unary");
-    assert_eq!(e["response_code"], 200);
-    assert_eq!(e["protocol"], "HTTP/2");
-    assert_eq!(e["upstream_cluster"], "grpc.default.svc.cluster.local");
-    proxy.wait_log("bidi", |e| e["path"] == "/halyard.test.Echo/Bidi");
+
+    assert_summary(&run_client(proxy.outbound));
+
+    let unary = logged_call(&proxy, "outbound", UNARY, port);
+    let bidi = logged_call(&proxy, "outbound", BIDI, port);
+    let fail = logged_call(&proxy, "outbound", FAIL, port);
+    for e in [&unary, &bidi, &fail] {
+        assert_eq!(
+            e["upstream_cluster"], "grpc.default.svc.cluster.local",
+            "{e}"
+        );
+    }
+    assert_echoed(&unary, UNARY_BODY);
+    assert_echoed(&bidi, BIDI_BODY);
+    wait_for("3 outbound requests counted with code 200", || {
+        let n = proxy.metric("halyard_requests_total{code=\"200\",listener=\"outbound\"}")?;
+        (n >= 3.0).then_some(())
+    });
 }
 
 #[test]
-fn grpc_through_inbound() {
+fn grpc_unary_bidi_and_errors_through_inbound() {
     let (_server, port) = grpc_server();
     let proxy = Proxy::start(&format!(
         "version: grpc-in
 workload:
   name: grpc-app
+  namespace: default
   ports: [{{port: 8080, protocol: GRPC, appAddress: '127.0.0.1:{port}'}}]
 "
     ));
-    let r = run_client(proxy.inbound);
-    assert_eq!(r["bidi_rounds"], 20);
-    let e = proxy.wait_log("inbound unary", |e| e["path"] == "/halyard.test.Echo/Unary");
-    assert_eq!(e["listener"], "inbound");
+
+    assert_summary(&run_client(proxy.inbound));
+
+    assert_echoed(&logged_call(&proxy, "inbound", UNARY, port), UNARY_BODY);
+    assert_echoed(&logged_call(&proxy, "inbound", BIDI, port), BIDI_BODY);
+    logged_call(&proxy, "inbound", FAIL, port);
 }
