@@ -321,13 +321,29 @@ impl CertificateAuthority {
             }
             Some(t) => t,
         };
+        self.sign_leaf(&csr.public_key, caller, &[], ttl)
+            .map_err(|e| SignError::Internal(e.to_string()))
+    }
+
+    /// Certifies `public_key` as `id` (plus `dns_names`) for `ttl`; returns the PEM chain.
+    fn sign_leaf(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        id: &SpiffeId,
+        dns_names: &[String],
+        ttl: Duration,
+    ) -> Result<Vec<String>, Error> {
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names =
-            vec![SanType::URI(caller.as_str().try_into().map_err(
-                |e: rcgen::Error| SignError::Internal(e.to_string()),
-            )?)];
+        params.subject_alt_names = vec![SanType::URI(id.as_str().try_into()?)];
+        for name in dns_names {
+            params.subject_alt_names.push(SanType::DnsName(
+                name.as_str()
+                    .try_into()
+                    .map_err(|e: rcgen::Error| Error::Invalid(format!("DNS name `{name}`: {e}")))?,
+            ));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
@@ -342,13 +358,25 @@ impl CertificateAuthority {
         params.not_before = now - BACKDATE;
         // A leaf never outlives the CA that signed it.
         params.not_after = (now + ttl).min(self.not_after);
-        let cert = params
-            .signed_by(&csr.public_key, &self.issuer)
-            .map_err(|e| SignError::Internal(e.to_string()))?;
+        let cert = params.signed_by(public_key, &self.issuer)?;
         let mut out = Vec::with_capacity(self.chain.len() + 1);
         out.push(to_pem(cert.der()));
         out.extend(self.chain.iter().map(to_pem));
         Ok(out)
+    }
+
+    /// Issues a serving certificate for `id` that also names `dns_names`, for servers whose
+    /// clients check a host name (the control server itself). Workload CSRs never get DNS
+    /// names; this is the CA's own, in-process issuance.
+    pub fn issue_server(
+        &self,
+        id: &SpiffeId,
+        dns_names: &[String],
+        ttl: Duration,
+    ) -> Result<(WorkloadKey, Vec<String>), Error> {
+        let key = WorkloadKey::generate()?;
+        let chain = self.sign_leaf(key.rcgen_pair(), id, dns_names, ttl)?;
+        Ok((key, chain))
     }
 
     /// Issues a key and certificate chain directly (tests and tools; the proxy uses CSRs).

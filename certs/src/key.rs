@@ -38,9 +38,9 @@ impl WorkloadKey {
         Ok(params.serialize_request(&self.pair)?.pem()?)
     }
 
-    /// The public key in DER SubjectPublicKeyInfo form.
-    pub fn public_key_der(&self) -> Vec<u8> {
-        rcgen::PublicKeyData::subject_public_key_info(&self.pair)
+    /// The key pair for in-crate signing of its own certificate (the public half is used).
+    pub(crate) fn rcgen_pair(&self) -> &KeyPair {
+        &self.pair
     }
 
     /// The private key for rustls; crate-private so it stays in this process's TLS stack.

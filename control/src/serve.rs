@@ -14,7 +14,7 @@ use crate::auth::{watch_tokens, Authenticator};
 use crate::ca_service::CaService;
 use crate::conn;
 use crate::duration;
-use crate::serving_cert::{CaFiles, ServingIssuer};
+use crate::serving_cert::ServingIssuer;
 use crate::tokens::TokenTable;
 
 /// Namespace and service account of the control server's own identity.
@@ -141,12 +141,7 @@ async fn prepare(args: &ServeArgs) -> Result<Prepared, StartError> {
     .map_err(|e| StartError(format!("control identity: {e}")))?;
     let bundle = TrustBundle::new(ca.roots().to_vec())
         .map_err(|e| StartError(format!("trust bundle: {e}")))?;
-    let files = match &args.cacerts {
-        Some(dir) => CaFiles::cacerts(dir),
-        None => CaFiles::self_signed(&args.data_dir),
-    };
-    let serving = ServingIssuer::load(&files, identity.clone(), args.tls_dns_names.clone())
-        .map_err(start_err("serving certificate"))?;
+    let serving = ServingIssuer::new(ca.clone(), identity.clone(), args.tls_dns_names.clone());
     let store = CertStore::new(identity, bundle);
     issue_serving_cert(&serving, &store, args.default_cert_ttl)
         .map_err(start_err("serving certificate"))?;

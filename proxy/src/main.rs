@@ -12,6 +12,7 @@ use halyard_proxy::app::{self, Options};
 use halyard_proxy::identity::IdentityOptions;
 use halyard_proxy::live::Live;
 use halyard_proxy::telemetry::logging;
+use halyard_xds::parse_duration;
 
 /// Halyard's sidecar proxy.
 #[derive(Debug, Parser)]
@@ -69,24 +70,6 @@ struct Args {
     /// Requested certificate lifetime, e.g. `24h`.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     cert_ttl: Duration,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "s"));
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 5s or 500ms"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("`{s}`: unit must be ms, s, m or h")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
 }
 
 /// The identity options from flags and the config's workload, when `--ca-addr` is set.

@@ -142,13 +142,9 @@ impl Proc {
         }
     }
 
-    /// Resident set size in KiB, from `/proc/PID/status`.
+    /// Resident set size in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        rss_kib(self.pid())
     }
 }
 
@@ -635,4 +631,55 @@ pub fn is_root() -> bool {
         .output()
         .map(|o| o.stdout.starts_with(b"0\n"))
         .unwrap_or(false)
+}
+
+/// `python tests/peers/SCRIPT`, ready for arguments.
+pub fn peer_command(script: &str) -> Command {
+    let mut cmd = Command::new(python());
+    cmd.arg(peer(script));
+    cmd
+}
+
+/// Starts `SCRIPT server` (a peer that prints `listening on PORT`); returns it and the port.
+pub fn start_peer_server(script: &str) -> (Proc, u16) {
+    let mut cmd = peer_command(script);
+    cmd.arg("server");
+    let (proc, port) = spawn_until(&format!("{script} server"), cmd, "listening on ");
+    let port = port
+        .parse()
+        .unwrap_or_else(|e| panic!("{script} printed a bad port `{port}`: {e}"));
+    (proc, port)
+}
+
+/// Runs a peer client to completion within `deadline` and returns the JSON it printed; fails
+/// the test with its output when it exits non-zero, prints no JSON or overruns (then it is
+/// killed).
+pub fn run_peer(name: &str, cmd: &mut Command, deadline: Duration) -> Value {
+    let dir = TempDir::new("peer");
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut client = Proc::spawn(
+        name,
+        cmd.stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+            .stderr(std::fs::File::create(&err_path).expect("stderr file")),
+    );
+    let status = client.wait_exit(deadline);
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    match status {
+        Some(s) if s.success() => {}
+        Some(s) => panic!("{name} exited with {s}:\n{stdout}\n{stderr}"),
+        None => panic!("{name} still running after {deadline:?}:\n{stderr}"),
+    }
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{name} printed no JSON ({e}): {stdout}\n{stderr}"))
+}
+
+/// Resident set size of process `pid` in KiB, from `/proc/PID/status`.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }

@@ -115,21 +115,14 @@ impl Drop for Control {
 
 /// Runs `ca_client.py request` with `args` (work files under `work`) and returns its JSON.
 fn ca_client(addr: &str, work: &Path, args: &[&str]) -> Value {
-    let out = Command::new(python())
-        .arg(peer("ca_client.py"))
-        .args(["request", "--addr", addr, "--work"])
-        .arg(work)
-        .args(args)
-        .output()
-        .expect("run ca_client.py (needs grpcio and grpcio-tools: see tests/requirements.txt)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "ca_client.py {args:?} failed: {}{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("ca_client.py printed no JSON ({e}): {stdout}"))
+    run_peer(
+        &format!("ca_client.py {args:?}"),
+        peer_command("ca_client.py")
+            .args(["request", "--addr", addr, "--work"])
+            .arg(work)
+            .args(args),
+        Duration::from_secs(60),
+    )
 }
 
 fn issued(v: &Value) -> &Value {

@@ -4,7 +4,6 @@
 //! and an error status, via the outbound and the inbound listener.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use halyard_tests::*;
@@ -19,39 +18,15 @@ const BIDI_BODY: u64 = 20 * 11;
 /// How long the client peer may take in all (each of its waits is capped at 10 s).
 const CLIENT_DEADLINE: Duration = Duration::from_secs(90);
 
-/// Starts the grpcio server peer; returns it and its port.
-fn grpc_server() -> (Proc, u16) {
-    let mut cmd = Command::new(python());
-    cmd.arg(peer("grpc_peer.py")).arg("server");
-    let (proc, port) = spawn_until("grpc server peer", cmd, "listening on ");
-    (proc, port.parse().expect("grpc server port"))
-}
-
-/// Runs the grpcio client peer against `target` and returns its JSON summary; fails the test
-/// with the peer's output when it exits non-zero or does not finish in time.
+/// Runs the grpcio client peer against `target` and returns its JSON summary.
 fn run_client(target: SocketAddr) -> Value {
-    let dir = TempDir::new("grpc-client");
-    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let mut client = Proc::spawn(
+    run_peer(
         "grpc client peer",
-        Command::new(python())
-            .arg(peer("grpc_peer.py"))
+        peer_command("grpc_peer.py")
             .args(["client", "--target", &target.to_string()])
-            .args(["--authority", "grpc.local"])
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out_path).expect("stdout file"))
-            .stderr(std::fs::File::create(&err_path).expect("stderr file")),
-    );
-    let status = client.wait_exit(CLIENT_DEADLINE);
-    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-    match status {
-        Some(s) if s.success() => {}
-        Some(s) => panic!("grpc client peer exited with {s}:\n{stdout}\n{stderr}"),
-        None => panic!("grpc client peer still running after {CLIENT_DEADLINE:?}:\n{stderr}"),
-    }
-    serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("grpc client summary not JSON ({e}): {stdout}"))
+            .args(["--authority", "grpc.local"]),
+        CLIENT_DEADLINE,
+    )
 }
 
 /// The client peer did every call and saw what the server sent.
@@ -91,7 +66,7 @@ fn assert_echoed(e: &Value, at_least: u64) {
 
 #[test]
 fn grpc_unary_bidi_and_errors_through_outbound() {
-    let (_server, port) = grpc_server();
+    let (_server, port) = start_peer_server("grpc_peer.py");
     let proxy = Proxy::start(&format!(
         "version: grpc-out
 services:
@@ -123,7 +98,7 @@ services:
 
 #[test]
 fn grpc_unary_bidi_and_errors_through_inbound() {
-    let (_server, port) = grpc_server();
+    let (_server, port) = start_peer_server("grpc_peer.py");
     let proxy = Proxy::start(&format!(
         "version: grpc-in
 workload:

@@ -25,14 +25,8 @@ impl RssSampler {
         let (s, p) = (stop.clone(), peak.clone());
         let handle = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-                    if let Some(kib) = text
-                        .lines()
-                        .find_map(|l| l.strip_prefix("VmRSS:"))
-                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                    {
-                        p.fetch_max(kib, Ordering::Relaxed);
-                    }
+                if let Some(kib) = rss_kib(pid) {
+                    p.fetch_max(kib, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }

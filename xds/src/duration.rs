@@ -1,8 +1,11 @@
-//! Friendly durations in config files: `300ms`, `1m`, `1h30m` as well as proto3's `0.3s`.
+//! Go-style durations (`300ms`, `1h30m`, `90d`) for flags and config files, beside proto3's
+//! `0.3s`.
 //!
 //! proto3's JSON mapping only knows seconds (`"1.5s"`); people write Go-style durations.
 //! Values of fields named `*timeout`/`*interval` are rewritten in place before parsing, on
 //! the same line, so error positions stay right.
+
+use std::time::Duration;
 
 /// Rewrites Go-style duration values of `*timeout`/`*interval` fields to proto3 seconds.
 pub fn normalize(text: &str) -> std::borrow::Cow<'_, str> {
@@ -56,44 +59,83 @@ fn key_before(text: &str, colon: usize) -> bool {
     key.ends_with("timeout") || key.ends_with("interval")
 }
 
-/// Parses `1h2m3.5s`, `300ms`, `10us`; returns `"N.NNNNNNNNNs"`, or None when the token is
-/// already plain seconds or not a duration.
+/// Parses a Go-style duration (`time.ParseDuration` syntax, without a sign) with `d` (24 h)
+/// accepted as an extra unit.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("`{s}` is not a duration like 24h, 90s, 1h30m or 500ms");
+    let text = s.trim();
+    if text.is_empty() {
+        return Err(bad());
+    }
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("`{s}`: missing unit (ns, us, ms, s, m, h or d)"))?;
+        if num_end == 0 {
+            return Err(bad());
+        }
+        let number: f64 = rest[..num_end].parse().map_err(|_| bad())?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86400.0,
+            other => {
+                return Err(format!(
+                    "`{s}`: unknown unit `{other}` (use ns, us, ms, s, m, h or d)"
+                ))
+            }
+        };
+        total += number * scale;
+        rest = &rest[unit_end..];
+    }
+    Duration::try_from_secs_f64(total).map_err(|e| format!("`{s}`: {e}"))
+}
+
+/// The proto3 seconds form of a Go-style token, or None when it is already plain seconds
+/// (left to the proto3 parser) or not a duration.
 fn parse_go(tok: &str) -> Option<String> {
-    if tok.is_empty() || (tok.ends_with('s') && tok[..tok.len() - 1].parse::<f64>().is_ok()) {
+    if tok.ends_with('s') && tok[..tok.len() - 1].parse::<f64>().is_ok() {
         return None;
     }
-    let mut nanos: u128 = 0;
-    let mut rest = tok;
-    while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let (num, tail) = rest.split_at(num_len);
-        let value: f64 = num.parse().ok()?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let scale: f64 = match unit {
-            "h" => 3.6e12,
-            "m" => 6e10,
-            "s" => 1e9,
-            "ms" => 1e6,
-            "us" | "µs" => 1e3,
-            "ns" => 1.0,
-            _ => return None,
-        };
-        nanos += (value * scale).round() as u128;
-        rest = tail;
-    }
-    Some(format!(
-        "{}.{:09}s",
-        nanos / 1_000_000_000,
-        nanos % 1_000_000_000
-    ))
+    let d = parse_duration(tok).ok()?;
+    Some(format!("{}.{:09}s", d.as_secs(), d.subsec_nanos()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_style() {
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86400)));
+        assert_eq!(parse_duration("2160h"), Ok(Duration::from_secs(90 * 86400)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for s in ["", "h", "10", "10x", "-5s", "1h-5m", "1..5s", "s10"] {
+            assert!(parse_duration(s).is_err(), "{s} parsed");
+        }
+    }
 
     #[test]
     fn rewrites_only_duration_fields() {

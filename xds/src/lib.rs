@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod duration;
+pub use duration::parse_duration;
 mod load;
 mod locate;
 mod validate;
