@@ -204,3 +204,34 @@ pub fn peer_identity(conn: &rustls::CommonState) -> Option<SpiffeId> {
         .and_then(|c| c.first())
         .and_then(|c| crate::verify::spiffe_id_of(c).ok())
 }
+
+/// A short, stable label for why a TLS handshake failed (for logs and metric labels).
+pub fn failure_reason(err: &rustls::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match err {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::Expired | C::ExpiredContext { .. } => "expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "not_yet_valid",
+            C::UnknownIssuer | C::BadSignature => "untrusted",
+            C::Other(other) => match other.0.downcast_ref::<VerifyError>() {
+                Some(VerifyError::Identity { .. }) => "identity_mismatch",
+                Some(VerifyError::TrustDomain { .. }) => "trust_domain",
+                Some(VerifyError::NoSpiffeId | VerifyError::SeveralIds | VerifyError::BadId(_)) => {
+                    "bad_identity"
+                }
+                _ => "untrusted",
+            },
+            _ => "bad_certificate",
+        },
+        rustls::Error::NoCertificatesPresented => "no_client_certificate",
+        rustls::Error::AlertReceived(_) => "peer_alert",
+        rustls::Error::PeerIncompatible(_) | rustls::Error::NoApplicationProtocol => "incompatible",
+        _ => "handshake",
+    }
+}
+
+/// The rustls error inside an I/O error from a TLS stream, if that is what it is.
+pub fn rustls_error(err: &std::io::Error) -> Option<&rustls::Error> {
+    err.get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+}

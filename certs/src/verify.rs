@@ -185,6 +185,17 @@ pub fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, VerifyError> {
     })
 }
 
+/// SHA-256 of a DER certificate as lower-case hex (the `Hash` of `x-forwarded-client-cert`).
+pub fn sha256_hex(der: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut s = String::with_capacity(64);
+    for b in digest.as_ref() {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
 /// SHA-256 of a DER certificate, upper-case hex pairs joined by `:`.
 pub fn fingerprint(der: &CertificateDer<'_>) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, der);

@@ -51,6 +51,9 @@ pub enum StartError {
     /// The identity could not be set up.
     #[error("identity: {0}")]
     Identity(#[from] crate::identity::IdentityError),
+    /// The TLS contexts could not be built.
+    #[error("mutual TLS: {0}")]
+    Tls(#[from] crate::mtls::TlsError),
     /// Metrics registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -121,8 +124,13 @@ pub async fn run(
         Some(o) => Some(crate::identity::Identity::new(o)?),
         None => None,
     };
+    let mtls = match &identity {
+        Some(i) => Some(crate::mtls::MeshTls::new(i.store.clone())?),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         identity,
+        mtls,
         live,
         metrics,
         access_log,

@@ -1,4 +1,4 @@
-//! Stream helpers: replaying bytes consumed by protocol detection.
+//! Stream helpers: replaying bytes consumed by protocol detection; plain-or-TLS streams.
 
 use std::io;
 use std::pin::Pin;
@@ -68,6 +68,87 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<I> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// A connection to an upstream: plain TCP, or mutual TLS to the endpoint's sidecar.
+#[derive(Debug)]
+pub enum UpstreamIo {
+    /// Plain TCP.
+    Plain(tokio::net::TcpStream),
+    /// Mutual TLS over TCP.
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+/// A downstream connection after detection: plain, or with mutual TLS terminated (and the
+/// bytes read to detect the inner protocol replayed).
+#[derive(Debug)]
+pub enum DownstreamIo {
+    /// Plaintext.
+    Plain(PrefixedIo<tokio::net::TcpStream>),
+    /// Mutual TLS terminated by the proxy.
+    Tls(Box<PrefixedIo<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>),
+}
+
+/// Implements `AsyncRead`/`AsyncWrite` for a two-variant stream enum by delegation.
+macro_rules! either_io {
+    ($ty:ident) => {
+        impl AsyncRead for $ty {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $ty::Plain(s) => Pin::new(s).poll_read(cx, buf),
+                    $ty::Tls(s) => Pin::new(s).poll_read(cx, buf),
+                }
+            }
+        }
+
+        impl AsyncWrite for $ty {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $ty::Plain(s) => Pin::new(s).poll_write(cx, buf),
+                    $ty::Tls(s) => Pin::new(s).poll_write(cx, buf),
+                }
+            }
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[io::IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $ty::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+                    $ty::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+                }
+            }
+            fn is_write_vectored(&self) -> bool {
+                match self {
+                    $ty::Plain(s) => s.is_write_vectored(),
+                    $ty::Tls(s) => s.is_write_vectored(),
+                }
+            }
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $ty::Plain(s) => Pin::new(s).poll_flush(cx),
+                    $ty::Tls(s) => Pin::new(s).poll_flush(cx),
+                }
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $ty::Plain(s) => Pin::new(s).poll_shutdown(cx),
+                    $ty::Tls(s) => Pin::new(s).poll_shutdown(cx),
+                }
+            }
+        }
+    };
+}
+
+either_io!(UpstreamIo);
+either_io!(DownstreamIo);
 
 #[cfg(test)]
 mod tests {

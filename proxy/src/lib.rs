@@ -10,6 +10,7 @@ pub mod identity;
 pub mod io;
 pub mod listener;
 pub mod live;
+pub mod mtls;
 pub mod routes;
 pub mod shared;
 pub mod snapshot;

@@ -6,17 +6,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use halyard_xds::{LoadBalancer, Protocol};
+use halyard_certs::tls::{ALPN_H2, ALPN_HTTP11};
+use halyard_xds::{LoadBalancer, MtlsMode, Protocol};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::detect::{detect, Detected};
 use crate::http::proxy::ConnInfo;
-use crate::io::PrefixedIo;
+use crate::io::{DownstreamIo, PrefixedIo};
+use crate::mtls::{port_from_server_name, read_client_hello, Alpn, PeerCert, HANDSHAKE_TIMEOUT};
 use crate::shared::Shared;
 use crate::snapshot::{defaults, Snapshot};
 use crate::telemetry::access_log::TcpRecord;
 use crate::telemetry::flags::Flags;
 use crate::telemetry::ListenerKind;
+use crate::upstream::ConnectError;
 use crate::upstream::{pick, Upstream, UpstreamKey};
 
 /// Wait for the first bytes on a port declared HTTP (no fallback to TCP is needed there).
@@ -85,6 +89,29 @@ fn hint(snap: &Snapshot, kind: ListenerKind, orig: Option<SocketAddr>) -> Protoc
     .unwrap_or(Protocol::Auto)
 }
 
+/// Detects the protocol as a port's declaration allows: declared TCP is not peeked at
+/// (unless mesh TLS may arrive there), declared HTTP waits longer for the client to speak.
+async fn detect_for<I: AsyncRead + Unpin>(
+    io: &mut I,
+    hint: Protocol,
+    peek_tls: bool,
+    timeout: Duration,
+) -> std::io::Result<(Detected, Bytes)> {
+    match hint {
+        Protocol::Tcp if !peek_tls => Ok((Detected::Tcp, Bytes::new())),
+        Protocol::Tcp | Protocol::Auto => detect(io, timeout).await,
+        Protocol::Http | Protocol::Http2 | Protocol::Grpc => {
+            let (d, b) = detect(io, HINTED_DETECTION_TIMEOUT).await?;
+            // A TLS handshake stays TLS; anything else on an HTTP port is served as HTTP.
+            let d = match d {
+                Detected::Http2 | Detected::Tls => d,
+                _ => Detected::Http1,
+            };
+            Ok((d, b))
+        }
+    }
+}
+
 async fn connection(
     shared: &Arc<Shared>,
     kind: ListenerKind,
@@ -97,24 +124,18 @@ async fn connection(
     let snap = shared.live.load();
     let max_headers = snap.settings.max_request_headers;
     let idle_timeout = snap.settings.downstream_idle_timeout;
-    let detected = match hint(&snap, kind, orig_dst) {
-        Protocol::Tcp => Ok((Detected::Tcp, Bytes::new())),
-        Protocol::Auto => detect(&mut stream, snap.settings.detection_timeout).await,
-        Protocol::Http | Protocol::Http2 | Protocol::Grpc => {
-            detect(&mut stream, HINTED_DETECTION_TIMEOUT)
-                .await
-                .map(|(d, b)| {
-                    (
-                        if d == Detected::Http2 {
-                            d
-                        } else {
-                            Detected::Http1
-                        },
-                        b,
-                    )
-                })
-        }
+    let mut info = ConnInfo::new(kind, peer, orig_dst);
+    let orig_port = orig_dst.map(|d| d.port());
+    let mode = snap.inbound_mtls(orig_port);
+    // Mesh TLS may arrive on any inbound port that is not DISABLE; a STRICT port waits
+    // as long as a declared HTTP port for the client's first bytes (it must speak first).
+    let peek_tls = kind == ListenerKind::Inbound && mode != MtlsMode::Disable;
+    let timeout = if kind == ListenerKind::Inbound && mode == MtlsMode::Strict {
+        HINTED_DETECTION_TIMEOUT
+    } else {
+        snap.settings.detection_timeout
     };
+    let detected = detect_for(&mut stream, hint(&snap, kind, orig_dst), peek_tls, timeout).await;
     let (proto, prefix) = match detected {
         Ok(x) => x,
         Err(e) => {
@@ -122,8 +143,17 @@ async fn connection(
             return;
         }
     };
-    let info = Arc::new(ConnInfo::new(kind, peer, orig_dst));
-    let io = PrefixedIo::new(prefix, stream);
+    let (proto, io) = match kind {
+        ListenerKind::Outbound => (proto, DownstreamIo::Plain(PrefixedIo::new(prefix, stream))),
+        ListenerKind::Inbound => {
+            info.dst_port = orig_port;
+            match inbound_security(shared, &snap, &mut info, stream, proto, prefix).await {
+                Some(x) => x,
+                None => return,
+            }
+        }
+    };
+    let info = Arc::new(info);
     match proto {
         Detected::Http1 | Detected::Http2 => {
             drop(snap);
@@ -138,19 +168,117 @@ async fn connection(
     }
 }
 
+/// Applies the inbound port's mutual TLS mode: terminates mesh TLS (recording the verified
+/// peer), passes other TLS or plaintext through as the mode allows, and refuses the rest.
+/// Returns the inner protocol and stream, or `None` when the connection was refused.
+async fn inbound_security(
+    shared: &Arc<Shared>,
+    snap: &Snapshot,
+    info: &mut ConnInfo,
+    stream: TcpStream,
+    proto: Detected,
+    prefix: Bytes,
+) -> Option<(Detected, DownstreamIo)> {
+    let metrics = &shared.metrics;
+    let refuse = |reason: &str| {
+        metrics.tls_failure(ListenerKind::Inbound, reason);
+        tracing::debug!(peer = %info.peer, reason, "inbound connection refused");
+        None
+    };
+    if proto != Detected::Tls {
+        if snap.inbound_mtls(info.dst_port) == MtlsMode::Strict {
+            return refuse("plaintext");
+        }
+        metrics
+            .inbound_security
+            .with_label_values(&["plaintext"])
+            .inc();
+        return Some((proto, DownstreamIo::Plain(PrefixedIo::new(prefix, stream))));
+    }
+    let hello = match read_client_hello(stream, prefix, HANDSHAKE_TIMEOUT).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::debug!(peer = %info.peer, error = %e, "no ClientHello");
+            return refuse("malformed");
+        }
+    };
+    // Without iptables the server name tells which workload port the client meant.
+    if info.dst_port.is_none() {
+        info.dst_port = hello.server_name().and_then(port_from_server_name);
+    }
+    let mode = snap.inbound_mtls(info.dst_port);
+    let tls = match (mode, &shared.mtls) {
+        (MtlsMode::Disable, _) | (MtlsMode::Permissive, None) => {
+            metrics
+                .inbound_security
+                .with_label_values(&["passthrough"])
+                .inc();
+            return Some((Detected::Tls, DownstreamIo::Plain(hello.into_passthrough())));
+        }
+        (_, None) => return refuse("no_certificate"),
+        (_, Some(tls)) => tls,
+    };
+    let mut stream = match tls.accept(hello).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(peer = %info.peer, error = %e, "inbound mutual TLS failed");
+            return refuse(e.reason());
+        }
+    };
+    let (alpn, peer) = {
+        let conn = stream.get_ref().1;
+        (
+            conn.alpn_protocol().map(<[u8]>::to_vec),
+            PeerCert::of(conn, tls.identity()),
+        )
+    };
+    info.peer_cert = peer;
+    metrics
+        .inbound_security
+        .with_label_values(&["mutual_tls"])
+        .inc();
+    let inner = match alpn.as_deref() {
+        Some(ALPN_H2) => (Detected::Http2, Bytes::new()),
+        Some(ALPN_HTTP11) => (Detected::Http1, Bytes::new()),
+        _ => {
+            let hint = snap
+                .inbound_target(info.dst_port)
+                .map_or(Protocol::Auto, |t| t.protocol);
+            match detect_for(&mut stream, hint, false, snap.settings.detection_timeout).await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(peer = %info.peer, error = %e, "read failed after TLS handshake");
+                    return None;
+                }
+            }
+        }
+    };
+    let (proto, prefix) = inner;
+    // Mesh TLS carries no TLS inside as far as we are concerned: relay it as bytes.
+    let proto = if proto == Detected::Tls {
+        Detected::Tcp
+    } else {
+        proto
+    };
+    Some((
+        proto,
+        DownstreamIo::Tls(Box::new(PrefixedIo::new(prefix, stream))),
+    ))
+}
+
 /// Relays an opaque TCP connection to its destination.
-async fn forward_tcp(
+async fn forward_tcp<I: AsyncRead + AsyncWrite + Unpin>(
     shared: &Arc<Shared>,
     snap: &Arc<Snapshot>,
     info: &ConnInfo,
-    mut io: PrefixedIo<TcpStream>,
+    mut io: I,
 ) {
     let start_wall = SystemTime::now();
     let start = Instant::now();
     let passthrough;
     let (endpoints, lb, rr, idle, cluster): (&[Arc<Upstream>], _, _, _, Option<Arc<str>>) =
         match info.listener {
-            ListenerKind::Inbound => match snap.inbound_target(info.orig_dst.map(|d| d.port())) {
+            ListenerKind::Inbound => match snap.inbound_target(info.dst_port) {
                 Some(t) => (
                     std::slice::from_ref(&t.app),
                     LoadBalancer::RoundRobin,
@@ -181,12 +309,12 @@ async fn forward_tcp(
                     Some(c.name.clone()),
                 ),
                 Some((dst, None)) if !snap.registry_only => {
-                    passthrough = [Arc::new(Upstream::new(UpstreamKey {
-                        host: dst.ip().to_string(),
-                        port: dst.port(),
-                        connect_timeout: defaults::CONNECT_TIMEOUT,
-                        idle_timeout: defaults::IDLE_TIMEOUT,
-                    }))];
+                    passthrough = [Arc::new(Upstream::new(UpstreamKey::plain(
+                        dst.ip().to_string(),
+                        dst.port(),
+                        defaults::CONNECT_TIMEOUT,
+                        defaults::IDLE_TIMEOUT,
+                    )))];
                     (
                         &passthrough[..],
                         LoadBalancer::RoundRobin,
@@ -218,7 +346,7 @@ async fn forward_tcp(
             break;
         };
         let _in_flight = up.begin();
-        match up.connect_tcp().await {
+        match up.connect(shared.mtls.as_deref(), Alpn::Opaque).await {
             Ok(mut server) => {
                 let (moved, f) = match crate::tcp::relay(&mut io, &mut server, idle).await {
                     Ok(m) => (m, Flags::default()),
@@ -241,7 +369,7 @@ async fn forward_tcp(
                 );
             }
             Err(e) => {
-                shared.metrics.connect_failures.inc();
+                count_connect_failure(shared, &e);
                 tracing::debug!(upstream = %up.authority, error = %e, attempt, "TCP upstream connect failed");
                 flags.set(Flags::UF);
                 if attempt > 1 {
@@ -263,6 +391,16 @@ async fn forward_tcp(
         Default::default(),
         flags,
     )
+}
+
+/// Counts a failed upstream connect, and a TLS failure by reason when that is what it was.
+pub fn count_connect_failure(shared: &Shared, e: &ConnectError) {
+    shared.metrics.connect_failures.inc();
+    if let ConnectError::Tls(t) = e {
+        shared
+            .metrics
+            .tls_failure(ListenerKind::Outbound, t.reason());
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -8,6 +8,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::identity::Identity;
 use crate::live::Live;
+use crate::mtls::MeshTls;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
 
@@ -25,6 +26,8 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// The workload's identity, when the proxy has one (`--ca-addr`).
     pub identity: Option<Arc<Identity>>,
+    /// Mutual TLS contexts built on that identity.
+    pub mtls: Option<Arc<MeshTls>>,
     /// Round-robin cursor for single-target picks (inbound, passthrough).
     pub inbound_rr: AtomicUsize,
 }

@@ -7,7 +7,8 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use halyard_xds::{self as xds, duration_or, LoadBalancer, Protocol, ProxyConfig};
+use halyard_certs::SpiffeId;
+use halyard_xds::{self as xds, duration_or, LoadBalancer, MtlsMode, Protocol, ProxyConfig};
 
 use crate::routes::{compile_vhost, Route, RouteError, RouteTable, VirtualHost};
 use crate::upstream::{Upstream, UpstreamKey};
@@ -73,8 +74,19 @@ pub struct InboundTarget {
     pub port: u16,
     /// Declared protocol.
     pub protocol: Protocol,
+    /// Inbound mutual TLS mode (never `MtlsUnset`).
+    pub mtls: MtlsMode,
     /// The application.
     pub app: Arc<Upstream>,
+}
+
+/// A port's mode: its own, else the workload's, else PERMISSIVE (Istio's default).
+fn effective_mtls(port: MtlsMode, workload: MtlsMode) -> MtlsMode {
+    match (port, workload) {
+        (MtlsMode::MtlsUnset, MtlsMode::MtlsUnset) => MtlsMode::Permissive,
+        (MtlsMode::MtlsUnset, w) => w,
+        (p, _) => p,
+    }
 }
 
 /// Resolved proxy-wide settings.
@@ -123,6 +135,14 @@ pub enum BuildError {
     /// A route could not be compiled.
     #[error(transparent)]
     Route(#[from] RouteError),
+    /// An endpoint identity is not a valid SPIFFE ID.
+    #[error("service {service}: endpoint identity: {reason}")]
+    Identity {
+        /// The service.
+        service: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Snapshot {
@@ -156,11 +176,24 @@ impl Snapshot {
                 };
                 let mut endpoints = Vec::new();
                 for e in &svc.endpoints {
+                    let identity = match e.identity.as_str() {
+                        "" => None,
+                        id => Some(id.parse::<SpiffeId>().map_err(|err| BuildError::Identity {
+                            service: svc.name.clone(),
+                            reason: err.to_string(),
+                        })?),
+                    };
                     let key = UpstreamKey {
                         host: e.address.clone(),
                         port: if e.port == 0 { target } else { e.port as u16 },
                         connect_timeout,
                         idle_timeout,
+                        sidecar: e
+                            .sidecar_address
+                            .parse()
+                            .ok()
+                            .filter(|_| identity.is_some()),
+                        identity,
                     };
                     let u = upstream(key);
                     // Weights repeat an endpoint in the pick list (bounded to keep it small).
@@ -216,6 +249,10 @@ impl Snapshot {
             routes.add(&svc.hosts, vhost);
         }
 
+        let workload_mtls = config
+            .workload
+            .as_ref()
+            .map_or(MtlsMode::MtlsUnset, |w| w.mtls());
         let inbound = config
             .workload
             .iter()
@@ -229,12 +266,13 @@ impl Snapshot {
                 InboundTarget {
                     port,
                     protocol: p.protocol(),
-                    app: upstream(UpstreamKey {
-                        host: app.ip().to_string(),
-                        port: app.port(),
-                        connect_timeout: defaults::CONNECT_TIMEOUT,
-                        idle_timeout: defaults::IDLE_TIMEOUT,
-                    }),
+                    mtls: effective_mtls(p.mtls(), workload_mtls),
+                    app: upstream(UpstreamKey::plain(
+                        app.ip().to_string(),
+                        app.port(),
+                        defaults::CONNECT_TIMEOUT,
+                        defaults::IDLE_TIMEOUT,
+                    )),
                 }
             })
             .collect();
@@ -295,6 +333,21 @@ impl Snapshot {
     pub fn inbound_target(&self, port: Option<u16>) -> Option<&InboundTarget> {
         port.and_then(|p| self.inbound.iter().find(|t| t.port == p))
             .or_else(|| self.inbound.first())
+    }
+
+    /// The inbound mutual TLS mode for a destination port: that of its workload port, else
+    /// the workload's (PERMISSIVE when nothing says otherwise).
+    pub fn inbound_mtls(&self, port: Option<u16>) -> MtlsMode {
+        match self.inbound_target(port) {
+            Some(t) => t.mtls,
+            None => effective_mtls(
+                MtlsMode::MtlsUnset,
+                self.config
+                    .workload
+                    .as_ref()
+                    .map_or(MtlsMode::MtlsUnset, |w| w.mtls()),
+            ),
+        }
     }
 
     /// Drops expired idle connections of every endpoint.

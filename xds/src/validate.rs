@@ -240,6 +240,13 @@ fn check_service(c: &mut Checker, svc: &Service, names: &mut HashSet<String>) {
                         ),
                     );
                 }
+                c.socket_addr("sidecarAddress", &e.sidecar_address);
+                if !e.sidecar_address.is_empty() && e.identity.is_empty() {
+                    c.fail(
+                        "sidecarAddress",
+                        "needs `identity`: a sidecar is reached only over mutual TLS",
+                    );
+                }
             })
         });
     }
@@ -332,5 +339,8 @@ mod tests {
             e[0].starts_with("services[0].endpoints[0].identity:"),
             "{e:?}"
         );
+        let e = errors("services:\n  - name: a\n    ports: [{port: 1}]\n    endpoints: [{address: 127.0.0.1, sidecarAddress: '127.0.0.1:15006'}]\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("needs `identity`"), "{e:?}");
     }
 }

@@ -89,6 +89,15 @@ pub trait OnFinish: Send + 'static {
     fn finish(self, completed: bool, bytes_sent: u64);
 }
 
+/// No-op when absent: a response whose exchange is recorded elsewhere (a tunnel).
+impl<F: OnFinish> OnFinish for Option<F> {
+    fn finish(self, completed: bool, bytes_sent: u64) {
+        if let Some(f) = self {
+            f.finish(completed, bytes_sent);
+        }
+    }
+}
+
 pin_project! {
     /// A response body that counts what it sends and reports once at the end.
     pub struct ResponseBody<F: OnFinish> {

@@ -12,6 +12,11 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// Set by a sidecar that carries an HTTP/1.1 request over HTTP/2 to another sidecar, so the
+/// receiving sidecar speaks HTTP/1.1 to its app again.
+pub static ORIG_PROTO: HeaderName = HeaderName::from_static("halyard-orig-proto");
+/// Envoy's header telling the app which verified client certificate the request came with.
+pub static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named by `Connection`.
 /// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay (a protocol switch in progress).

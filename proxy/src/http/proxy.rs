@@ -13,15 +13,20 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::http::body::{ProxyBody, ResponseBody};
+use hyper::upgrade::OnUpgrade;
+
+use crate::http::body::{OnFinish, ProxyBody, ResponseBody};
 use crate::http::headers;
 use crate::http::local::Local;
+use crate::io::UpstreamIo;
+use crate::mtls::{Alpn, PeerCert};
 use crate::routes::normalize_host;
 use crate::shared::Shared;
 use crate::snapshot::{defaults, Snapshot};
 use crate::telemetry::access_log::Exchange;
+use crate::telemetry::flags::Flags;
 use crate::telemetry::ListenerKind;
-use crate::upstream::{pick, Conn, HttpVersion, PooledH1, Upstream, UpstreamKey};
+use crate::upstream::{pick, Conn, ConnectError, HttpVersion, PooledH1, Upstream, UpstreamKey};
 
 /// Attempts per request when connecting fails (Istio's default: 2 retries).
 const CONNECT_ATTEMPTS: u32 = 3;
@@ -37,6 +42,10 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Original destination when the connection was redirected to us.
     pub orig_dst: Option<SocketAddr>,
+    /// Inbound: the workload port meant (original destination port, or the TLS server name's).
+    pub dst_port: Option<u16>,
+    /// Inbound: the peer verified by mutual TLS.
+    pub peer_cert: Option<PeerCert>,
     /// Requests on this connection whose response has not ended.
     pub active: AtomicUsize,
     /// When the connection last had no active request, as ms since `opened`.
@@ -52,6 +61,8 @@ impl ConnInfo {
             listener,
             peer,
             orig_dst,
+            dst_port: None,
+            peer_cert: None,
             active: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             opened: Instant::now(),
@@ -93,15 +104,31 @@ struct Target<'a> {
     idle: Duration,
 }
 
+/// A connection to splice with the downstream once it is upgraded (WebSocket, CONNECT).
+struct Tunnel {
+    down: OnUpgrade,
+    up: TunnelEnd,
+    idle: Duration,
+}
+
+/// The upstream side of a tunnel.
+enum TunnelEnd {
+    /// An upstream HTTP connection that switched protocols.
+    Upgraded(OnUpgrade),
+    /// A connection opened for CONNECT.
+    Io(UpstreamIo),
+}
+
 /// Handles one request from a downstream connection.
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> Response<ResponseBody<Exchange>> {
+) -> Response<ResponseBody<Option<Exchange>>> {
     let snap = shared.live.load();
     let mut ex = Exchange::start(&shared, &conn, &req, snap.settings.access_log);
-    let result = forward(&shared, &snap, &conn, req, &mut ex).await;
+    let mut tunnel = None;
+    let result = forward(&shared, &snap, &conn, req, &mut ex, &mut tunnel).await;
     let resp = match result {
         Ok(resp) => resp,
         Err(local) => {
@@ -111,7 +138,57 @@ pub async fn handle(
     };
     ex.code = resp.status().as_u16();
     let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, ResponseBody::new(body, ex))
+    match tunnel {
+        // The exchange ends with the tunnel, not with this (empty) response.
+        Some(t) => {
+            shared.tasks.spawn(run_tunnel(t, ex));
+            Response::from_parts(parts, ResponseBody::new(body, None))
+        }
+        None => Response::from_parts(parts, ResponseBody::new(body, Some(ex))),
+    }
+}
+
+/// Relays a tunnel to its end, then records the exchange with the bytes it carried.
+async fn run_tunnel(t: Tunnel, mut ex: Exchange) {
+    let result = match t.up {
+        TunnelEnd::Upgraded(up) => match tokio::try_join!(t.down, up) {
+            Ok((d, u)) => {
+                let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
+                Some(crate::tcp::relay(&mut d, &mut u, t.idle).await)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                None
+            }
+        },
+        TunnelEnd::Io(mut up) => match t.down.await {
+            Ok(d) => {
+                let mut d = TokioIo::new(d);
+                Some(crate::tcp::relay(&mut d, &mut up, t.idle).await)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "CONNECT upgrade failed");
+                None
+            }
+        },
+    };
+    let moved = match result {
+        Some(Ok(m)) => m,
+        Some(Err(crate::tcp::RelayError::Idle(m))) => {
+            ex.flags.set(Flags::IDLE);
+            m
+        }
+        Some(Err(crate::tcp::RelayError::Io { moved, source })) => {
+            tracing::debug!(error = %source, "tunnel ended with error");
+            moved
+        }
+        None => {
+            ex.flags.set(Flags::DC);
+            Default::default()
+        }
+    };
+    ex.request_bytes = Some(Arc::new(AtomicU64::new(moved.client_to_server)));
+    ex.finish(true, moved.server_to_client);
 }
 
 fn authority_of(req: &Request<Incoming>) -> Option<&str> {
@@ -128,16 +205,27 @@ async fn forward(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     ex: &mut Exchange,
+    tunnel: &mut Option<Tunnel>,
 ) -> Result<Response<ProxyBody>, Local> {
+    // Only a sidecar may say the request was HTTP/1.1 before it crossed the mesh as HTTP/2.
+    let orig_h1 = req.headers_mut().remove(&headers::ORIG_PROTO).is_some()
+        && conn.listener == ListenerKind::Inbound
+        && conn.peer_cert.is_some();
+    if conn.listener == ListenerKind::Inbound {
+        // Only what this proxy verified may reach the app as the client certificate.
+        let xfcc = req.headers_mut();
+        xfcc.remove(&headers::XFCC);
+        if let Some(peer) = &conn.peer_cert {
+            xfcc.insert(headers::XFCC.clone(), peer.xfcc.clone());
+        }
+    }
     if req.method() == Method::CONNECT {
-        return connect_tunnel(shared, snap, conn, req, ex).await;
+        return connect_tunnel(shared, snap, conn, req, ex, tunnel).await;
     }
     let passthrough;
     let target = match conn.listener {
         ListenerKind::Inbound => {
-            let t = snap
-                .inbound_target(conn.orig_dst.map(|d| d.port()))
-                .ok_or(Local::NO_ROUTE)?;
+            let t = snap.inbound_target(conn.dst_port).ok_or(Local::NO_ROUTE)?;
             Target {
                 endpoints: std::slice::from_ref(&t.app),
                 lb: LoadBalancer::RoundRobin,
@@ -187,12 +275,12 @@ async fn forward(
                             .orig_dst
                             .filter(|_| !snap.registry_only)
                             .ok_or(Local::NO_ROUTE)?;
-                        passthrough = [Arc::new(Upstream::new(UpstreamKey {
-                            host: dst.ip().to_string(),
-                            port: dst.port(),
-                            connect_timeout: defaults::CONNECT_TIMEOUT,
-                            idle_timeout: defaults::IDLE_TIMEOUT,
-                        }))];
+                        passthrough = [Arc::new(Upstream::new(UpstreamKey::plain(
+                            dst.ip().to_string(),
+                            dst.port(),
+                            defaults::CONNECT_TIMEOUT,
+                            defaults::IDLE_TIMEOUT,
+                        )))];
                         Target {
                             endpoints: &passthrough,
                             lb: LoadBalancer::RoundRobin,
@@ -218,7 +306,7 @@ async fn forward(
         _ if upgrade => HttpVersion::Http1,
         Protocol::Http2 | Protocol::Grpc => HttpVersion::Http2,
         Protocol::Http => HttpVersion::Http1,
-        _ if req.version() == Version::HTTP_2 => HttpVersion::Http2,
+        _ if req.version() == Version::HTTP_2 && !orig_h1 => HttpVersion::Http2,
         _ => HttpVersion::Http1,
     };
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -229,12 +317,12 @@ async fn forward(
     parts.headers.remove(header::EXPECT);
     ex.request_id = Some(headers::ensure_request_id(&mut parts.headers));
     headers::add_forwarded(&mut parts.headers, conn.peer.ip());
-    set_uri_for(&mut parts, version)?;
     let counter = Arc::new(AtomicU64::new(0));
     ex.request_bytes = Some(counter.clone());
-    let upstream_req = Request::from_parts(parts, ProxyBody::streamed(body, Some(counter)));
+    let mut upstream_req = Request::from_parts(parts, ProxyBody::streamed(body, Some(counter)));
+    set_uri_for(&mut upstream_req, version)?;
 
-    let send = send_with_retries(shared, &target, version, upstream_req, ex);
+    let send = send_with_retries(shared, &target, version, upgrade, upstream_req, ex);
     let (mut resp, pooled) = match target.timeout {
         Some(t) => tokio::time::timeout(t, send)
             .await
@@ -246,18 +334,10 @@ async fn forward(
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     match (switching, downstream_upgrade) {
         (true, Some(down)) => {
-            let up = hyper::upgrade::on(&mut resp);
-            let idle = target.idle;
-            shared.tasks.spawn(async move {
-                match tokio::try_join!(down, up) {
-                    Ok((d, u)) => {
-                        let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
-                        if let Err(e) = crate::tcp::relay(&mut d, &mut u, idle).await {
-                            tracing::debug!(error = %e, "upgraded connection ended");
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-                }
+            *tunnel = Some(Tunnel {
+                down,
+                up: TunnelEnd::Upgraded(hyper::upgrade::on(&mut resp)),
+                idle: target.idle,
             });
             headers::remove_hop_by_hop(resp.headers_mut(), true);
         }
@@ -268,40 +348,69 @@ async fn forward(
 }
 
 /// Puts the URI and Host in the form the upstream protocol wants.
-fn set_uri_for(parts: &mut http::request::Parts, version: HttpVersion) -> Result<(), Local> {
-    let authority = match parts.uri.authority() {
+fn set_uri_for<B>(req: &mut Request<B>, version: HttpVersion) -> Result<(), Local> {
+    let authority = match req.uri().authority() {
         Some(a) => a.clone(),
-        None => parts
-            .headers
+        None => req
+            .headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .and_then(|h| h.parse().ok())
             .ok_or(Local::BAD_REQUEST)?,
     };
-    let pq = parts
-        .uri
+    let pq = req
+        .uri()
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     match version {
         HttpVersion::Http1 => {
-            if !parts.headers.contains_key(header::HOST) {
+            if !req.headers().contains_key(header::HOST) {
                 let host =
                     HeaderValue::from_str(authority.as_str()).map_err(|_| Local::BAD_REQUEST)?;
-                parts.headers.insert(header::HOST, host);
+                req.headers_mut().insert(header::HOST, host);
             }
-            parts.uri = Uri::from(pq);
-            parts.version = Version::HTTP_11;
+            *req.uri_mut() = Uri::from(pq);
+            *req.version_mut() = Version::HTTP_11;
         }
         HttpVersion::Http2 => {
             let mut uri = http::uri::Parts::default();
             uri.scheme = Some(Scheme::HTTP);
             uri.authority = Some(authority);
             uri.path_and_query = Some(pq);
-            parts.uri = Uri::from_parts(uri).map_err(|_| Local::BAD_REQUEST)?;
-            parts.headers.remove(header::HOST);
-            parts.version = Version::HTTP_2;
+            *req.uri_mut() = Uri::from_parts(uri).map_err(|_| Local::BAD_REQUEST)?;
+            req.headers_mut().remove(header::HOST);
+            *req.version_mut() = Version::HTTP_2;
         }
+    }
+    Ok(())
+}
+
+/// The version spoken to one endpoint: sidecars are always reached over HTTP/2 (except for
+/// protocol upgrades, which HTTP/2 cannot carry), so requests share one mTLS connection.
+fn version_for(up: &Upstream, wanted: HttpVersion, upgrade: bool) -> HttpVersion {
+    if up.mtls() && !upgrade {
+        HttpVersion::Http2
+    } else {
+        wanted
+    }
+}
+
+/// Prepares `req` for an endpoint: its HTTP version, and the marker telling the peer sidecar
+/// that an HTTP/1.1 request travels as HTTP/2.
+fn adapt_request<B>(
+    req: &mut Request<B>,
+    wanted: HttpVersion,
+    actual: HttpVersion,
+) -> Result<(), Local> {
+    set_uri_for(req, actual)?;
+    if wanted == HttpVersion::Http1 && actual == HttpVersion::Http2 {
+        req.headers_mut().insert(
+            headers::ORIG_PROTO.clone(),
+            HeaderValue::from_static("HTTP/1.1"),
+        );
+    } else {
+        req.headers_mut().remove(&headers::ORIG_PROTO);
     }
     Ok(())
 }
@@ -314,6 +423,7 @@ async fn send_with_retries(
     shared: &Shared,
     target: &Target<'_>,
     version: HttpVersion,
+    upgrade: bool,
     req: Request<ProxyBody>,
     ex: &mut Exchange,
 ) -> Result<Sent, Local> {
@@ -325,11 +435,12 @@ async fn send_with_retries(
             .ok_or(Local::NO_HEALTHY)?;
         let guard = up.begin();
         ex.upstream = Some(up.authority.clone());
-        let conn = match up.checkout(version).await {
+        let actual = version_for(up, version, upgrade);
+        let conn = match up.checkout(actual, shared.mtls.as_deref()).await {
             Ok(c) => c,
             Err(e) => {
                 attempts += 1;
-                shared.metrics.connect_failures.inc();
+                note_connect_failure(shared, ex, &e);
                 tracing::debug!(upstream = %up.authority, error = %e, attempt = attempts, "upstream connect failed");
                 if attempts >= CONNECT_ATTEMPTS {
                     return Err(Local::connect_failed(attempts > 1));
@@ -340,9 +451,10 @@ async fn send_with_retries(
                 continue;
             }
         };
-        let Some(r) = req.take() else {
+        let Some(mut r) = req.take() else {
             return Err(Local::UPSTREAM_RESET);
         };
+        adapt_request(&mut r, version, actual)?;
         let outcome = match conn {
             Conn::H1(mut pooled) => match pooled.sender.try_send_request(r).await {
                 Ok(resp) => Ok((resp, Some(pooled))),
@@ -383,6 +495,7 @@ async fn connect_tunnel(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     ex: &mut Exchange,
+    tunnel: &mut Option<Tunnel>,
 ) -> Result<Response<ProxyBody>, Local> {
     if req.version() != Version::HTTP_11 {
         return Err(Local::NOT_ALLOWED);
@@ -404,12 +517,12 @@ async fn connect_tunnel(
         }
         None if snap.registry_only => return Err(Local::NO_ROUTE),
         None => {
-            passthrough = [Arc::new(Upstream::new(UpstreamKey {
+            passthrough = [Arc::new(Upstream::new(UpstreamKey::plain(
                 host,
                 port,
-                connect_timeout: defaults::CONNECT_TIMEOUT,
-                idle_timeout: defaults::IDLE_TIMEOUT,
-            }))];
+                defaults::CONNECT_TIMEOUT,
+                defaults::IDLE_TIMEOUT,
+            )))];
             (
                 &passthrough[..],
                 LoadBalancer::RoundRobin,
@@ -420,15 +533,15 @@ async fn connect_tunnel(
     };
     let mut failed = None;
     let mut attempts = 0;
-    let (tcp, guard) = loop {
+    let (io, guard) = loop {
         let up = pick(endpoints, lb, rr, failed.as_ref()).ok_or(Local::NO_HEALTHY)?;
         ex.upstream = Some(up.authority.clone());
         let guard = up.begin();
-        match up.connect_tcp().await {
+        match up.connect(shared.mtls.as_deref(), Alpn::Opaque).await {
             Ok(s) => break (s, guard),
             Err(e) => {
                 attempts += 1;
-                shared.metrics.connect_failures.inc();
+                note_connect_failure(shared, ex, &e);
                 tracing::debug!(upstream = %up.authority, error = %e, "tunnel connect failed");
                 if attempts >= CONNECT_ATTEMPTS {
                     return Err(Local::connect_failed(attempts > 1));
@@ -437,19 +550,19 @@ async fn connect_tunnel(
             }
         }
     };
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    shared.tasks.spawn(async move {
-        let _guard = guard;
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let mut down = TokioIo::new(upgraded);
-                let mut tcp = tcp;
-                if let Err(e) = crate::tcp::relay(&mut down, &mut tcp, idle).await {
-                    tracing::debug!(error = %e, "tunnel ended");
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
-        }
+    ex.in_flight = Some(guard);
+    *tunnel = Some(Tunnel {
+        down: hyper::upgrade::on(&mut req),
+        up: TunnelEnd::Io(io),
+        idle,
     });
     Ok(Response::new(ProxyBody::Empty))
+}
+
+/// Counts a failed connect and keeps a TLS failure's reason for the access log.
+fn note_connect_failure(shared: &Shared, ex: &mut Exchange, e: &ConnectError) {
+    crate::listener::count_connect_failure(shared, e);
+    if let ConnectError::Tls(t) = e {
+        ex.transport_failure = Some(t.reason());
+    }
 }

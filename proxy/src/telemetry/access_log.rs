@@ -146,6 +146,8 @@ pub struct Exchange {
     pub in_flight: Option<InFlight>,
     /// HTTP/1 upstream connection to return to the pool once the body is done.
     pub pooled: Option<PooledH1>,
+    /// Why mutual TLS to the upstream failed, when it did.
+    pub transport_failure: Option<&'static str>,
 }
 
 impl Exchange {
@@ -182,6 +184,7 @@ impl Exchange {
             request_bytes: None,
             in_flight: None,
             pooled: None,
+            transport_failure: None,
         }
     }
 
@@ -219,6 +222,14 @@ impl Exchange {
         m.insert(
             "downstream_remote_address".into(),
             self.conn.peer.to_string().into(),
+        );
+        m.insert(
+            "downstream_peer_uri_san".into(),
+            json!(self.conn.peer_cert.as_ref().map(|p| p.identity.to_string())),
+        );
+        m.insert(
+            "upstream_transport_failure_reason".into(),
+            json!(self.transport_failure),
         );
         Value::Object(m).to_string()
     }

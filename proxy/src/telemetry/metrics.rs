@@ -54,6 +54,12 @@ pub struct Metrics {
     pub cert_expiry: Gauge,
     /// `halyard_cert_renewals_total{result}`.
     pub cert_renewals: IntCounterVec,
+    /// `halyard_tls_failures_total{listener,reason}`: mutual TLS refused or failed, inbound
+    /// (peer refused) or outbound (upstream sidecar refused, e.g. wrong identity).
+    pub tls_failures: IntCounterVec,
+    /// `halyard_inbound_connections_total{security}`: accepted inbound connections by
+    /// `mutual_tls`, `plaintext` or `passthrough` (TLS handed to the app untouched).
+    pub inbound_security: IntCounterVec,
 }
 
 /// Registration failed (a programming error: duplicate names).
@@ -120,6 +126,22 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let tls_failures = IntCounterVec::new(
+            Opts::new(
+                "halyard_tls_failures_total",
+                "Mutual TLS connections refused or failed, by listener and reason.",
+            ),
+            &["listener", "reason"],
+        )?;
+        let inbound_security = IntCounterVec::new(
+            Opts::new(
+                "halyard_inbound_connections_total",
+                "Inbound connections served, by transport security.",
+            ),
+            &["security"],
+        )?;
+        registry.register(Box::new(tls_failures.clone()))?;
+        registry.register(Box::new(inbound_security.clone()))?;
         registry.register(Box::new(cert_expiry.clone()))?;
         registry.register(Box::new(cert_renewals.clone()))?;
         registry.register(Box::new(active.clone()))?;
@@ -146,6 +168,8 @@ impl Metrics {
             connections_rejected,
             cert_expiry,
             cert_renewals,
+            tls_failures,
+            inbound_security,
         })
     }
 
@@ -155,6 +179,13 @@ impl Metrics {
             ListenerKind::Outbound => &self.outbound,
             ListenerKind::Inbound => &self.inbound,
         }
+    }
+
+    /// Counts a mutual TLS failure.
+    pub fn tls_failure(&self, kind: ListenerKind, reason: &str) {
+        self.tls_failures
+            .with_label_values(&[kind.as_str(), reason])
+            .inc();
     }
 
     /// Renders the Prometheus text format.

@@ -58,12 +58,12 @@ mod tests {
     fn ups(n: usize) -> Vec<Arc<Upstream>> {
         (0..n)
             .map(|i| {
-                Arc::new(Upstream::new(UpstreamKey {
-                    host: "127.0.0.1".into(),
-                    port: 1000 + i as u16,
-                    connect_timeout: Duration::from_secs(1),
-                    idle_timeout: Duration::from_secs(1),
-                }))
+                Arc::new(Upstream::new(UpstreamKey::plain(
+                    "127.0.0.1".into(),
+                    1000 + i as u16,
+                    Duration::from_secs(1),
+                    Duration::from_secs(1),
+                )))
             })
             .collect()
     }

@@ -12,6 +12,11 @@ use std::time::Duration;
 pub use balance::pick;
 pub use pool::{Conn, ConnectError, HttpVersion, PooledH1};
 
+use halyard_certs::SpiffeId;
+
+use crate::io::UpstreamIo;
+use crate::mtls::{Alpn, MeshTls};
+
 use pool::Pool;
 
 /// Identity of an upstream endpoint: where it is and how its pool behaves.
@@ -25,6 +30,30 @@ pub struct UpstreamKey {
     pub connect_timeout: Duration,
     /// Idle keep-alive connections are closed after this.
     pub idle_timeout: Duration,
+    /// The SPIFFE ID the endpoint's sidecar must prove; traffic goes over mutual TLS when set.
+    pub identity: Option<SpiffeId>,
+    /// Where the endpoint's sidecar accepts mutual TLS when it is not reached through
+    /// iptables redirection.
+    pub sidecar: Option<SocketAddr>,
+}
+
+impl UpstreamKey {
+    /// An endpoint reached in plaintext with default pool settings (passthrough, local app).
+    pub fn plain(
+        host: String,
+        port: u16,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
+        Self {
+            host,
+            port,
+            connect_timeout,
+            idle_timeout,
+            identity: None,
+            sidecar: None,
+        }
+    }
 }
 
 /// One endpoint (host:port) with its connection pool and live load.
@@ -97,15 +126,42 @@ impl Upstream {
             .ok_or_else(|| ConnectError::Resolve(std::io::Error::other("no addresses")))
     }
 
-    /// Opens a raw TCP connection (for opaque TCP and tunnels).
-    pub async fn connect_tcp(&self) -> Result<tokio::net::TcpStream, ConnectError> {
-        let addr = self.resolve().await?;
-        pool::connect_tcp(addr, self.key.connect_timeout).await
+    /// Whether traffic to this endpoint goes over mutual TLS.
+    pub fn mtls(&self) -> bool {
+        self.key.identity.is_some()
+    }
+
+    /// Opens a connection: plain TCP, or mutual TLS (offering `alpn`) when the endpoint has
+    /// an identity, which then fails unless the proxy has a certificate and the peer proves
+    /// exactly that identity.
+    pub async fn connect(
+        &self,
+        tls: Option<&MeshTls>,
+        alpn: Alpn,
+    ) -> Result<UpstreamIo, ConnectError> {
+        let addr = match self.key.sidecar {
+            Some(a) if self.mtls() => a,
+            _ => self.resolve().await?,
+        };
+        let tcp = pool::connect_tcp(addr, self.key.connect_timeout).await?;
+        let Some(expected) = &self.key.identity else {
+            return Ok(UpstreamIo::Plain(tcp));
+        };
+        let tls = tls.ok_or(ConnectError::Tls(crate::mtls::TlsError::NoCertificate(
+            "the proxy has no identity (--ca-addr)",
+        )))?;
+        let name = crate::mtls::server_name_for_port(self.key.port);
+        let stream = tls.connect(tcp, expected, alpn, name).await?;
+        Ok(UpstreamIo::Tls(Box::new(stream)))
     }
 
     /// Gets a ready HTTP connection of the given version: pooled, or new.
-    pub async fn checkout(self: &Arc<Self>, version: HttpVersion) -> Result<Conn, ConnectError> {
-        self.pool.checkout(self, version).await
+    pub async fn checkout(
+        self: &Arc<Self>,
+        version: HttpVersion,
+        tls: Option<&MeshTls>,
+    ) -> Result<Conn, ConnectError> {
+        self.pool.checkout(self, version, tls).await
     }
 
     /// Drops idle connections older than the idle timeout.

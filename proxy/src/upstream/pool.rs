@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::Upstream;
 use crate::http::body::ProxyBody;
+use crate::mtls::{Alpn, MeshTls};
 
 /// Idle HTTP/1.1 connections kept per endpoint at most.
 const MAX_IDLE_H1: usize = 256;
@@ -40,6 +41,9 @@ pub enum ConnectError {
     /// The HTTP handshake failed.
     #[error("handshake: {0}")]
     Handshake(hyper::Error),
+    /// Mutual TLS to the endpoint's sidecar failed (no certificate, wrong peer identity...).
+    #[error(transparent)]
+    Tls(#[from] crate::mtls::TlsError),
 }
 
 /// A ready connection to send one request on.
@@ -130,6 +134,7 @@ impl Pool {
         &self,
         up: &Arc<Upstream>,
         version: HttpVersion,
+        tls: Option<&MeshTls>,
     ) -> Result<Conn, ConnectError> {
         match version {
             HttpVersion::Http1 => {
@@ -139,7 +144,7 @@ impl Pool {
                         upstream: up.clone(),
                     }));
                 }
-                let sender = self.connect_h1(up).await?;
+                let sender = self.connect_h1(up, tls).await?;
                 Ok(Conn::H1(PooledH1 {
                     sender,
                     upstream: up.clone(),
@@ -153,7 +158,7 @@ impl Pool {
                 if let Some(s) = self.current_h2() {
                     return Ok(Conn::H2(s));
                 }
-                let sender = self.connect_h2(up).await?;
+                let sender = self.connect_h2(up, tls).await?;
                 *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender.clone());
                 Ok(Conn::H2(sender))
             }
@@ -174,11 +179,11 @@ impl Pool {
     async fn connect_h1(
         &self,
         up: &Upstream,
+        tls: Option<&MeshTls>,
     ) -> Result<http1::SendRequest<ProxyBody>, ConnectError> {
-        let addr = up.resolve().await?;
-        let tcp = connect_tcp(addr, up.key.connect_timeout).await?;
+        let io = up.connect(tls, Alpn::Http1).await?;
         let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(ConnectError::Handshake)?;
         let authority = up.authority.clone();
@@ -193,15 +198,15 @@ impl Pool {
     async fn connect_h2(
         &self,
         up: &Upstream,
+        tls: Option<&MeshTls>,
     ) -> Result<http2::SendRequest<ProxyBody>, ConnectError> {
-        let addr = up.resolve().await?;
-        let tcp = connect_tcp(addr, up.key.connect_timeout).await?;
+        let io = up.connect(tls, Alpn::H2).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10))
             .adaptive_window(true)
-            .handshake(TokioIo::new(tcp))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(ConnectError::Handshake)?;
         let authority = up.authority.clone();
