@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
 
+mod control;
+pub use control::*;
+
 /// How long any single wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 

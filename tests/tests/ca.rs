@@ -10,108 +10,10 @@ use std::time::Duration;
 
 use halyard_tests::*;
 
-const TOKEN: &str = "tok-reviews-5c1e0a9d";
 const REVIEWS: &str = "spiffe://cluster.local/ns/default/sa/reviews";
 const RATINGS: &str = "spiffe://cluster.local/ns/default/sa/ratings";
 const CONTROL_ID: &str = "spiffe://cluster.local/ns/halyard-system/sa/halyard-control";
 const DAY: i64 = 24 * 3600;
-
-/// The control server binary: `$HALYARD_CONTROL_BIN` or `<profile>/halyard-control`.
-fn control_bin() -> PathBuf {
-    std::env::var_os("HALYARD_CONTROL_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| profile_dir().join("halyard-control"))
-}
-
-fn tokens_yaml(token: &str, sa: &str) -> String {
-    format!("# test tokens\n- token: {token}\n  namespace: default\n  serviceAccount: {sa}\n")
-}
-
-/// A running `halyard-control serve` with its own directory, tokens file and stderr log.
-struct Control {
-    proc: Proc,
-    grpc: String,
-    grpc_tls: String,
-    dir: PathBuf,
-}
-
-impl Control {
-    /// Starts the server in `dir` (data dir `dir/data`, tokens `dir/tokens.yaml`, written
-    /// with `TOKEN` for `reviews` unless present) on ephemeral ports, plus `extra` flags.
-    fn start(dir: &Path, extra: &[&str]) -> Control {
-        let tokens = dir.join("tokens.yaml");
-        if !tokens.exists() {
-            std::fs::write(&tokens, tokens_yaml(TOKEN, "reviews")).expect("write tokens");
-        }
-        let addr_file = dir.join("addr.json");
-        let _ = std::fs::remove_file(&addr_file);
-        let stderr = std::fs::File::create(dir.join("stderr.log")).expect("log file");
-        let mut cmd = Command::new(control_bin());
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--tokens")
-            .arg(&tokens)
-            .args([
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--grpc-tls-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--address-file")
-            .arg(&addr_file)
-            .args(["--log-level", "info"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        let mut proc = Proc::spawn("halyard-control", &mut cmd);
-        let addrs: Value = wait_for("the control server's address file", || {
-            if let Some(status) = proc.wait_exit(Duration::ZERO) {
-                panic!(
-                    "halyard-control exited early with {status}:\n{}",
-                    std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
-                );
-            }
-            serde_json::from_str(&std::fs::read_to_string(&addr_file).ok()?).ok()
-        });
-        let get = |k: &str| {
-            addrs[k]
-                .as_str()
-                .unwrap_or_else(|| panic!("address file has no {k}: {addrs}"))
-                .to_string()
-        };
-        Control {
-            grpc: get("grpc"),
-            grpc_tls: get("grpc_tls"),
-            proc,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.join("data").join("root-cert.pem")
-    }
-
-    /// SIGTERM, then the exit code.
-    fn stop(mut self) -> Option<i32> {
-        self.proc.signal("TERM");
-        let status = self.proc.wait_exit(DEADLINE).expect("exit after SIGTERM");
-        status.code()
-    }
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- stderr of halyard-control ----\n{}", self.stderr());
-        }
-    }
-}
 
 /// Runs `ca_client.py request` with `args` (work files under `work`) and returns its JSON.
 fn ca_client(addr: &str, work: &Path, args: &[&str]) -> Value {
@@ -151,24 +53,6 @@ fn check_leaf(v: &Value, id: &str, ttl: i64) {
         "lifetime {life}s, wanted {ttl}s: {v}"
     );
     assert!(not_before <= requested, "{v}");
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
-
-fn openssl(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn fingerprint(dir: &Path, cert: &Path) -> String {

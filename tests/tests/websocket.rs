@@ -48,4 +48,10 @@ services:
     assert_eq!(e["authority"], "ws.local", "{e}");
     assert_eq!(e["upstream_cluster"], "ws.default.svc.cluster.local", "{e}");
     assert_eq!(e["upstream_host"], format!("127.0.0.1:{port}"), "{e}");
+    // Logged when the tunnel closed, with what it carried (the echoed 256 KiB both ways).
+    let (sent, received) = (
+        e["bytes_sent"].as_u64().unwrap_or(0),
+        e["bytes_received"].as_u64().unwrap_or(0),
+    );
+    assert!(sent >= 256 * 1024 && received >= 256 * 1024, "{e}");
 }
