@@ -379,6 +379,35 @@ mod tests {
     }
 
     #[test]
+    fn inbound_mtls_mode_port_over_workload_over_permissive() {
+        let s = Snapshot::build(
+            cfg("workload:\n  name: w\n  ports: [{port: 1}, {port: 2, mtls: DISABLE}]\n"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.inbound_mtls(Some(1)), MtlsMode::Permissive);
+        assert_eq!(s.inbound_mtls(Some(2)), MtlsMode::Disable);
+        let s = Snapshot::build(cfg("workload:\n  name: w\n  mtls: STRICT\n  ports: [{port: 1}, {port: 2, mtls: PERMISSIVE}]\n"), None).unwrap();
+        assert_eq!(s.inbound_mtls(Some(1)), MtlsMode::Strict);
+        assert_eq!(s.inbound_mtls(Some(2)), MtlsMode::Permissive);
+        // Unknown port: the first port's mode; no ports at all: the workload's.
+        assert_eq!(s.inbound_mtls(Some(9)), MtlsMode::Strict);
+        let s = Snapshot::build(cfg("workload:\n  name: w\n  mtls: STRICT\n"), None).unwrap();
+        assert_eq!(s.inbound_mtls(None), MtlsMode::Strict);
+    }
+
+    #[test]
+    fn endpoint_identity_and_sidecar_address() {
+        let s = Snapshot::build(cfg("services:\n  - name: a\n    ports: [{port: 80}]\n    endpoints: [{address: 10.0.0.1, identity: 'spiffe://td/ns/a/sa/b', sidecarAddress: '127.0.0.1:15006'}, {address: 10.0.0.2}]\n"), None).unwrap();
+        let eps = &s.clusters[0].ports[0].endpoints;
+        assert!(eps[0].mtls() && !eps[1].mtls());
+        assert_eq!(
+            eps[0].key().sidecar,
+            Some("127.0.0.1:15006".parse().unwrap())
+        );
+    }
+
+    #[test]
     fn reload_reuses_endpoint_state() {
         let s1 = Snapshot::build(cfg(BASE), None).unwrap();
         let s2 = Snapshot::build(cfg(BASE), Some(&s1)).unwrap();

@@ -642,7 +642,15 @@ fn certificates_rotate_every_few_seconds_under_load_without_a_failed_request() {
     // And steady HTTP load through the pooled HTTP/2 connection, from h2load.
     let began = Instant::now();
     let h2load = std::process::Command::new("h2load")
-        .args(["--h1", "-c", "4", "-D", "10", "-H", ":authority: reviews.local"])
+        .args([
+            "--h1",
+            "-c",
+            "4",
+            "-D",
+            "10",
+            "-H",
+            ":authority: reviews.local",
+        ])
         .arg(url(frontend.outbound, "/load"))
         .output()
         .expect("run h2load (apt-get install nghttp2-client)");
@@ -694,4 +702,66 @@ fn certificates_rotate_every_few_seconds_under_load_without_a_failed_request() {
         "rotation: {line}; {} TCP round trips over new mTLS connections",
         ok.load(Ordering::Relaxed)
     );
+}
+
+#[test]
+fn disable_port_hands_tls_to_the_app_untouched() {
+    let mesh = Mesh::start("mtls-disable", &["reviews"]);
+    let tmp = TempDir::new("mtls-disable-app");
+    // The app terminates TLS itself: openssl s_server with its own self-signed certificate.
+    let (cert, key) = (tmp.path().join("app.pem"), tmp.path().join("app-key.pem"));
+    openssl(
+        tmp.path(),
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            s(&key),
+            "-out",
+            s(&cert),
+            "-subj",
+            "/CN=app.example",
+            "-days",
+            "1",
+        ],
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.args(["s_server", "-quiet", "-www", "-accept", &port.to_string()])
+        .args(["-cert", s(&cert), "-key", s(&key)])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _app = Proc::spawn("openssl s_server", &mut cmd);
+    wait_for("openssl s_server", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let reviews = mesh.proxy(
+        "reviews",
+        &server_config("reviews", "DISABLE", port, None),
+        &[],
+    );
+
+    // curl verifies the app's own certificate: the proxy did not touch the TLS session.
+    let out = curl(&[
+        "--cacert",
+        s(&cert),
+        "--resolve",
+        &format!("app.example:{}:127.0.0.1", reviews.inbound.port()),
+        &format!("https://app.example:{}/", reviews.inbound.port()),
+    ]);
+    assert_eq!(out.status, 200, "{out:?}");
+    assert!(out.body.contains("s_server"), "{}", out.body);
+    let passthrough = reviews
+        .metric("halyard_inbound_connections_total{security=\"passthrough\"}")
+        .unwrap_or(0.0);
+    assert!(passthrough >= 1.0);
 }
