@@ -403,7 +403,10 @@ fn adapt_request<B>(
     wanted: HttpVersion,
     actual: HttpVersion,
 ) -> Result<(), Local> {
-    set_uri_for(req, actual)?;
+    // Already in the right form (the usual case) when the version matches.
+    if (req.version() == Version::HTTP_2) != (actual == HttpVersion::Http2) {
+        set_uri_for(req, actual)?;
+    }
     if wanted == HttpVersion::Http1 && actual == HttpVersion::Http2 {
         req.headers_mut().insert(
             headers::ORIG_PROTO.clone(),
