@@ -71,6 +71,8 @@ impl Admin {
                     text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING")
                 } else if !self.ready.load(Ordering::Acquire) {
                     text(StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING")
+                } else if !self.shared.live.has_config() {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "WAITING_FOR_CONFIG")
                 } else if self.shared.identity.as_ref().is_some_and(|i| !i.ready()) {
                     text(StatusCode::SERVICE_UNAVAILABLE, "WAITING_FOR_CERTIFICATE")
                 } else if self.ready.load(Ordering::Acquire) {

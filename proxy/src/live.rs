@@ -1,11 +1,13 @@
-//! The live configuration: one immutable snapshot behind an `ArcSwap`, replaced whole on reload.
+//! The live configuration: one immutable snapshot behind an `ArcSwap`, replaced whole on reload
+//! (from a file) or on a push (from the control server).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use halyard_xds::LoadError;
+use halyard_xds::{LoadError, ProxyConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::snapshot::{BuildError, Snapshot};
@@ -28,6 +30,12 @@ pub enum ApplyError {
         /// What failed.
         source: BuildError,
     },
+    /// A pushed configuration breaks the resource rules.
+    #[error("{}", .0.join("; "))]
+    Invalid(Vec<String>),
+    /// A pushed configuration could not be compiled.
+    #[error(transparent)]
+    Compile(#[from] BuildError),
 }
 
 /// File identity used to notice changes (also replacement by rename).
@@ -48,11 +56,23 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
+/// Where the configuration comes from.
+enum Origin {
+    /// A file, re-read when it changes or on SIGHUP.
+    File {
+        path: PathBuf,
+        seen: Mutex<Option<Stamp>>,
+    },
+    /// Pushes from the control server ([`Live::apply`]).
+    Pushed,
+}
+
 /// The applied configuration and where it comes from.
 pub struct Live {
     current: ArcSwap<Snapshot>,
-    path: PathBuf,
-    seen: Mutex<Option<Stamp>>,
+    origin: Origin,
+    /// Whether a configuration has been applied (pushed configs start empty).
+    applied: AtomicBool,
 }
 
 impl Live {
@@ -62,9 +82,43 @@ impl Live {
         let snapshot = Self::build(path, None)?;
         Ok(Self {
             current: ArcSwap::from_pointee(snapshot),
-            path: path.to_path_buf(),
-            seen: Mutex::new(seen),
+            origin: Origin::File {
+                path: path.to_path_buf(),
+                seen: Mutex::new(seen),
+            },
+            applied: AtomicBool::new(true),
         })
+    }
+
+    /// An empty configuration waiting for the control server's first push.
+    pub fn pushed(initial: ProxyConfig) -> Result<Self, ApplyError> {
+        Ok(Self {
+            current: ArcSwap::from_pointee(Snapshot::build(initial, None)?),
+            origin: Origin::Pushed,
+            applied: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether a configuration is in force (always, for files; after the first push otherwise).
+    pub fn has_config(&self) -> bool {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// Validates, compiles and swaps in a pushed configuration; on error the current
+    /// snapshot stays. In-flight requests keep the snapshot they started with.
+    pub fn apply(&self, config: ProxyConfig) -> Result<(), ApplyError> {
+        let errors = halyard_xds::validate(&config);
+        if !errors.is_empty() {
+            return Err(ApplyError::Invalid(
+                errors.iter().map(ToString::to_string).collect(),
+            ));
+        }
+        let previous = self.current.load();
+        let next = Snapshot::build(config, Some(&previous))?;
+        tracing::info!(version = %next.version, "configuration applied");
+        self.current.store(Arc::new(next));
+        self.applied.store(true, Ordering::Release);
+        Ok(())
     }
 
     fn build(path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, ApplyError> {
@@ -81,10 +135,14 @@ impl Live {
     }
 
     /// Re-reads the file and swaps in the result; on error the current snapshot stays.
+    /// Nothing to do for pushed configurations.
     pub fn reload(&self) -> Result<(), ApplyError> {
-        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = stamp(&self.path);
+        let Origin::File { path, seen } = &self.origin else {
+            return Ok(());
+        };
+        *seen.lock().unwrap_or_else(|e| e.into_inner()) = stamp(path);
         let previous = self.current.load();
-        let next = Self::build(&self.path, Some(&previous))?;
+        let next = Self::build(path, Some(&previous))?;
         tracing::info!(version = %next.version, "configuration applied");
         self.current.store(Arc::new(next));
         Ok(())
@@ -92,8 +150,11 @@ impl Live {
 
     /// Whether the file changed since it was last read.
     fn changed(&self) -> bool {
-        let now = stamp(&self.path);
-        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let Origin::File { path, seen } = &self.origin else {
+            return false;
+        };
+        let now = stamp(path);
+        let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
         now.is_some() && now != *seen
     }
 
