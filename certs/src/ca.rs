@@ -279,6 +279,7 @@ impl CertificateAuthority {
                 other => format!("cannot parse the CSR: {other}"),
             })
         })?;
+        check_extension_requests(csr_pem)?;
         if matches!(csr.params.is_ca, IsCa::Ca(_)) {
             return Err(SignError::CaRequested);
         }
@@ -415,6 +416,54 @@ impl CertificateAuthority {
         }
         Ok((to_pem(cert.der()), key.serialize_pem(), chain))
     }
+}
+
+/// What rcgen's CSR parsing lets through: it reads only the first extensionRequest attribute
+/// (x509-parser only the first value of it) and a repeated extension overrides the earlier
+/// one, so a CA flag or another SAN could hide from `sign_csr`'s checks. Reads every
+/// extension request: a CA flag anywhere is a CA request; a repeated extension, a second
+/// extension request or a second value in one makes the CSR invalid.
+fn check_extension_requests(csr_pem: &str) -> Result<(), SignError> {
+    use x509_parser::asn1_rs::{FromDer, Header, Length};
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::cri_attributes::ParsedCriAttribute;
+    use x509_parser::extensions::ParsedExtension;
+
+    let invalid = |what: String| SignError::InvalidCsr(what);
+    let der = pem::parse(csr_pem).map_err(|e| invalid(format!("cannot parse the CSR: {e}")))?;
+    let (_, csr) = X509CertificationRequest::from_der(der.contents())
+        .map_err(|e| invalid(format!("cannot parse the CSR: {e}")))?;
+    let mut seen = Vec::new();
+    let mut requests = 0;
+    for attr in csr.certification_request_info.iter_attributes() {
+        let ParsedCriAttribute::ExtensionRequest(req) = attr.parsed_attribute() else {
+            continue;
+        };
+        requests += 1;
+        // `value` is the SET header and the one value x509-parser read.
+        let single = Header::from_der(attr.value)
+            .is_ok_and(|(first, set)| set.length() == Length::Definite(first.len()));
+        if requests > 1 || !single {
+            return Err(invalid(
+                "the CSR has more than one extension request".into(),
+            ));
+        }
+        for ext in &req.extensions {
+            if let ParsedExtension::BasicConstraints(bc) = ext.parsed_extension() {
+                if bc.ca {
+                    return Err(SignError::CaRequested);
+                }
+            }
+            if seen.contains(&&ext.oid) {
+                return Err(invalid(format!(
+                    "the CSR repeats the extension {}",
+                    ext.oid
+                )));
+            }
+            seen.push(&ext.oid);
+        }
+    }
+    Ok(())
 }
 
 /// A random positive 128-bit serial number.

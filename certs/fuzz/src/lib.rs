@@ -96,11 +96,11 @@ fn check_signed(f: &Fixture, csr_der: &[u8], chain: &[String]) {
     );
     let mut uris = Vec::new();
     for attr in csr.certification_request_info.iter_attributes() {
-        let ParsedCriAttribute::ExtensionRequest(req) = &attr.parsed_attribute else {
+        let ParsedCriAttribute::ExtensionRequest(req) = attr.parsed_attribute() else {
             continue;
         };
         for ext in &req.extensions {
-            match &ext.parsed_extension {
+            match ext.parsed_extension() {
                 ParsedExtension::BasicConstraints(bc) => {
                     assert!(!bc.ca, "the CA signed a CSR asking for a CA certificate")
                 }
@@ -179,7 +179,10 @@ pub fn cert(data: &[u8]) -> usize {
         // with the anchors the input made.
         for root in bundle.roots() {
             if let Ok(id) = bundle.verify(root, &[], now, Usage::Server) {
-                assert_eq!(Ok(id), verify::spiffe_id_of(root).map_err(|e| e.to_string()));
+                assert_eq!(
+                    Ok(id),
+                    verify::spiffe_id_of(root).map_err(|e| e.to_string())
+                );
             }
         }
     }
