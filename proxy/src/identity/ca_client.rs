@@ -28,51 +28,9 @@ impl CaClient {
 
     async fn channel(&self) -> Result<Channel, String> {
         let opts = &self.identity.options;
-        let endpoint = Endpoint::from_shared(format!("http://{}", opts.ca_addr))
-            .map_err(|e| format!("CA address {}: {e}", opts.ca_addr))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT);
-        if opts.ca_root_file.is_none() {
-            return endpoint
-                .connect()
-                .await
-                .map_err(|e| format!("connect to CA {}: {e}", opts.ca_addr));
-        }
-        let expected = match &opts.ca_identity {
-            Some(id) => id.clone(),
-            None => SpiffeId::workload(
-                opts.identity.trust_domain(),
-                "halyard-system",
-                "halyard-control",
-            )
-            .map_err(|e| e.to_string())?,
-        };
-        // The verifier checks the CA's SPIFFE ID, so the server name is only for SNI. Once we
-        // hold a certificate it is presented too, letting the CA renew without a token.
-        let tls =
-            halyard_certs::tls::client_config(self.identity.store.clone(), expected, &[b"h2"])
-                .map_err(|e| e.to_string())?;
-        let connector = tower::service_fn(move |uri: Uri| {
-            let tls = tls.clone();
-            async move {
-                let host = uri.host().unwrap_or("localhost").to_string();
-                let port = uri.port_u16().unwrap_or(15012);
-                let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-                let name = rustls::pki_types::ServerName::try_from("halyard-control")
-                    .map_err(std::io::Error::other)?;
-                let stream = tokio_rustls::TlsConnector::from(tls)
-                    .connect(name, tcp)
-                    .await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        });
-        endpoint
-            .connect_with_connector(connector)
-            .await
-            .map_err(|e| format!("connect to CA {} over TLS: {e}", opts.ca_addr))
+        control_channel(Some(&self.identity), &opts.ca_addr, Some(REQUEST_TIMEOUT)).await
     }
 
-    /// Sends `csr` and returns the PEM chain (leaf first).
     pub async fn create_certificate(&self, csr: String) -> Result<Vec<String>, String> {
         let opts = &self.identity.options;
         let channel = self.channel().await?;
@@ -102,4 +60,60 @@ impl CaClient {
         }
         Ok(chain)
     }
+}
+
+/// A gRPC channel to the control server at `addr` (CA or xDS): with `--ca-root-file`, TLS that
+/// accepts only the control server's SPIFFE ID and presents the workload certificate once
+/// there is one; otherwise plaintext (development). `request_timeout` must be `None` for
+/// long-lived streams.
+pub async fn control_channel(
+    identity: Option<&Identity>,
+    addr: &str,
+    request_timeout: Option<Duration>,
+) -> Result<Channel, String> {
+    let mut endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("control server address {addr}: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    if let Some(t) = request_timeout {
+        endpoint = endpoint.timeout(t);
+    }
+    let Some(identity) = identity.filter(|i| i.options.ca_root_file.is_some()) else {
+        return endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("connect to {addr}: {e}"));
+    };
+    let opts = &identity.options;
+    let expected = match &opts.ca_identity {
+        Some(id) => id.clone(),
+        None => SpiffeId::workload(
+            opts.identity.trust_domain(),
+            "halyard-system",
+            "halyard-control",
+        )
+        .map_err(|e| e.to_string())?,
+    };
+    let tls = halyard_certs::tls::client_config(identity.store.clone(), expected, &[b"h2"])
+        .map_err(|e| e.to_string())?;
+    let connector = tower::service_fn(move |uri: Uri| {
+        let tls = tls.clone();
+        async move {
+            let host = uri.host().unwrap_or("localhost").to_string();
+            let port = uri.port_u16().unwrap_or(15012);
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            let _ = tcp.set_nodelay(true);
+            let name = rustls::pki_types::ServerName::try_from("halyard-control")
+                .map_err(std::io::Error::other)?;
+            let stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(TokioIo::new(stream))
+        }
+    });
+    endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| format!("connect to {addr} over TLS: {e}"))
 }

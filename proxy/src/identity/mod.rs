@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use halyard_certs::{CertStore, SpiffeId, TrustBundle};
 
-pub use ca_client::CaClient;
+pub use ca_client::{control_channel, CaClient};
 pub use rotate::{refresh_delay, run_rotation};
 
 /// How the proxy obtains its certificate.
