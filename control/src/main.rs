@@ -4,8 +4,10 @@
 
 mod auth;
 mod ca_service;
+mod check;
 mod conn;
 mod duration;
+pub mod model;
 mod serve;
 mod serving_cert;
 mod tokens;
@@ -28,9 +30,13 @@ struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up
 enum Command {
     /// Serve the CA (Istio's IstioCertificateService) on a plaintext and a TLS gRPC port.
     Serve(serve::ServeArgs),
+    /// Load and validate a directory of mesh configuration (Istio resources and MeshConfig);
+    /// print every problem as `file:line: Kind/namespace/name: field: message`.
+    Check(check::CheckArgs),
 }
 
 /// Logs to stderr with the given filter.
@@ -51,6 +57,9 @@ fn main() -> ExitCode {
     if let Err(e) = init_logging(&cli.log_level) {
         eprintln!("halyard-control: {e}");
         return ExitCode::from(2);
+    }
+    if let Command::Check(args) = &cli.command {
+        return check::run(args);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -74,5 +83,6 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Check(args) => check::run(&args),
     }
 }

@@ -1,0 +1,294 @@
+//! Diagnostics: what is wrong, where (`file:line`), in which resource and at which field.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use halyard_xds::{line_of, Segment};
+
+/// How bad a problem is. `check` fails on errors; warnings are printed but do not fail it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// The configuration cannot be used as written.
+    Error,
+    /// Probably a mistake, but the rest of the mesh is unaffected (e.g. a DestinationRule for
+    /// a host that no ServiceEntry defines: Istio ignores it too).
+    Warning,
+}
+
+/// The resource a diagnostic is about: `Kind/namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceId {
+    /// `kind` as written (`VirtualService`), or `?` when the document has none.
+    pub kind: String,
+    /// The namespace (`default` when not given).
+    pub namespace: String,
+    /// `metadata.name`, or `?` when missing.
+    pub name: String,
+}
+
+impl fmt::Display for ResourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// One problem found in the input.
+///
+/// Displays as `file:line: Kind/namespace/name: field.path: message`; a part that does not
+/// apply (a YAML syntax error has no resource, a document-level problem has no field) is `-`,
+/// and warnings' messages start with `warning: `.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file, relative to the directory given to `load_dir` (joined to it).
+    pub file: PathBuf,
+    /// 1-based line of the offending field (or of the document, or of the syntax error).
+    pub line: usize,
+    /// The resource, when the document got far enough to name one.
+    pub resource: Option<ResourceId>,
+    /// The field path (`spec.http[0].route[1].weight`), empty when the whole document is meant.
+    pub path: String,
+    /// What is wrong; unsupported features start with `unsupported: `.
+    pub message: String,
+    /// Error or warning.
+    pub severity: Severity,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: ", self.file.display(), self.line)?;
+        match &self.resource {
+            Some(r) => write!(f, "{r}: ")?,
+            None => f.write_str("-: ")?,
+        }
+        if self.path.is_empty() {
+            f.write_str("-: ")?;
+        } else {
+            write!(f, "{}: ", self.path)?;
+        }
+        if self.severity == Severity::Warning {
+            f.write_str("warning: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// One step of a field path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    /// A field of an object (`spec`, `http`).
+    Field(String),
+    /// A key of a map (a label, a header name, a port of `portLevelMtls`).
+    Key(String),
+    /// An element of a list.
+    Index(usize),
+}
+
+/// A path to a field inside one document, e.g. `spec.http[0].match[1].headers[end-user]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldPath(Vec<Step>);
+
+impl FieldPath {
+    /// The document itself.
+    pub fn root() -> Self {
+        Self::default()
+    }
+
+    /// The path of field `name` below this one.
+    pub fn f(&self, name: &str) -> Self {
+        let mut v = self.0.clone();
+        v.push(Step::Field(name.to_string()));
+        Self(v)
+    }
+
+    /// The path of map key `key` below this one.
+    pub fn k(&self, key: &str) -> Self {
+        let mut v = self.0.clone();
+        v.push(Step::Key(key.to_string()));
+        Self(v)
+    }
+
+    /// The path of list element `i` below this one.
+    pub fn i(&self, i: usize) -> Self {
+        let mut v = self.0.clone();
+        v.push(Step::Index(i));
+        Self(v)
+    }
+
+    /// The path as `halyard_xds::line_of` takes it.
+    pub fn segments(&self) -> Vec<Segment> {
+        self.0
+            .iter()
+            .map(|s| match s {
+                Step::Field(n) | Step::Key(n) => Segment::Field(n.clone()),
+                Step::Index(i) => Segment::Index(*i),
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, step) in self.0.iter().enumerate() {
+            match step {
+                Step::Field(name) if n == 0 => f.write_str(name)?,
+                Step::Field(name) => write!(f, ".{name}")?,
+                Step::Key(key) => write!(f, "[{key}]")?,
+                Step::Index(i) => write!(f, "[{i}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a document came from: its file, the line it starts at, and its text (so that later
+/// checks can still find the line of any field).
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The file, relative to the directory given to `load_dir` (joined to it).
+    pub file: PathBuf,
+    /// 1-based line of the document's first field (usually `apiVersion:`).
+    pub line: usize,
+    /// The document's text and its line offset in the file.
+    pub(crate) text: Arc<DocText>,
+}
+
+/// The text of one YAML document and how many lines of the file precede it.
+#[derive(Debug)]
+pub(crate) struct DocText {
+    pub(crate) text: String,
+    pub(crate) offset: usize,
+}
+
+impl Source {
+    pub(crate) fn new(file: PathBuf, text: String, offset: usize) -> Self {
+        let rel = line_of(&text, &[]).unwrap_or(1);
+        Self {
+            file,
+            line: offset + rel,
+            text: Arc::new(DocText { text, offset }),
+        }
+    }
+
+    /// The 1-based line in the file of the deepest existing node along `path`.
+    pub fn line_of(&self, path: &FieldPath) -> usize {
+        match line_of(&self.text.text, &path.segments()) {
+            Some(l) => self.text.offset + l,
+            None => self.line,
+        }
+    }
+}
+
+/// Collects the diagnostics of one resource, finding each field's line.
+pub(crate) struct Cx<'a> {
+    pub(crate) source: &'a Source,
+    pub(crate) resource: ResourceId,
+    pub(crate) out: &'a mut Vec<Diagnostic>,
+}
+
+impl<'a> Cx<'a> {
+    pub(crate) fn new(
+        source: &'a Source,
+        resource: ResourceId,
+        out: &'a mut Vec<Diagnostic>,
+    ) -> Self {
+        Self {
+            source,
+            resource,
+            out,
+        }
+    }
+
+    fn push(&mut self, path: &FieldPath, message: String, severity: Severity) {
+        self.out.push(Diagnostic {
+            file: self.source.file.clone(),
+            line: self.source.line_of(path),
+            resource: Some(self.resource.clone()),
+            path: path.to_string(),
+            message,
+            severity,
+        });
+    }
+
+    /// An error at `path`.
+    pub(crate) fn error(&mut self, path: &FieldPath, message: impl Into<String>) {
+        self.push(path, message.into(), Severity::Error);
+    }
+
+    /// A warning at `path`.
+    pub(crate) fn warn(&mut self, path: &FieldPath, message: impl Into<String>) {
+        self.push(path, message.into(), Severity::Warning);
+    }
+
+    /// A feature Halyard does not implement: an error saying `unsupported: {what}`.
+    pub(crate) fn unsupported(&mut self, path: &FieldPath, what: impl fmt::Display) {
+        self.push(path, format!("unsupported: {what}"), Severity::Error);
+    }
+
+    /// An error for a required field that is missing or empty.
+    pub(crate) fn required(&mut self, path: &FieldPath) {
+        self.push(path, "required field is missing".into(), Severity::Error);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_display_like_jsonpath() {
+        let p = FieldPath::root()
+            .f("spec")
+            .f("http")
+            .i(0)
+            .f("match")
+            .i(1)
+            .f("headers")
+            .k("end-user");
+        assert_eq!(p.to_string(), "spec.http[0].match[1].headers[end-user]");
+        assert_eq!(FieldPath::root().to_string(), "");
+    }
+
+    #[test]
+    fn diagnostic_format() {
+        let mut d = Diagnostic {
+            file: PathBuf::from("dir/a.yaml"),
+            line: 7,
+            resource: Some(ResourceId {
+                kind: "VirtualService".into(),
+                namespace: "default".into(),
+                name: "reviews".into(),
+            }),
+            path: "spec.hosts".into(),
+            message: "required field is missing".into(),
+            severity: Severity::Error,
+        };
+        assert_eq!(
+            d.to_string(),
+            "dir/a.yaml:7: VirtualService/default/reviews: spec.hosts: required field is missing"
+        );
+        d.resource = None;
+        d.path.clear();
+        d.severity = Severity::Warning;
+        assert_eq!(
+            d.to_string(),
+            "dir/a.yaml:7: -: -: warning: required field is missing"
+        );
+    }
+
+    #[test]
+    fn source_lines_include_the_offset() {
+        let src = Source::new(
+            PathBuf::from("f.yaml"),
+            "---\n# c\napiVersion: v\nspec:\n  hosts:\n  - a\n".into(),
+            10,
+        );
+        assert_eq!(src.line, 13);
+        assert_eq!(
+            src.line_of(&FieldPath::root().f("spec").f("hosts").i(0)),
+            16
+        );
+        // A missing leaf falls back to its parent (a mapping's line is its first key's).
+        assert_eq!(src.line_of(&FieldPath::root().f("spec").f("ports")), 15);
+    }
+}
