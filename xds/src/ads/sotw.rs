@@ -5,10 +5,10 @@
 //! set differs from that version: on the first request (unless the client already holds the
 //! current version, e.g. after a reconnect), on subscription changes and on source changes.
 //! A request echoing the last nonce ACKs it, or NACKs it when it carries `error_detail`; a NACK
-//! is recorded and the same version is not sent again. Requests with an older nonce are stale
-//! and ignored.
+//! is recorded and the same version is not sent again. Requests with an older nonce are stale:
+//! their (N)ACK is recorded for operators, the rest of the request is ignored.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
 use tonic::{Status, Streaming};
@@ -34,8 +34,12 @@ struct TypeState {
     names: BTreeSet<String>,
     /// The version the client holds or is being sent.
     known_version: Option<String>,
-    sent: Option<Sent>,
+    /// The last responses sent, newest last.
+    sent: VecDeque<Sent>,
 }
+
+/// Responses remembered per type, to record (N)ACKs that cross a newer response.
+const REMEMBERED: usize = 8;
 
 struct Sotw {
     ctx: StreamCtx<DiscoveryResponse>,
@@ -110,27 +114,38 @@ impl Sotw {
         let first_for_type = !self.types.contains_key(&type_url);
         let st = self.types.entry(type_url.clone()).or_default();
         if !first_for_type && !req.response_nonce.is_empty() {
-            match st.sent.as_mut() {
-                Some(sent) if sent.nonce == req.response_nonce => match &req.error_detail {
-                    Some(err) => {
-                        self.ctx
-                            .record_nack(&type_url, &sent.version, &sent.nonce, &err.message)
-                    }
-                    None => {
-                        let started = (!sent.acked).then_some(sent.started);
-                        sent.acked = true;
-                        self.ctx.record_ack(&type_url, &req.version_info, started);
-                    }
-                },
-                _ => {
-                    tracing::debug!(
-                        node = %self.ctx.node_id,
-                        type_url,
-                        nonce = req.response_nonce,
-                        "stale nonce, request ignored"
-                    );
-                    return Ok(());
+            let Some(pos) = st.sent.iter().rposition(|s| s.nonce == req.response_nonce) else {
+                tracing::debug!(
+                    node = %self.ctx.node_id,
+                    type_url,
+                    nonce = req.response_nonce,
+                    "unknown nonce, request ignored"
+                );
+                return Ok(());
+            };
+            let latest = pos + 1 == st.sent.len();
+            let sent = &mut st.sent[pos];
+            match &req.error_detail {
+                Some(err) => {
+                    self.ctx
+                        .record_nack(&type_url, &sent.version, &sent.nonce, &err.message)
                 }
+                None => {
+                    let started = (!sent.acked).then_some(sent.started);
+                    sent.acked = true;
+                    self.ctx.record_ack(&type_url, &req.version_info, started);
+                }
+            }
+            if !latest {
+                // A newer response is on its way: the (N)ACK is recorded, but the request
+                // is stale and its subscription is ignored.
+                tracing::debug!(
+                    node = %self.ctx.node_id,
+                    type_url,
+                    nonce = req.response_nonce,
+                    "stale nonce, request ignored"
+                );
+                return Ok(());
             }
         }
         let names = req.resource_names;
@@ -180,12 +195,15 @@ impl Sotw {
         self.ctx
             .record_push(type_url, &version, &nonce, resp.resources.len());
         st.known_version = Some(version.clone());
-        st.sent = Some(Sent {
+        st.sent.push_back(Sent {
             nonce,
             version,
             started,
             acked: false,
         });
+        if st.sent.len() > REMEMBERED {
+            st.sent.pop_front();
+        }
         self.ctx.send(resp).await
     }
 }
