@@ -257,7 +257,8 @@ where
         });
     }
 
-    /// Offers `resources` as the new set of `type_url` to the applier; keeps it on `Ok`.
+    /// Offers `resources` as the new set of `type_url` to the applier; keeps it on `Ok`. A set
+    /// equal to the one held is accepted without asking the applier again.
     fn try_apply<A>(
         &mut self,
         applier: &mut A,
@@ -267,6 +268,10 @@ where
     where
         A: FnMut(&State) -> Result<(), String>,
     {
+        if self.state.get(type_url) == Some(&resources) {
+            // Nothing changed (e.g. an empty delta answering a resumed stream): no new snapshot.
+            return Ok(());
+        }
         let old = self.state.insert(type_url.to_string(), resources);
         match applier(&self.state) {
             Ok(()) => Ok(()),
