@@ -170,13 +170,52 @@ impl Source {
         }
     }
 
-    /// The 1-based line in the file of the deepest existing node along `path`.
+    /// The 1-based line in the file of `path`: the line of its key (`corsPolicy:` rather
+    /// than the first line of the mapping below it). When the field is missing, the line of
+    /// the deepest ancestor that exists.
     pub fn line_of(&self, path: &FieldPath) -> usize {
-        match line_of(&self.text.text, &path.segments()) {
-            Some(l) => self.text.offset + l,
-            None => self.line,
-        }
+        self.text.offset + self.rel_line(&path.segments())
     }
+
+    /// [`Source::line_of`] relative to the document.
+    fn rel_line(&self, segs: &[Segment]) -> usize {
+        let text = &self.text.text;
+        let at = |segs: &[Segment]| line_of(text, segs).unwrap_or(1);
+        // `line_of` gives the line of the node a path leads to (for a mapping or list that is
+        // the line of its first entry) or of the deepest ancestor that exists. Look upwards
+        // from there for the key of the deepest field that exists.
+        let found = at(segs);
+        let lines: Vec<&str> = text.lines().collect();
+        for k in (1..=segs.len()).rev() {
+            match &segs[k - 1] {
+                Segment::Index(_) => return at(&segs[..k]),
+                Segment::Field(name) => {
+                    let parent = at(&segs[..k - 1]).min(found);
+                    let hit = (parent..=found)
+                        .rev()
+                        .find(|&l| lines.get(l - 1).is_some_and(|t| has_key(t, name)));
+                    if let Some(l) = hit {
+                        return l;
+                    }
+                }
+            }
+        }
+        found
+    }
+}
+
+/// Whether YAML line `line` holds the mapping key `name` (block, flow or quoted).
+fn has_key(line: &str, name: &str) -> bool {
+    let line = line.split(" #").next().unwrap_or(line);
+    line.match_indices(name).any(|(i, _)| {
+        let before = line[..i].trim_end_matches(['"', '\'']);
+        let after = line[i + name.len()..].trim_start_matches(['"', '\'']);
+        let boundary = before
+            .chars()
+            .last()
+            .is_none_or(|c| c == ' ' || c == '{' || c == ',' || c == '-');
+        boundary && after.starts_with(':')
+    })
 }
 
 /// Collects the diagnostics of one resource, finding each field's line.
@@ -288,7 +327,21 @@ mod tests {
             src.line_of(&FieldPath::root().f("spec").f("hosts").i(0)),
             16
         );
-        // A missing leaf falls back to its parent (a mapping's line is its first key's).
-        assert_eq!(src.line_of(&FieldPath::root().f("spec").f("ports")), 15);
+        // A field whose value is a list or mapping: the line of its key.
+        assert_eq!(src.line_of(&FieldPath::root().f("spec").f("hosts")), 15);
+        // A missing field: the key line of the deepest ancestor that exists.
+        assert_eq!(src.line_of(&FieldPath::root().f("spec").f("ports")), 14);
+        assert_eq!(src.line_of(&FieldPath::root().f("nothing")), 13);
+    }
+
+    #[test]
+    fn keys_in_lines() {
+        assert!(has_key("  corsPolicy:", "corsPolicy"));
+        assert!(has_key("  - destination:", "destination"));
+        assert!(has_key("    - {number: 80, name: http}", "name"));
+        assert!(has_key("  \"name\": x", "name"));
+        assert!(!has_key("  hostname: x", "name"));
+        assert!(!has_key("  name2: x", "name"));
+        assert!(!has_key("  x: 1 # name:", "name"));
     }
 }

@@ -310,14 +310,14 @@ fn peer_authentications(model: &Model, out: &mut Vec<Diagnostic>) {
             }
             Some(other) => {
                 let scope = if ns == root {
-                    "mesh-wide (root namespace)".to_string()
+                    format!("mesh-wide PeerAuthentication (root namespace {ns})")
                 } else {
-                    format!("namespace-wide in namespace {ns}")
+                    format!("namespace-wide PeerAuthentication in namespace {ns}")
                 };
                 cx_for(Kind::PeerAuthentication, &pa.meta, &pa.source, out).error(
-                    &FieldPath::root().f("spec"),
+                    &FieldPath::root().f("spec").f("selector"),
                     format!(
-                        "a second {scope} PeerAuthentication: {} ({}:{}) already applies there",
+                        "another {scope}: {} ({}:{}) already applies there; give this one a selector",
                         other.meta.name,
                         other.source.file.display(),
                         other.source.line

@@ -104,7 +104,8 @@ impl StringMatch {
 pub(crate) fn check_regex(cx: &mut Cx<'_>, path: &FieldPath, re: &str) {
     if let Err(e) = regex::Regex::new(re) {
         let first = e.to_string();
-        let detail = first.lines().last().unwrap_or("").trim().to_string();
+        let last = first.lines().last().unwrap_or("").trim();
+        let detail = last.strip_prefix("error: ").unwrap_or(last).to_string();
         cx.error(path, format!("invalid regex `{re}`: {detail}"));
     }
 }
