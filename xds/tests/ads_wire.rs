@@ -12,7 +12,7 @@ use halyard_xds::ads::proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DiscoveryRequest,
 };
 use halyard_xds::ads::proto::google::rpc::Status as RpcStatus;
-use halyard_xds::ads::{MemorySource, Resource, SERVICE_TYPE, VIRTUAL_HOST_TYPE};
+use halyard_xds::ads::{MemorySource, Resource, ResourceSource, SERVICE_TYPE, VIRTUAL_HOST_TYPE};
 use halyard_xds::VirtualHost;
 use tonic::Code;
 
@@ -427,5 +427,98 @@ async fn shutdown_ends_every_stream_with_unavailable() {
     })
     .await;
     assert_eq!(handle.metrics().connected.get(), 0);
+    server.stop().await;
+}
+
+/// A Service whose hosts make it about `kib` KiB on the wire.
+fn big_svc(name: &str, generation: u32, kib: usize) -> Resource {
+    Resource::from_message(
+        name,
+        &halyard_xds::Service {
+            name: name.to_string(),
+            hosts: (0..kib)
+                .map(|i| format!("h{generation}-{i:04}-{}", "x".repeat(1000)))
+                .collect(),
+            ..Default::default()
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_stalls_only_its_stream() {
+    let source = Arc::new(MemorySource::new());
+    source.set("slow", SERVICE_TYPE, [big_svc("big", 0, 512)]);
+    let server = TestServer::start(source.clone(), |s| s).await;
+    let mut slow = RawDelta::open(server.addr, delta_first("slow", SERVICE_TYPE))
+        .await
+        .expect("open");
+    let sent = || {
+        server
+            .server
+            .connections()
+            .first()
+            .and_then(|c| c.types.get(SERVICE_TYPE).map(|t| t.responses_sent))
+            .unwrap_or(0)
+    };
+    // Change the resource again and again without reading. Each change is given time to go
+    // out; once transport windows and the queue are full, nothing more leaves the server (three
+    // changes in a row without a response count as stalled).
+    let mut stalls = 0;
+    let mut changes = 0;
+    for generation in 1..=60u32 {
+        let before = sent();
+        source.put("slow", SERVICE_TYPE, big_svc("big", generation, 512));
+        changes += 1;
+        let start = tokio::time::Instant::now();
+        while sent() == before && start.elapsed() < std::time::Duration::from_millis(300) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        if sent() == before {
+            stalls += 1;
+            if stalls == 3 {
+                break;
+            }
+        } else {
+            stalls = 0;
+        }
+    }
+    let stalled_at = sent();
+    eprintln!("stalled after {stalled_at} responses for {changes} changes");
+    assert_eq!(
+        stalls, 3,
+        "the stream never stalled: {stalled_at} responses went out"
+    );
+    assert!(stalled_at < changes, "{stalled_at} of {changes}");
+    // The queue (16 responses) plus what the HTTP/2 windows and buffers hold (a few MiB).
+    let bound = halyard_xds::ads::ServerConfig::default().queue_capacity as u64 + 12;
+    assert!(
+        stalled_at <= bound,
+        "{stalled_at} responses left for a client that reads nothing"
+    );
+    // Other streams are not affected.
+    source.set("fast", SERVICE_TYPE, [svc("a", 1)]);
+    let mut fast = RawDelta::open(server.addr, delta_first("fast", SERVICE_TYPE))
+        .await
+        .expect("open");
+    assert_eq!(delta_names(&fast.recv().await), ["a"]);
+
+    // Reading again drains what was queued, then the latest state arrives, coalesced.
+    let latest = source.resources("slow", SERVICE_TYPE).expect("slow")["big"]
+        .version
+        .clone();
+    let mut read = 0;
+    loop {
+        let r = slow.recv().await;
+        read += 1;
+        slow.ack(&r).await;
+        if r.resources.iter().any(|x| x.version == latest) {
+            break;
+        }
+    }
+    assert!(
+        read <= stalled_at + 2,
+        "read {read}, stalled at {stalled_at}"
+    );
+    assert!(read < changes + 1, "read {read} for {changes} changes");
     server.stop().await;
 }
