@@ -272,15 +272,10 @@ impl WorkloadEntry {
             if self.network.is_empty() {
                 cx.required(&p.f("address"));
             }
-        } else if let Some(path) = self.address.strip_prefix("unix://") {
-            let _ = path;
+        } else if self.address.starts_with("unix://") {
             cx.unsupported(&p.f("address"), "Unix domain socket endpoints");
         } else if self.address.parse::<std::net::IpAddr>().is_err() {
-            let mut host_cx_ok = true;
-            if self.address.contains('/') || self.address.contains(':') {
-                host_cx_ok = false;
-            }
-            if !host_cx_ok || self.address.starts_with('*') {
+            if self.address.contains(['/', ':', '*']) {
                 cx.error(
                     &p.f("address"),
                     format!(
