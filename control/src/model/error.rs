@@ -213,7 +213,7 @@ fn has_key(line: &str, name: &str) -> bool {
         let boundary = before
             .chars()
             .last()
-            .is_none_or(|c| c == ' ' || c == '{' || c == ',' || c == '-');
+            .is_none_or(|c| c == ' ' || c == '{' || c == ',');
         boundary && after.starts_with(':')
     })
 }
@@ -342,6 +342,7 @@ mod tests {
         assert!(has_key("  \"name\": x", "name"));
         assert!(!has_key("  hostname: x", "name"));
         assert!(!has_key("  name2: x", "name"));
+        assert!(!has_key("  x-canary: x", "canary"));
         assert!(!has_key("  x: 1 # name:", "name"));
     }
 }

@@ -99,34 +99,60 @@ fn duplicates(model: &Model, out: &mut Vec<Diagnostic>) {
 /// Route and mirror destinations must name a service in scope, a port it has, and a subset
 /// that a DestinationRule for it defines; two VirtualServices may not claim one host.
 fn routes(model: &Model, services: &[Service<'_>], out: &mut Vec<Diagnostic>) {
-    let mut claimed: HashMap<String, (&Meta, &Source)> = HashMap::new();
+    let mut claimed: HashMap<String, Vec<&Doc<super::VirtualService>>> = HashMap::new();
     for vs in &model.virtual_services {
         let ns = vs.meta.namespace.as_str();
         let mut cx = cx_for(Kind::VirtualService, &vs.meta, &vs.source, out);
         for (i, h) in vs.spec.hosts.iter().enumerate() {
             let host = resolve_host(h, ns);
-            match claimed.get(&host) {
-                Some((meta, src)) if !(meta.name == vs.meta.name && meta.namespace == ns) => {
-                    cx.error(
-                        &FieldPath::root().f("spec").f("hosts").i(i),
-                        format!(
-                            "host `{host}` is also routed by VirtualService {}/{} ({}:{}); merge the routes into one",
-                            meta.namespace,
-                            meta.name,
-                            src.file.display(),
-                            src.line
-                        ),
-                    );
-                }
-                Some(_) => {}
-                None => {
-                    claimed.insert(host, (&vs.meta, &vs.source));
-                }
+            let earlier = claimed.entry(host.clone()).or_default();
+            let clash = earlier.iter().find(|other| {
+                !(other.meta.name == vs.meta.name && other.meta.namespace == ns)
+                    && visibility_overlaps(other, vs)
+            });
+            if let Some(other) = clash {
+                cx.error(
+                    &FieldPath::root().f("spec").f("hosts").i(i),
+                    format!(
+                        "host `{host}` is also routed by VirtualService {}/{} ({}:{}); merge the routes into one",
+                        other.meta.namespace,
+                        other.meta.name,
+                        other.source.file.display(),
+                        other.source.line
+                    ),
+                );
+            } else {
+                earlier.push(vs);
             }
         }
         for (path, dest) in vs.spec.destinations() {
             check_destination(model, services, &mut cx, ns, &path, dest);
         }
+    }
+}
+
+/// Whether two VirtualServices are seen by a common namespace (per `exportTo`).
+fn visibility_overlaps(a: &Doc<super::VirtualService>, b: &Doc<super::VirtualService>) -> bool {
+    fn scope(d: &Doc<super::VirtualService>) -> Option<Vec<&str>> {
+        let e = &d.spec.export_to;
+        if e.is_empty() || e.iter().any(|n| n == "*") {
+            return None; // everywhere
+        }
+        Some(
+            e.iter()
+                .map(|n| {
+                    if n == "." {
+                        d.meta.namespace.as_str()
+                    } else {
+                        n.as_str()
+                    }
+                })
+                .collect(),
+        )
+    }
+    match (scope(a), scope(b)) {
+        (Some(x), Some(y)) => x.iter().any(|n| y.contains(n)),
+        _ => true,
     }
 }
 
