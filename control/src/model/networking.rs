@@ -9,7 +9,8 @@ use serde::Deserialize;
 use super::error::{Cx, FieldPath};
 use super::values::{
     check_cidr, check_export_to, check_host, check_labels, check_percentage, check_port,
-    is_dns_label, null_as_default, Cidr, Duration, Percent, StringMatch, WorkloadSelector,
+    is_dns_label, is_dns_subdomain, null_as_default, Cidr, Duration, Percent, StringMatch,
+    WorkloadSelector,
 };
 
 const MS: std::time::Duration = std::time::Duration::from_millis(1);
@@ -137,6 +138,9 @@ impl ServiceEntry {
                     format!("`{h}` is an IP address: put it in `addresses`"),
                 );
             }
+        }
+        if self.ports.is_empty() {
+            cx.error(&spec.f("ports"), "a ServiceEntry needs at least one port");
         }
         let resolution = self.resolution();
         for (i, a) in self.addresses.iter().enumerate() {
@@ -303,11 +307,11 @@ impl WorkloadEntry {
             }
         }
         check_labels(cx, &p.f("labels"), &self.labels);
-        if !self.service_account.is_empty() && !is_dns_label(&self.service_account) {
+        if !self.service_account.is_empty() && !is_dns_subdomain(&self.service_account) {
             cx.error(
                 &p.f("serviceAccount"),
                 format!(
-                    "invalid service account `{}`: want a DNS-1123 label",
+                    "invalid service account `{}`: want lowercase letters, digits, `-` and `.`",
                     self.service_account
                 ),
             );
@@ -1781,13 +1785,20 @@ fn check_policy_parts(
                 "tls mode MUTUAL (only ISTIO_MUTUAL and DISABLE)",
             ),
             _ => {
+                if tls.sni.is_some() {
+                    cx.unsupported(&tp.f("sni"), "tls sni (the SNI is the destination host)");
+                }
+                if !tls.subject_alt_names.is_empty() {
+                    cx.unsupported(
+                        &tp.f("subjectAltNames"),
+                        "tls subjectAltNames (endpoints are verified by their SPIFFE identity)",
+                    );
+                }
                 let extra = [
                     ("clientCertificate", tls.client_certificate.is_some()),
                     ("privateKey", tls.private_key.is_some()),
                     ("caCertificates", tls.ca_certificates.is_some()),
                     ("credentialName", tls.credential_name.is_some()),
-                    ("subjectAltNames", !tls.subject_alt_names.is_empty()),
-                    ("sni", tls.sni.is_some()),
                     ("insecureSkipVerify", tls.insecure_skip_verify.is_some()),
                     ("caCrl", tls.ca_crl.is_some()),
                 ];
