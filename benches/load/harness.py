@@ -7,6 +7,10 @@ and writes REPORT.md, latency.svg and results.json. Standard library only.
 
 Core layout (2 cores): the load generator, the upstream and this script on core 0; the proxy
 under test on core 1, one worker thread. All traffic goes to 127.0.0.1.
+
+With --control (halyard-control, the CA), mutual TLS between two Halyard sidecars follows:
+an mTLS hop against a plaintext hop and direct, and new mTLS connections (handshakes) per
+second per core; both sidecars on core 1, one worker thread each (see run_mesh).
 """
 
 from __future__ import annotations
@@ -262,12 +266,26 @@ def nginx_http_common(tmp: Path, name: str) -> str:
 """
 
 
-def upstream_conf(tmp: Path, h1: int, h2: int) -> str:
+def upstream_conf(tmp: Path, h1: int, h2: int, tls: int | None = None,
+                  cert: tuple[Path, Path] | None = None) -> str:
     locs = f"""
         default_type text/plain;
         location = /0 {{ return 200; }}
         location = /1k {{ return 200 "{BODY_1K}"; }}
         location / {{ return 404; }}
+"""
+    # HTTPS for the mesh's opaque-TCP scenario (oha tunnels it through CONNECT); TLS 1.3
+    # with session tickets, so that the client's own handshakes stay cheap on the load core.
+    https = "" if not (tls and cert) else f"""
+    server {{
+        listen 127.0.0.1:{tls} ssl reuseport backlog=4096;
+        ssl_certificate {cert[0]};
+        ssl_certificate_key {cert[1]};
+        ssl_protocols TLSv1.3;
+        ssl_session_cache shared:bench:10m;
+        ssl_session_tickets on;
+{locs}
+    }}
 """
     return nginx_common(tmp, "upstream") + f"""
 http {{
@@ -280,6 +298,7 @@ http {{
         listen 127.0.0.1:{h2} http2 reuseport backlog=4096;
 {locs}
     }}
+{https}
 }}
 """
 
@@ -380,6 +399,7 @@ class Target:
         self.notes = notes
         self.log = log
         self.failure: str | None = None
+        self.host: str | None = None  # Host header, when not the scenario's
 
     def pids(self) -> list[int]:
         return self._pids() if self._pids else []
@@ -405,8 +425,9 @@ class Oha:
             requests: int | None = None, conns=(CAPACITY_CONNS, 1), rate: int | None = None,
             timeout: float = 120.0) -> dict:
         port = target.ports.get(sc["proto"])
+        host = target.host or sc["host"]  # mesh targets route by their own Host
         argv = [self.path, "--no-tui", "--output-format", "json", "--worker-threads", "1",
-                "--connect-to", f"{sc['host']}:80:127.0.0.1:{port}"]
+                "--connect-to", f"{host}:80:127.0.0.1:{port}"]
         c, p = conns
         argv += ["-c", str(c)]
         if sc["proto"] == "h2":
@@ -417,11 +438,29 @@ class Oha:
             argv += ["-n", str(requests)]
         if rate:
             argv += ["-q", str(rate), "--latency-correction"]
-        argv.append(f"http://{sc['host']}{sc['path']}")
+        argv.append(f"http://{host}{sc['path']}")
+        return self.exec(argv, f"{host}:80:127.0.0.1:{port}", timeout)
+
+    def tunnel(self, proxy_port: int, authority: str, path: str, conns: int,
+               duration: str | None = None, requests: int | None = None,
+               timeout: float = 120.0) -> dict:
+        """HTTPS through `CONNECT authority` on the proxy at proxy_port, one new connection
+        per request (--disable-keepalive): every request is a new TCP tunnel."""
+        argv = [self.path, "--no-tui", "--output-format", "json", "--worker-threads", "1",
+                "-x", f"http://127.0.0.1:{proxy_port}", "--insecure", "--disable-keepalive",
+                "--no-pre-lookup", "-c", str(conns)]
+        if duration:
+            argv += ["-z", duration]
+        if requests:
+            argv += ["-n", str(requests)]
+        argv.append(f"https://{authority}{path}")
+        return self.exec(argv, f"http://127.0.0.1:{proxy_port}", timeout)
+
+    def exec(self, argv: list[str], marker: str, timeout: float) -> dict:
         cmd = self.procs.prefix(LOAD_CORE) + argv
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
-        self.procs.track("oha", proc, f"{sc['host']}:80:127.0.0.1:{port}")
+        self.procs.track("oha", proc, marker)
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -497,7 +536,7 @@ def idle_connections(port: int, host: str, n: int) -> tuple[list[socket.socket],
 
 # --------------------------------------------------------------------------- main
 
-def tool_versions(oha: str, halyard: str | None) -> dict:
+def tool_versions(oha: str, halyard: str | None, control: str | None = None) -> dict:
     def first(cmd: list[str]) -> str:
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
@@ -512,14 +551,17 @@ def tool_versions(oha: str, halyard: str | None) -> dict:
     }
     if halyard:
         v["halyard"] = first([halyard, "--version"])
+    if control:
+        v["halyard_control"] = first([control, "--version"])
+        v["openssl"] = first(["openssl", "version"])
     root = Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
                               capture_output=True, text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
-                                "--", "proxy", "xds", "Cargo.lock"],
+                                "--", "proxy", "xds", "certs", "control", "Cargo.lock"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
-        v["halyard_commit"] = head + (" (+ uncommitted proxy/xds changes)" if dirty else "")
+        v["halyard_commit"] = head + (" (+ uncommitted proxy/xds/certs/control changes)" if dirty else "")
     except Exception:  # noqa: BLE001
         pass
     return v
@@ -552,6 +594,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--oha", required=True)
     ap.add_argument("--halyard", help="halyard-proxy binary; omitted = not benchmarked")
+    ap.add_argument("--control", help="halyard-control binary (the CA for the mutual-TLS "
+                    "scenarios); omitted = those are not run")
+    ap.add_argument("--mesh-skipped", help="why the mutual-TLS scenarios cannot run (a problem)")
+    ap.add_argument("--only-mesh", action="store_true",
+                    help="skip direct/nginx/haproxy/Halyard scenarios (develop the mesh ones)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--state", help="directory for the pid list run.sh cleans up from")
     ap.add_argument("--quick", action="store_true")
@@ -579,7 +626,7 @@ def main() -> int:
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "mode": "quick" if args.quick else "full",
         "machine": machine(),
-        "tools": tool_versions(args.oha, args.halyard),
+        "tools": tool_versions(args.oha, args.halyard, args.control),
         "load_before": loadavg(),
         "settings": {
             "duration_s": dur, "warmup_s": warm,
@@ -591,12 +638,23 @@ def main() -> int:
             "cores": {"load_generator_and_upstream": LOAD_CORE, "proxy": PROXY_CORE},
             "nice": args.nice,
             "idle_connections": IDLE_CONNS,
+            "mesh": {
+                "hop_capacity_concurrency": f"{CAPACITY_CONNS} connections",
+                "hop_latency_concurrency": f"{LATENCY_CONNS} connections",
+                "hop_rate": "half of the mTLS hop's closed-loop rps",
+                "tunnel_concurrency": f"{TUNNEL_CONNS} connections, one request each",
+                "cert_ttl": "24h",
+                "trust_domain": TRUST_DOMAIN,
+            },
         },
         "targets": {},
         "memory": {},
         "scenarios": {},
         "problems": [],
     }
+    if args.mesh_skipped:
+        results["problems"].append(f"mesh: the mutual-TLS scenarios did not run: "
+                                   f"{args.mesh_skipped}")
     try:
         run(args, tmp, procs, oha, dur, warm, results)
     except Interrupted as e:
@@ -617,16 +675,28 @@ def main() -> int:
 
 
 def run(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int, results: dict) -> None:
-    (up_h1, up_h2, hy_out, hy_admin, hy_in, ng_h1, ng_h2, ha_h1, ha_h2) = free_ports(9)
+    (up_h1, up_h2, hy_out, hy_admin, hy_in, ng_h1, ng_h2, ha_h1, ha_h2,
+     up_tls) = free_ports(10)
     marker = str(tmp)
+    mesh = bool(args.halyard and args.control)
+    cert = self_signed(tmp) if mesh else None
+    if not cert:
+        up_tls = None
 
     # ---- upstream
-    (tmp / "upstream.conf").write_text(upstream_conf(tmp, up_h1, up_h2))
+    (tmp / "upstream.conf").write_text(upstream_conf(tmp, up_h1, up_h2, up_tls, cert))
     up = procs.start("upstream", ["nginx", "-p", str(tmp), "-e", str(tmp / "upstream.error.log"),
                                   "-c", str(tmp / "upstream.conf")], LOAD_CORE, marker, tmp)
     wait_port(up_h1, up)
     wait_port(up_h2, up)
-    log(f"upstream nginx on 127.0.0.1:{up_h1} (h1) and :{up_h2} (h2c)")
+    if up_tls:
+        wait_port(up_tls, up)
+    log(f"upstream nginx on 127.0.0.1:{up_h1} (h1) and :{up_h2} (h2c)"
+        + (f" and :{up_tls} (HTTPS, for the mesh TCP scenario)" if up_tls else ""))
+    if args.only_mesh:
+        if mesh:
+            run_mesh(args, tmp, procs, oha, dur, warm, results, up_h1, up_tls)
+        return
 
     targets: list[Target] = [Target(
         "direct", "direct (baseline)", {"h1": up_h1, "h2": up_h2},
@@ -830,6 +900,608 @@ def run(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int, results: d
                 results["problems"].append(
                     f"Halyard wrote {len(lines)} line(s) to stderr at level warn; last: "
                     + " | ".join(lines[-3:])[:1500])
+
+    # ---- mutual TLS between two Halyard sidecars (after the others: they stay idle)
+    if mesh:
+        run_mesh(args, tmp, procs, oha, dur, warm, results, up_h1, up_tls)
+
+
+# --------------------------------------------------------------------------- mutual TLS
+
+# Two Halyard sidecars with identities from a CA (`halyard-control serve`): the client's
+# sidecar A (outbound listener) and the server's sidecar B (inbound listener), both on the
+# proxy core with one worker thread each, the CA, oha and the upstream on the load core.
+TRUST_DOMAIN = "cluster.local"
+SA_CLIENT = "bench-client"
+SA_SERVER = "bench-server"
+HOST_MESH = "mesh.local"  # A: HTTP service reached over mTLS (h1 → h2 in mTLS → h1)
+HOST_PLAIN = "plain.local"  # A: the same upstream through a plaintext B, h1 between sidecars
+HOST_PLAIN_H2 = "plain-h2c.local"  # A: the same, h2c between sidecars (the mTLS hop's framing)
+HOST_MESH_TCP = "mesh-tcp.local"  # A: TCP service (upstream HTTPS) over mTLS
+HOST_PLAIN_TCP = "plain-tcp.local"  # A: the same TCP service through a plaintext B
+MESH_TCP_PORT = 443  # service port of the TCP services (the CONNECT authority's port)
+TUNNEL_CONNS = 32  # closed loop, new connection per request
+MESH_HOP_SCENARIO = {"key": "mesh-hop", "title": "HTTP/1.1 keep-alive through two sidecars",
+                     "proto": "h1", "path": "/0", "host": HOST_MESH, "body": 0}
+TLS_HANDSHAKE = 22  # TLS record type
+EXT_PRE_SHARED_KEY = 41  # TLS 1.3 extension: present in ClientHello (offered) / ServerHello (taken)
+
+
+def spiffe(sa: str) -> str:
+    return f"spiffe://{TRUST_DOMAIN}/ns/default/sa/{sa}"
+
+
+def self_signed(tmp: Path) -> tuple[Path, Path] | None:
+    """A P-256 certificate for the upstream's HTTPS port (openssl CLI), or None."""
+    cert, key = tmp / "upstream-cert.pem", tmp / "upstream-key.pem"
+    try:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+                        "-subj", "/CN=bench-upstream", "-keyout", str(key), "-out", str(cert)],
+                       check=True, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        log(f"openssl could not make the upstream's certificate: {e}")
+        return None
+    return cert, key
+
+
+def start_ca(control: str, tmp: Path, procs: Procs, marker: str) -> dict:
+    """halyard-control serve with a tokens file for the two service accounts."""
+    d = tmp / "ca"
+    d.mkdir()
+    tokens = "# written by benches/load/harness.py\n"
+    for sa in (SA_CLIENT, SA_SERVER):
+        tok = f"tok-{sa}-{os.urandom(8).hex()}"
+        tokens += f"- token: {tok}\n  namespace: default\n  serviceAccount: {sa}\n"
+        (d / f"{sa}.token").write_text(tok + "\n")
+        (d / f"{sa}.token").chmod(0o600)
+    (d / "tokens.yaml").write_text(tokens)
+    addr_file = d / "addr.json"
+    proc = procs.start("halyard-control", [
+        control, "serve", "--data-dir", str(d / "data"), "--tokens", str(d / "tokens.yaml"),
+        "--trust-domain", TRUST_DOMAIN, "--grpc-addr", "127.0.0.1:0",
+        "--grpc-tls-addr", "127.0.0.1:0", "--address-file", str(addr_file),
+        "--log-level", "warn"], LOAD_CORE, marker, tmp)
+    root = d / "data" / "root-cert.pem"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"halyard-control exited with {proc.returncode}: "
+                               f"{stderr_tail(proc)}")
+        try:
+            addrs = json.loads(addr_file.read_text())
+            if addrs.get("grpc_tls") and root.exists():
+                return {"proc": proc, "grpc_tls": addrs["grpc_tls"], "root": root,
+                        "tokens": {sa: d / f"{sa}.token" for sa in (SA_CLIENT, SA_SERVER)}}
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"halyard-control wrote no address file in 30 s: {stderr_tail(proc)}")
+
+
+class Sidecar:
+    def __init__(self, name: str, sa: str, ports: tuple[int, int, int]):
+        self.name, self.sa = name, sa
+        self.outbound, self.admin, self.inbound = ports
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, halyard: str, config: str, ca: dict, tmp: Path, procs: Procs,
+              marker: str) -> None:
+        path = tmp / f"{self.name}.yaml"
+        path.write_text(config)
+        self.proc = procs.start(self.name, [
+            halyard, "--config", str(path),
+            "--outbound-addr", f"127.0.0.1:{self.outbound}",
+            "--admin-addr", f"127.0.0.1:{self.admin}",
+            "--inbound-addr", f"127.0.0.1:{self.inbound}",
+            "--concurrency", "1", "--log-level", "warn",
+            "--ca-addr", ca["grpc_tls"], "--ca-root-file", str(ca["root"]),
+            "--ca-token-file", str(ca["tokens"][self.sa]), "--trust-domain", TRUST_DOMAIN,
+            "--namespace", "default", "--service-account", self.sa, "--cert-ttl", "24h"],
+            PROXY_CORE, marker, tmp)
+
+    def wait_ready(self) -> None:
+        # /ready answers 200 only once the CA has signed the workload certificate.
+        wait_http_ok(f"http://127.0.0.1:{self.admin}/ready", self.proc, timeout=45)
+        wait_port(self.inbound, self.proc)
+        wait_port(self.outbound, self.proc)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def cpu(self) -> float:
+        return cpu_seconds([self.proc.pid]) if self.proc else 0.0
+
+    def metrics(self) -> dict[str, float]:
+        """Prometheus text from the admin port as {'name{labels}': value}."""
+        out: dict[str, float] = {}
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/stats/prometheus",
+                                        timeout=5) as r:
+                text = r.read().decode(errors="replace")
+        except Exception as e:  # noqa: BLE001
+            return {"error": str(e)}  # type: ignore[dict-item]
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            k, _, v = line.rpartition(" ")
+            try:
+                out[k] = float(v)
+            except ValueError:
+                pass
+        return out
+
+    def stderr(self) -> str:
+        return stderr_tail(self.proc) if self.proc else ""
+
+
+def metric_sum(m: dict, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for k, v in m.items():
+        if not isinstance(v, float) or not (k == name or k.startswith(name + "{")):
+            continue
+        if all(f'{lk}="{lv}"' in k for lk, lv in labels.items()):
+            total += v
+    return total
+
+
+def metric_delta(before: dict, after: dict, name: str, **labels: str) -> float:
+    return metric_sum(after, name, **labels) - metric_sum(before, name, **labels)
+
+
+def mesh_client_config(b_mtls: Sidecar, b_plain: Sidecar, b_plain_tcp: Sidecar,
+                       up_h1: int, up_tls: int) -> str:
+    mesh_ep = (f"{{address: 127.0.0.1, identity: '{spiffe(SA_SERVER)}', "
+               f"sidecarAddress: '127.0.0.1:{b_mtls.inbound}'}}")
+    return f"""# Written by benches/load/harness.py: sidecar A (the client's).
+version: mesh-bench-client
+workload:
+  name: {SA_CLIENT}
+  namespace: default
+  serviceAccount: {SA_CLIENT}
+services:
+  # mTLS: endpoint with an identity, reached through sidecar B's inbound listener
+  - name: mesh-h1
+    hosts: [{HOST_MESH}]
+    ports: [{{port: 80, protocol: HTTP, targetPort: {up_h1}}}]
+    endpoints: [{mesh_ep}]
+  - name: mesh-tcp
+    hosts: [{HOST_MESH_TCP}]
+    ports: [{{port: {MESH_TCP_PORT}, protocol: TCP, targetPort: {up_tls}}}]
+    endpoints: [{mesh_ep}]
+  # plaintext hop: the endpoint is a plaintext sidecar B's inbound listener, no identity
+  - name: plain-h1
+    hosts: [{HOST_PLAIN}]
+    ports: [{{port: 80, protocol: HTTP, targetPort: {b_plain.inbound}}}]
+    endpoints: [{{address: 127.0.0.1}}]
+  - name: plain-h2c
+    hosts: [{HOST_PLAIN_H2}]
+    ports: [{{port: 80, protocol: HTTP2, targetPort: {b_plain.inbound}}}]
+    endpoints: [{{address: 127.0.0.1}}]
+  - name: plain-tcp
+    hosts: [{HOST_PLAIN_TCP}]
+    ports: [{{port: {MESH_TCP_PORT}, protocol: TCP, targetPort: {b_plain_tcp.inbound}}}]
+    endpoints: [{{address: 127.0.0.1}}]
+outboundTrafficPolicy:
+  mode: REGISTRY_ONLY
+settings:
+  accessLog: false
+"""
+
+
+def mesh_server_config(name: str, mode: str, ports: list[tuple[int, str]]) -> str:
+    lines = "".join(f"    - {{port: {p}, protocol: {proto}, appAddress: '127.0.0.1:{p}'}}\n"
+                    for p, proto in ports)
+    return f"""# Written by benches/load/harness.py: sidecar B (the server's), {name}.
+version: mesh-bench-{name}
+workload:
+  name: {SA_SERVER}
+  namespace: default
+  serviceAccount: {SA_SERVER}
+  mtls: {mode}
+  ports:
+{lines}settings:
+  accessLog: false
+"""
+
+
+class HelloSniffer:
+    """Counts TLS ClientHellos sent to `port` on loopback (and whether they offer a session
+    to resume: pre_shared_key) and ServerHellos from it (and whether the server resumed).
+    AF_PACKET needs CAP_NET_RAW; without it, `error` says so. Packets the socket drops are
+    simply not counted: the counts are a sample."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.counts = {"client_hello": 0, "client_hello_psk": 0,
+                       "server_hello": 0, "server_hello_psk": 0}
+        self.error: str | None = None
+        self._stop = False
+        self._thread = None
+
+    def start(self) -> None:
+        import threading
+        try:
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+            self.sock.bind(("lo", 0))
+            self.sock.settimeout(0.2)
+        except (OSError, AttributeError) as e:
+            self.error = f"{type(e).__name__}: {e}"
+            return
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> dict:
+        self._stop = True
+        if self._thread:
+            self._thread.join(timeout=5)
+            self.sock.close()
+        out = dict(self.counts)
+        if self.error:
+            out["error"] = self.error
+        return out
+
+    def _loop(self) -> None:
+        while not self._stop:
+            try:
+                frame, addr = self.sock.recvfrom(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if addr[2] != socket.PACKET_HOST:  # loopback shows each packet out and in
+                continue
+            got = self.parse(frame, self.port)
+            if got:
+                kind, psk = got
+                self.counts[kind] += 1
+                if psk:
+                    self.counts[kind + "_psk"] += 1
+
+    @staticmethod
+    def parse(frame: bytes, port: int):
+        if len(frame) < 54 or frame[12:14] != b"\x08\x00":
+            return None
+        ip = frame[14:]
+        if ip[9] != 6:  # TCP
+            return None
+        tcp = ip[(ip[0] & 15) * 4:]
+        sport, dport = int.from_bytes(tcp[0:2], "big"), int.from_bytes(tcp[2:4], "big")
+        data = tcp[(tcp[12] >> 4) * 4:]
+        if len(data) < 9 or data[0] != TLS_HANDSHAKE:
+            return None
+        hs = data[5]
+        if hs == 1 and dport == port:
+            kind = "client_hello"
+        elif hs == 2 and sport == port:
+            kind = "server_hello"
+        else:
+            return None
+        try:
+            i = 9 + 2 + 32  # record and handshake headers, version, random
+            i += 1 + data[i]  # session id
+            if kind == "client_hello":
+                i += 2 + int.from_bytes(data[i:i + 2], "big")  # cipher suites
+                i += 1 + data[i]  # compression methods
+            else:
+                i += 2 + 1  # cipher suite, compression method
+            end = i + 2 + int.from_bytes(data[i:i + 2], "big")
+            i += 2
+            psk = False
+            while i + 4 <= min(end, len(data)):
+                t = int.from_bytes(data[i:i + 2], "big")
+                n = int.from_bytes(data[i + 2:i + 4], "big")
+                psk |= t == EXT_PRE_SHARED_KEY
+                i += 4 + n
+            return kind, psk
+        except IndexError:
+            return None
+
+
+def mesh_target(key: str, label: str, port: int, host: str, sidecars: list[Sidecar],
+                notes: str) -> Target:
+    t = Target(key, label, {"h1": port}, {}, notes=notes,
+               pids=lambda s=sidecars: [x.proc.pid for x in s])
+    t.host = host
+    t.sidecars = sidecars
+    return t
+
+
+def run_mesh(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int, results: dict,
+             up_h1: int, up_tls: int | None) -> None:
+    """Scenario 1, the mTLS hop against a plaintext hop and direct; scenario 2, new mTLS
+    connections per second (handshakes) against new plaintext connections."""
+    marker = str(tmp)
+    mesh: dict = {"load_before": loadavg(), "hop": {}, "handshakes": {}, "sidecars": {}}
+    results["mesh"] = mesh
+    problems = results["problems"]
+
+    def problem(msg: str) -> None:
+        problems.append(f"mesh: {msg}")
+        log(problems[-1])
+
+    try:
+        ca = start_ca(args.control, tmp, procs, marker)
+    except RuntimeError as e:
+        problem(f"the CA did not start: {e}")
+        return
+    log(f"CA (halyard-control) on {ca['grpc_tls']} (TLS gRPC)")
+
+    ports = free_ports(12)
+    b_mtls = Sidecar("sidecar-b-mtls", SA_SERVER, tuple(ports[0:3]))
+    b_plain = Sidecar("sidecar-b-plain", SA_SERVER, tuple(ports[3:6]))
+    b_plain_tcp = Sidecar("sidecar-b-plain-tcp", SA_SERVER, tuple(ports[6:9]))
+    a = Sidecar("sidecar-a", SA_CLIENT, tuple(ports[9:12]))
+    server_ports = [(up_h1, "HTTP")] + ([(up_tls, "TCP")] if up_tls else [])
+    configs = {
+        b_mtls: mesh_server_config("mtls", "STRICT", server_ports),
+        b_plain: mesh_server_config("plain", "DISABLE", [(up_h1, "HTTP")]),
+        b_plain_tcp: mesh_server_config("plain-tcp", "DISABLE", [(up_tls or 9, "TCP")]),
+        a: mesh_client_config(b_mtls, b_plain, b_plain_tcp, up_h1, up_tls or 9),
+    }
+    for sc, cfg in configs.items():
+        sc.start(args.halyard, cfg, ca, tmp, procs, marker)
+    try:
+        for sc in configs:
+            sc.wait_ready()
+    except RuntimeError as e:
+        problem(f"a sidecar did not become ready: {e}")
+        return
+    log(f"sidecars ready: A out :{a.outbound}; B mTLS in :{b_mtls.inbound}, "
+        f"B plaintext in :{b_plain.inbound}, B plaintext TCP in :{b_plain_tcp.inbound}")
+    for sc in configs:
+        mesh["sidecars"][sc.name] = {
+            "service_account": sc.sa, "identity": spiffe(sc.sa),
+            "inbound": sc.inbound, "outbound": sc.outbound,
+            "mtls": {b_mtls: "STRICT", b_plain: "DISABLE", b_plain_tcp: "DISABLE"}.get(sc, "—"),
+            "rss_idle_kib": mem_kib([sc.proc.pid])["rss_kib"]}
+
+    try:
+        mesh_hop(oha, dur, warm, mesh, problem, up_h1, a, b_mtls, b_plain)
+    except RuntimeError as e:
+        problem(f"mTLS hop scenario: {e}")
+    if up_tls:
+        try:
+            mesh_handshakes(oha, dur, warm, mesh, problem, a, b_mtls, b_plain_tcp)
+        except RuntimeError as e:
+            problem(f"handshake scenario: {e}")
+    else:
+        problem("handshake scenario skipped: no HTTPS upstream (openssl missing?)")
+
+    for sc in configs:
+        info = mesh["sidecars"][sc.name]
+        info["alive_at_end"] = sc.alive()
+        if not sc.alive():
+            problem(f"{sc.name} exited with {sc.proc.returncode}: {sc.stderr()}")
+            continue
+        info["rss_end_kib"] = mem_kib([sc.proc.pid])["rss_kib"]
+        m = sc.metrics()
+        info["tls_failures"] = {k: v for k, v in m.items()
+                                if k.startswith("halyard_tls_failures_total")}
+        info["inbound_connections"] = {k: v for k, v in m.items()
+                                       if k.startswith("halyard_inbound_connections_total")}
+        info["connect_failures"] = metric_sum(m, "halyard_upstream_connect_failures_total")
+        info["cert_renewals"] = {k: v for k, v in m.items()
+                                 if k.startswith("halyard_cert_renewals_total")}
+        fails = metric_sum(m, "halyard_tls_failures_total")
+        if sc is b_mtls:
+            # Explained: the connection the harness opens to see the port is up (counted as
+            # plaintext on a STRICT port) and connections oha cut at a warm-up deadline.
+            cut = sum(t.get("warmup", {}).get("aborted_at_deadline", 0)
+                      for t in mesh["handshakes"].get("targets", {}).values()
+                      if t.get("label", "").startswith("mTLS"))
+            info["tls_failures_explained_max"] = cut + 1
+            if fails > cut + 1:
+                problem(f"{sc.name} counted {fails:.0f} TLS failures, more than the {cut} "
+                        f"connections cut at warm-up deadlines + 1 port probe: "
+                        f"{info['tls_failures']}")
+        elif fails:
+            problem(f"{sc.name} counted TLS failures: {info['tls_failures']}")
+        text = sc.stderr()
+        if text.strip():
+            lines = text.strip().splitlines()
+            problem(f"{sc.name} wrote {len(lines)} line(s) to stderr at level warn; last: "
+                    + " | ".join(lines[-3:])[:1000])
+    mesh["load_after"] = loadavg()
+
+
+def mesh_hop(oha: Oha, dur: int, warm: int, mesh: dict, problem, up_h1: int,
+             a: Sidecar, b_mtls: Sidecar, b_plain: Sidecar) -> None:
+    sc = MESH_HOP_SCENARIO
+    direct = mesh_target("direct", "direct (baseline)", up_h1, HOST_MESH, [],
+                         "client straight to the upstream nginx")
+    direct.legs = {"h1": "h1"}
+    plain = mesh_target("plain-h1", "plaintext hop, h1", a.outbound, HOST_PLAIN, [a, b_plain],
+                        "endpoint without identity; B `mtls: DISABLE`; h1 keep-alive pool "
+                        "between the sidecars")
+    plain.legs = {"h1": "h1 → A → h1 → B → h1"}
+    plain_h2 = mesh_target("plain-h2c", "plaintext hop, h2c", a.outbound, HOST_PLAIN_H2,
+                           [a, b_plain], "as above, service port `HTTP2`: h2c between the "
+                           "sidecars, the same framing as the mTLS hop without TLS")
+    plain_h2.legs = {"h1": "h1 → A → h2c → B → h1"}
+    mtls = mesh_target("mtls", "mTLS hop", a.outbound, HOST_MESH, [a, b_mtls],
+                       "endpoint with identity + sidecarAddress; B `mtls: STRICT`; h1 carried "
+                       "as h2 on a pooled mutual-TLS connection")
+    mtls.legs = {"h1": "h1 → A → h2 in mTLS → B → h1"}
+    targets = [direct, plain, plain_h2, mtls]
+    res: dict = {"title": "HTTP/1.1 keep-alive, 0 B body, through sidecar A → sidecar B",
+                 "path": sc["path"], "targets": {}, "order": [t.key for t in targets]}
+    mesh["hop"] = res
+    usable = []
+    for t in targets:
+        r: dict = {"label": t.label, "legs": t.legs["h1"], "notes": t.notes,
+                   "host": t.host, "sidecars": [s.name for s in t.sidecars]}
+        res["targets"][t.key] = r
+        try:
+            s = oha.run(t, sc, requests=20, conns=(1, 1), timeout=30)
+        except RuntimeError as e:
+            r["error"] = f"sanity check failed: {e}"
+            problem(f"hop {t.label}: {r['error']}")
+            continue
+        if s["ok"] != 20:
+            r["error"] = f"sanity check: status {s['status']} errors {s['errors']}"
+            problem(f"hop {t.label}: {r['error']}")
+            continue
+        usable.append(t)
+
+    def measure(t: Target, **kw) -> dict:
+        # Scrape the metrics outside the CPU window: the admin port shares the worker.
+        m_before = {s.name: s.metrics() for s in t.sidecars}
+        cpu_before = {s.name: s.cpu() for s in t.sidecars}
+        o = oha.run(t, sc, **kw)
+        cpu_after = {s.name: s.cpu() for s in t.sidecars}
+        per = {}
+        for s in t.sidecars:
+            cpu = cpu_after[s.name] - cpu_before[s.name]
+            m0, m1 = m_before[s.name], s.metrics()
+            per[s.name] = {
+                "cpu_s": cpu,
+                "cpu_us_per_req": cpu / o["ok"] * 1e6 if o["ok"] else None,
+                "inbound_conns": {sec: metric_delta(m0, m1, "halyard_inbound_connections_total",
+                                                    security=sec)
+                                  for sec in ("mutual_tls", "plaintext", "passthrough")},
+                "tls_failures": metric_delta(m0, m1, "halyard_tls_failures_total"),
+                "connect_failures": metric_delta(m0, m1,
+                                                 "halyard_upstream_connect_failures_total"),
+            }
+        o["sidecars"] = per
+        if t.sidecars and o["ok"]:
+            total = sum(p["cpu_s"] for p in per.values())
+            o["cpu_us_per_req"] = total / o["ok"] * 1e6
+            o["proxy_core_busy"] = total / o["duration_s"]
+        return o
+
+    for t in usable:
+        r = res["targets"][t.key]
+        try:
+            oha.run(t, sc, duration=f"{warm}s", conns=(CAPACITY_CONNS, 1), timeout=warm + 60)
+            c = measure(t, duration=f"{dur}s", conns=(CAPACITY_CONNS, 1), timeout=dur + 60)
+            r["capacity"] = c
+            log(f"mesh hop {t.label}: {c['rps']:.0f} rps"
+                + (f", {c['cpu_us_per_req']:.1f} CPU-us/req (A+B), core "
+                   f"{100 * c['proxy_core_busy']:.0f}%" if c.get("cpu_us_per_req") else "")
+                + (f", {c['bad']} errors {c['status']} {c['errors']}" if c["bad"] else ""))
+            if c["bad"]:
+                problem(f"hop {t.label} capacity run: {c['bad']} failed requests: "
+                        f"status {c['status']} errors {c['errors']}")
+        except RuntimeError as e:
+            r["error"] = str(e)
+            problem(f"hop {t.label} capacity: {e}")
+    cap = res["targets"]["mtls"].get("capacity", {}).get("rps")
+    basis = "mtls"
+    if not cap:
+        basis, cap = "direct", res["targets"]["direct"].get("capacity", {}).get("rps") or 0
+    rate = max(100, int(round(cap / 2 / 100.0)) * 100)
+    res["rate"], res["rate_basis"] = rate, basis
+    log(f"mesh hop: fixed rate {rate} req/s (half of {basis})")
+    for t in usable:
+        r = res["targets"][t.key]
+        try:
+            lr = measure(t, duration=f"{dur}s", conns=(LATENCY_CONNS, 1), rate=rate,
+                         timeout=dur + 60)
+            r["latency"] = lr
+            lat = lr["latency_us"]
+            log(f"mesh hop {t.label} @ {rate}/s: p50 {lat['p50']:.0f} us, p99 {lat['p99']:.0f} us"
+                + (f", {lr['bad']} errors" if lr["bad"] else ""))
+            if lr["bad"]:
+                problem(f"hop {t.label} fixed-rate run: {lr['bad']} failed requests: "
+                        f"status {lr['status']} errors {lr['errors']}")
+            if lr["rps"] < 0.9 * rate:
+                problem(f"hop {t.label} fixed-rate run reached only {lr['rps']:.0f} of "
+                        f"{rate} req/s")
+        except RuntimeError as e:
+            r["error"] = str(e)
+            problem(f"hop {t.label} fixed rate: {e}")
+    d = res["targets"]["direct"].get("latency", {}).get("latency_us")
+    for k, r in res["targets"].items():
+        if k != "direct" and d and r.get("latency"):
+            r["added_us"] = {p: (r["latency"]["latency_us"][p] - d[p])
+                             if d[p] is not None and r["latency"]["latency_us"][p] is not None
+                             else None for p in d}
+    # The mTLS hop must really be mutual TLS: B counted its connection(s) as mutual_tls.
+    mc = res["targets"]["mtls"].get("capacity", {}).get("sidecars", {}).get(b_mtls.name, {})
+    if mc and not mc["inbound_conns"]["mutual_tls"] and mc["inbound_conns"]["plaintext"]:
+        problem("the mTLS hop's sidecar B counted plaintext connections, not mutual_tls")
+
+
+def mesh_handshakes(oha: Oha, dur: int, warm: int, mesh: dict, problem, a: Sidecar,
+                    b_mtls: Sidecar, b_plain_tcp: Sidecar) -> None:
+    res: dict = {"title": "New connections through sidecar A → sidecar B (TCP service)",
+                 "conns": TUNNEL_CONNS, "targets": {}}
+    mesh["handshakes"] = res
+    cases = [("plain", "plaintext TCP hop", HOST_PLAIN_TCP, b_plain_tcp),
+             ("mtls", "mTLS TCP hop", HOST_MESH_TCP, b_mtls)]
+    for key, label, host, b in cases:
+        authority = f"{host}:{MESH_TCP_PORT}"
+        r: dict = {"label": label, "authority": authority, "sidecars": [a.name, b.name]}
+        res["targets"][key] = r
+        try:
+            s = oha.tunnel(a.outbound, authority, "/0", conns=1, requests=10, timeout=30)
+            if s["ok"] != 10:
+                raise RuntimeError(f"sanity check: status {s['status']} errors {s['errors']}")
+            sniff = HelloSniffer(b.inbound) if key == "mtls" else None
+            if sniff:
+                sniff.start()
+            w = oha.tunnel(a.outbound, authority, "/0", conns=TUNNEL_CONNS,
+                           duration=f"{warm}s", timeout=warm + 60)
+            if sniff:
+                r["hellos_warmup"] = sniff.stop()
+            # oha cuts the connections in flight at a -z deadline, some of them mid-handshake
+            # between the sidecars (B counts those as TLS failures). The measured run is a
+            # request count instead (about `dur` seconds at the warm-up's rate): it ends with
+            # every connection complete, so any TLS failure in it is a real one.
+            r["warmup"] = {"rps": w["rps"], "ok": w["ok"], "bad": w["bad"],
+                           "aborted_at_deadline": w["aborted_at_deadline"]}
+            n_req = max(200, int(w["rps"] * dur))
+            ma0, mb0 = a.metrics(), b.metrics()  # outside the CPU window
+            ca0, cb0 = a.cpu(), b.cpu()
+            o = oha.tunnel(a.outbound, authority, "/0", conns=TUNNEL_CONNS,
+                           requests=n_req, timeout=4 * dur + 60)
+            cpu_a, cpu_b = a.cpu() - ca0, b.cpu() - cb0
+            ma1, mb1 = a.metrics(), b.metrics()
+            # Connections B accepted during the run (one per request when all is well).
+            o["b_inbound_conns"] = {sec: metric_delta(mb0, mb1,
+                                                      "halyard_inbound_connections_total",
+                                                      security=sec)
+                                    for sec in ("mutual_tls", "plaintext", "passthrough")}
+            o["tls_failures"] = {"a": metric_delta(ma0, ma1, "halyard_tls_failures_total"),
+                                 "b": metric_delta(mb0, mb1, "halyard_tls_failures_total")}
+            o["connect_failures_a"] = metric_delta(ma0, ma1,
+                                                   "halyard_upstream_connect_failures_total")
+            o["cpu_s"] = {"a": cpu_a, "b": cpu_b}
+            n = o["ok"]
+            o["conns_per_s"] = o["rps"]
+            if n:
+                o["cpu_us_per_conn"] = {"a": cpu_a / n * 1e6, "b": cpu_b / n * 1e6,
+                                        "both": (cpu_a + cpu_b) / n * 1e6}
+            o["proxy_core_busy"] = (cpu_a + cpu_b) / o["duration_s"]
+            r["run"] = o
+            cu = o.get("cpu_us_per_conn", {})
+            log(f"mesh {label}: {o['rps']:.0f} conns/s, A {cu.get('a', 0):.0f} / "
+                f"B {cu.get('b', 0):.0f} CPU-us/conn, core {100 * o['proxy_core_busy']:.0f}%, "
+                f"B accepted {o['b_inbound_conns']}"
+                + (f", {o['bad']} errors {o['status']} {o['errors']}" if o["bad"] else ""))
+            if o["bad"]:
+                problem(f"{label}: {o['bad']} failed connections: status {o['status']} "
+                        f"errors {o['errors']}")
+            sec = "mutual_tls" if key == "mtls" else "plaintext"
+            got = o["b_inbound_conns"][sec]
+            if n and got != n:
+                problem(f"{label}: B counted {got:.0f} new {sec} connections for "
+                        f"{n} requests (expected one per request)")
+            if o["tls_failures"]["a"] or o["tls_failures"]["b"]:
+                problem(f"{label}: TLS failures during the measured run: "
+                        f"A {o['tls_failures']['a']:.0f}, B {o['tls_failures']['b']:.0f}")
+        except RuntimeError as e:
+            r["error"] = str(e)
+            problem(f"{label}: {e}")
+    p = res["targets"]["plain"].get("run", {}).get("cpu_us_per_conn")
+    m = res["targets"]["mtls"].get("run", {}).get("cpu_us_per_conn")
+    if p and m:
+        res["handshake_us"] = {side: m[side] - p[side] for side in ("a", "b", "both")}
+
 
 
 if __name__ == "__main__":

@@ -117,6 +117,242 @@ def memory_table(results: dict) -> list[str]:
     return lines
 
 
+# --------------------------------------------------------------------------- mutual TLS
+
+def _ratio(a, b, fmt="{:.2f}"):
+    return fmt.format(a / b) if a is not None and b else "n/a"
+
+
+def mesh_layout(results: dict) -> list[str]:
+    mesh, s = results["mesh"], results["settings"]
+    ms = s.get("mesh", {})
+    cores = s["cores"]
+    side = mesh.get("sidecars", {})
+    a = side.get("sidecar-a", {})
+    b = side.get("sidecar-b-mtls", {})
+    L = [
+        "Halyard only (nginx and haproxy have no comparable mesh). Two sidecars in one run, "
+        "with identities from a CA started by the harness (`halyard-control serve`, TLS gRPC, "
+        "a tokens file for both service accounts; ECDSA P-256 certificates, `--cert-ttl "
+        f"{ms.get('cert_ttl', '24h')}`, so no rotation during a measurement):",
+        "",
+        f"- **Layout**: sidecar A (the client's: `{a.get('identity', '?')}`, outbound "
+        f"listener) and sidecar B (the server's: `{b.get('identity', '?')}`, inbound "
+        f"listener, `mtls: STRICT`) **both on core {cores['proxy']}**, each `--concurrency 1`; "
+        f"oha, the upstream nginx and the CA on core {cores['load_generator_and_upstream']}. "
+        "The plaintext hops use the same A and a second B of the same identity with "
+        "`mtls: DISABLE` (one for HTTP, one for TCP), whose inbound listener is the endpoint's "
+        "address (no `identity`, no `sidecarAddress`). Only the sidecars in the path under "
+        "test carry traffic; the others idle on the same core.",
+        "- **CPU** is utime+stime of each sidecar from `/proc/PID/stat` over the measured run "
+        "(metrics are scraped outside that window), per sidecar and summed over A+B; "
+        f"*core {cores['proxy']} busy* = (A+B) CPU-seconds / wall seconds.",
+        f"- Load average before / after this section: {mesh.get('load_before', '?')} / "
+        f"{mesh.get('load_after', '?')}.",
+    ]
+    return L
+
+
+def mesh_hop_table(results: dict) -> list[str]:
+    hop = results["mesh"].get("hop") or {}
+    tg = hop.get("targets", {})
+    if not tg:
+        return ["Not run (see Problems)."]
+    ms = results["settings"].get("mesh", {})
+    d = tg.get("direct", {})
+    d_rps = d.get("capacity", {}).get("rps")
+    d_lat = d.get("latency", {}).get("latency_us")
+    p_cpu = tg.get("plain-h1", {}).get("capacity", {}).get("cpu_us_per_req")
+    L = [f"Client → A's outbound listener (HTTP/1.1 keep-alive, `GET {hop.get('path', '/0')}`, "
+         "0 B body) → B → upstream nginx (HTTP/1.1 keep-alive). Capacity: closed loop, "
+         f"{ms.get('hop_capacity_concurrency', '?')}. Latency: open loop at "
+         f"**{hop.get('rate', 0):,} req/s** (half of the "
+         f"{'mTLS hop' if hop.get('rate_basis') == 'mtls' else hop.get('rate_basis')}'s "
+         f"closed-loop rps), {ms.get('hop_latency_concurrency', '?')}, the same rate for every "
+         "path; *added* = path minus direct at the same percentile, same rate, same run. "
+         "One run per path: with two single-threaded sidecars sharing one core, the tails "
+         "(p99, p99.9) vary much more from run to run than the medians and the CPU figures."
+         + (f" Direct latency at that rate: p50 {d_lat['p50']:.0f} µs, p99 {d_lat['p99']:.0f} µs, "
+            f"p99.9 {d_lat['p99.9']:.0f} µs." if d_lat else ""), ""]
+    core = results["settings"]["cores"]["proxy"]
+    L.append("| path | legs | rps | × direct | CPU-µs/req A | CPU-µs/req B | CPU-µs/req A+B "
+             f"| × plaintext hop (h1) | core {core} busy | CPU-µs/req A+B at fixed rate "
+             "| added p50 µs | added p99 µs | added p99.9 µs | failed req |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for k in hop.get("order", list(tg)):
+        r = tg[k]
+        if r.get("error") and not r.get("capacity"):
+            L.append(f"| {r['label']} | {r.get('legs', '')} | error (see Problems) "
+                     "| | | | | | | | | | | |")
+            continue
+        c, lr = r.get("capacity", {}), r.get("latency", {})
+        rps = c.get("rps")
+        failed = (c.get("bad") or 0) + (lr.get("bad") or 0)
+        if k == "direct":
+            L.append(f"| {r['label']} | {r.get('legs', '')} | {_num(rps)} | 1.00 | — | — | — "
+                     f"| — | — | — | 0 | 0 | 0 | {failed} |")
+            continue
+        sc = c.get("sidecars", {})
+        names = r.get("sidecars", [])
+        per = [sc.get(n, {}).get("cpu_us_per_req") for n in names] + [None, None]
+        cpu = c.get("cpu_us_per_req")
+        busy = c.get("proxy_core_busy")
+        added = r.get("added_us", {})
+        L.append(
+            f"| {r['label']} | {r.get('legs', '')} | {_num(rps)} | {_ratio(rps, d_rps)} "
+            f"| {_num(per[0], '{:.1f}')} | {_num(per[1], '{:.1f}')} | {_num(cpu, '{:.1f}')} "
+            f"| {_ratio(cpu, p_cpu) if k != 'plain-h1' else '1.00'} "
+            f"| {_num(busy * 100 if busy is not None else None, '{:.0f}%')} "
+            f"| {_num(lr.get('cpu_us_per_req'), '{:.1f}')} "
+            f"| {_signed(added.get('p50'))} | {_signed(added.get('p99'))} "
+            f"| {_signed(added.get('p99.9'))} | {failed} |")
+    L.append("")
+    m = tg.get("mtls", {}).get("capacity", {})
+    p1 = tg.get("plain-h1", {}).get("capacity", {})
+    p2 = tg.get("plain-h2c", {}).get("capacity", {})
+    if m and p1:
+        line = (f"**mTLS hop / plaintext hop**: CPU per request (A+B) "
+                f"×{_ratio(m.get('cpu_us_per_req'), p1.get('cpu_us_per_req'))} against the h1 "
+                "hop")
+        if p2:
+            line += (f", ×{_ratio(m.get('cpu_us_per_req'), p2.get('cpu_us_per_req'))} against "
+                     "the h2c hop (same framing, no TLS)")
+        line += (f"; capacity ×{_ratio(m.get('rps'), p1.get('rps'))} (h1 hop)"
+                 + (f", ×{_ratio(m.get('rps'), p2.get('rps'))} (h2c hop)" if p2 else "") + ".")
+        ml = tg.get("mtls", {}).get("latency", {})
+        pl = tg.get("plain-h1", {}).get("latency", {})
+        ma, pa = tg.get("mtls", {}).get("added_us", {}), tg.get("plain-h1", {}).get("added_us", {})
+        if ml and pl and ma and pa:
+            line += (f" At {hop.get('rate', 0):,} req/s the mTLS hop adds "
+                     f"{_signed(ma.get('p50'))} µs at p50 and {_signed(ma.get('p99'))} µs at p99 "
+                     f"over direct; the plaintext h1 hop {_signed(pa.get('p50'))} / "
+                     f"{_signed(pa.get('p99'))} µs.")
+        L.append(line)
+        L.append("")
+    conns = []
+    for k in ("plain-h1", "plain-h2c", "mtls"):
+        r = tg.get(k, {})
+        for n, s in r.get("capacity", {}).get("sidecars", {}).items():
+            if "-b" in n:
+                ic = s.get("inbound_conns", {})
+                conns.append(f"{r['label']}: B accepted {ic.get('mutual_tls', 0):.0f} mutual_tls "
+                             f"/ {ic.get('plaintext', 0):.0f} plaintext new connections")
+    L.append("New sidecar-to-sidecar connections during the capacity runs "
+             "(`halyard_inbound_connections_total{security}` on B; the pools were opened by "
+             "the sanity requests): " + "; ".join(conns) + ". The mTLS hop carries every "
+             "request as HTTP/2 on pooled mutual-TLS connection(s), so its cost over plaintext "
+             "is record encryption and framing, not handshakes.")
+    return L
+
+
+def mesh_handshake_tables(results: dict) -> list[str]:
+    hs = results["mesh"].get("handshakes") or {}
+    tg = hs.get("targets", {})
+    if not tg:
+        return ["Not run (see Problems)."]
+    cores = results["settings"]["cores"]
+    L = [f"oha `--disable-keepalive` through A as an HTTP proxy (`-x`, HTTPS URL, so every "
+         f"request opens a new client connection and sends `CONNECT <host>:443`; without "
+         "iptables A reaches a TCP service only by name through CONNECT), closed "
+         f"loop, {hs.get('conns', '?')} connections: A opens a **new TCP connection to B per "
+         "request** for a service port declared `TCP` — mutual TLS to B's STRICT port "
+         "(no ALPN: opaque bytes) or plaintext to a DISABLE port — and B connects to the "
+         "upstream's HTTPS port. oha's own TLS session with nginx travels inside the tunnel, "
+         f"its cost is on core {cores['load_generator_and_upstream']}. The measured run is a request count (about the "
+         "warm-up's rate × the duration) so that it ends with every connection complete. "
+         "*conns/s* is often bounded by core "
+         f"{cores['load_generator_and_upstream']} (oha + nginx TLS), not the sidecars: "
+         "read it with *core busy* and compare by CPU per connection.", ""]
+    L.append("| hop | conns/s | CPU-µs/conn A (client side) | CPU-µs/conn B (server side) "
+             f"| CPU-µs/conn A+B | × plaintext | core {cores['proxy']} busy "
+             "| new connections at B | "
+             "TLS failures A / B | failed |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    p = tg.get("plain", {}).get("run", {}).get("cpu_us_per_conn", {})
+    for k in ("plain", "mtls"):
+        r = tg.get(k)
+        if not r:
+            continue
+        o = r.get("run")
+        if not o:
+            L.append(f"| {r['label']} | error (see Problems) | | | | | | | | |")
+            continue
+        cu = o.get("cpu_us_per_conn", {})
+        ic = o.get("b_inbound_conns", {})
+        tf = o.get("tls_failures", {})
+        new = ", ".join(f"{v:,.0f} {sec}" for sec, v in ic.items() if v) or "0"
+        L.append(f"| {r['label']} | {_num(o.get('conns_per_s'))} | {_num(cu.get('a'))} "
+                 f"| {_num(cu.get('b'))} | {_num(cu.get('both'))} "
+                 f"| {_ratio(cu.get('both'), p.get('both')) if k != 'plain' else '1.00'} "
+                 f"| {_num(o.get('proxy_core_busy', 0) * 100, '{:.0f}%')} | {new} "
+                 f"| {tf.get('a', 0):.0f} / {tf.get('b', 0):.0f} | {o.get('bad', 0)} |")
+    L.append("")
+    m = tg.get("mtls", {}).get("run", {}).get("cpu_us_per_conn", {})
+    h = hs.get("handshake_us")
+    if m and p and h:
+        L.append("Per side: *handshake* = mTLS minus plaintext CPU per connection (the TLS "
+                 "handshake and record layer of one short connection); *per core* = 1,000,000 "
+                 "/ CPU-µs, what one fully busy core would sustain.")
+        L.append("")
+        L.append("| side | plaintext CPU-µs/conn | mTLS CPU-µs/conn | CPU-ms per handshake "
+                 "| new mTLS connections/s per core | handshakes/s per core |")
+        L.append("|---|---:|---:|---:|---:|---:|")
+        rows = [("A, client side (CONNECT, TLS client, relay)", "a"),
+                ("B, server side (TLS server, relay, upstream connect)", "b"),
+                ("A+B, both ends on one core", "both")]
+        for label, k in rows:
+            hk = h.get(k)
+            L.append(f"| {label} | {_num(p.get(k))} | {_num(m.get(k))} "
+                     f"| {_num(hk / 1000 if hk is not None else None, '{:.3f}')} "
+                     f"| {_num(1e6 / m[k] if m.get(k) else None)} "
+                     f"| {_num(1e6 / hk if hk and hk > 0 else None)} |")
+        L.append("")
+    hello = tg.get("mtls", {}).get("hellos_warmup")
+    if hello:
+        if hello.get("error"):
+            L.append(f"Session resumption: not sampled ({hello['error']}).")
+        elif hello.get("client_hello"):
+            ch, chp = hello["client_hello"], hello["client_hello_psk"]
+            sh, shp = hello.get("server_hello", 0), hello.get("server_hello_psk", 0)
+            L.append(f"**Session resumption** (TLS 1.3 handshakes sampled on loopback during the "
+                     f"warm-up, AF_PACKET): {chp:,} of {ch:,} ClientHellos from A offered a "
+                     f"session ticket (`pre_shared_key`) and B resumed {shp:,} of {sh:,} "
+                     f"({_ratio(shp, sh, '{:.0%}')}) — the handshake cost above is a mix of "
+                     "resumed (ECDHE, no certificate signature or chain check) and full mutual "
+                     "ECDSA P-256 handshakes, as Halyard does them with rustls's default session "
+                     "caches. The share depends on concurrency: rustls's client keeps at most 8 "
+                     "TLS 1.3 tickets per server name, and A names each of B's ports with one "
+                     "server name (`outbound_.PORT_._.halyard.mesh`), so with more than 8 "
+                     "handshakes to it in flight some find no ticket and make a full handshake.")
+        L.append("")
+    b = results["mesh"].get("sidecars", {}).get("sidecar-b-mtls", {})
+    if b.get("tls_failures"):
+        tot = sum(b["tls_failures"].values())
+        measured = sum(sum((t.get("run") or {}).get("tls_failures", {}).values())
+                       for t in tg.values())
+        L.append(f"B (STRICT) counted {tot:.0f} TLS failures over the whole section "
+                 f"(`halyard_tls_failures_total`: "
+                 + ", ".join(f"{k.split('reason=')[-1].rstrip('}')} {v:.0f}"
+                             for k, v in b["tls_failures"].items())
+                 + f"), {measured:.0f} of them in a measured run. Expected outside: the "
+                 "harness's port probe (a plaintext connect on a STRICT port) and connections "
+                 "oha cuts at a warm-up's `-z` deadline, some of them before or during the "
+                 f"sidecars' handshake (at most {b.get('tls_failures_explained_max', '?')}).")
+        L.append("")
+    return L
+
+
+def mesh_sections(results: dict) -> list[str]:
+    L = ["## Mutual TLS between two sidecars", ""]
+    L += mesh_layout(results)
+    L += ["", "### mTLS hop vs plaintext hop vs direct", ""]
+    L += mesh_hop_table(results)
+    L += ["", "### New connections: mutual-TLS handshakes per second per core", ""]
+    L += mesh_handshake_tables(results)
+    return L
+
+
+
 def write_markdown(results: dict, out: Path) -> None:
     m, t, s = results["machine"], results["tools"], results["settings"]
     L = ["# Halyard load benchmark", ""]
@@ -134,7 +370,8 @@ def write_markdown(results: dict, out: Path) -> None:
     L.append(f"- load average before / after: {results['load_before']} / "
              f"{results.get('load_after', '?')} (other work on the machine shows up as noise)")
     L += ["", "## Tools", ""]
-    for k in ("halyard", "halyard_commit", "nginx", "haproxy", "oha", "python"):
+    for k in ("halyard", "halyard_control", "halyard_commit", "nginx", "haproxy", "oha",
+              "openssl", "python"):
         if k in t:
             L.append(f"- {k}: {t[k]}")
     L += ["", "## Setup", ""]
@@ -167,6 +404,9 @@ def write_markdown(results: dict, out: Path) -> None:
     for key, sc in results["scenarios"].items():
         L += [f"### {sc['title']}", ""]
         L += scenario_table(key, sc, results)
+        L.append("")
+    if results.get("mesh"):
+        L += mesh_sections(results)
         L.append("")
     L += ["## Memory", ""]
     L += memory_table(results)

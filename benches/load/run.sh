@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
-# Halyard load benchmark: direct vs Halyard vs nginx vs haproxy on loopback.
+# Halyard load benchmark: direct vs Halyard vs nginx vs haproxy on loopback, and mutual TLS
+# between two Halyard sidecars (mTLS hop vs plaintext hop, handshakes per second per core).
 #
-#   bash benches/load/run.sh [--quick] [--no-halyard] [--no-install]
+#   bash benches/load/run.sh [--quick] [--no-halyard] [--no-mesh] [--no-install]
 #
-# Installs what is missing (nginx, haproxy, taskset, oha), builds the proxy in release,
-# then runs benches/load/harness.py, which starts every server, drives the load and writes
-# benches/report/{REPORT.md,latency.svg,results.json}. Every process it starts is stopped on
-# exit, Ctrl-C or failure. See benches/load/README.md.
+# Installs what is missing (nginx, haproxy, taskset, openssl, oha), builds the proxy and the
+# CA (halyard-control) in release, then runs benches/load/harness.py, which starts every
+# server, drives the load and writes benches/report/{REPORT.md,latency.svg,results.json}.
+# Every process it starts is stopped on exit, Ctrl-C or failure. See benches/load/README.md.
 set -euo pipefail
 
 usage() {
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 Options:
-  --quick        3 s per measurement instead of 15 s (about 2-3 minutes in all)
+  --quick        3 s per measurement instead of 15 s (about 3 minutes in all)
   --no-halyard   do not build or run Halyard (develop the harness against the others)
+  --no-mesh      skip the mutual-TLS scenarios (do not build halyard-control)
   --no-install   never run apt-get or cargo install; fail if a tool is missing
 Environment:
-  CARGO_TARGET_DIR  default /var/tmp/halyard-target (proxy at $CARGO_TARGET_DIR/release/halyard-proxy)
+  CARGO_TARGET_DIR  default /var/tmp/halyard-target (binaries in $CARGO_TARGET_DIR/release)
   HALYARD_TOOLS     default /var/tmp/halyard-tools (oha is installed into $HALYARD_TOOLS/bin)
   BENCH_NICE        niceness of every benchmark process, default -10 (0 to leave it)
 EOF
@@ -25,11 +27,13 @@ EOF
 
 QUICK=0
 NO_HALYARD=0
+NO_MESH=0
 NO_INSTALL=0
 for arg in "$@"; do
     case "$arg" in
         --quick) QUICK=1 ;;
         --no-halyard) NO_HALYARD=1 ;;
+        --no-mesh) NO_MESH=1 ;;
         --no-install) NO_INSTALL=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run.sh: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
@@ -99,6 +103,7 @@ have_nginx_h2 || pkgs+=(nginx-light)
 command -v haproxy >/dev/null || pkgs+=(haproxy)
 command -v taskset >/dev/null || pkgs+=(util-linux)
 command -v getconf >/dev/null || pkgs+=(libc-bin)
+command -v openssl >/dev/null || pkgs+=(openssl)   # the upstream's certificate (mesh TCP)
 if (( ${#pkgs[@]} )); then apt_install "${pkgs[@]}"; fi
 if ! have_nginx_h2; then apt_install nginx; fi
 have_nginx_h2 || die "nginx without the http_v2 module"
@@ -124,6 +129,22 @@ if [[ $NO_HALYARD == 0 ]]; then
     PROXY_BIN="$CARGO_TARGET_DIR/release/halyard-proxy"
     [[ -x "$PROXY_BIN" ]] || die "no binary at $PROXY_BIN"
 fi
+# The CA for the mutual-TLS scenarios. A failed build skips those scenarios (the report says
+# so) rather than the whole benchmark.
+CONTROL_BIN=""
+MESH_SKIP=""
+if [[ $NO_HALYARD == 0 && $NO_MESH == 0 ]]; then
+    log "cargo build --release -p halyard-control"
+    if (cd "$ROOT" && timeout 3600 cargo build --release -p halyard-control); then
+        CONTROL_BIN="$CARGO_TARGET_DIR/release/halyard-control"
+        [[ -x "$CONTROL_BIN" ]] || { CONTROL_BIN=""; MESH_SKIP="no binary at $CARGO_TARGET_DIR/release/halyard-control"; }
+    else
+        MESH_SKIP="building halyard-control failed"
+    fi
+    if [[ -n "$MESH_SKIP" ]]; then
+        log "warning: $MESH_SKIP; the mutual-TLS scenarios will not run"
+    fi
+fi
 
 # --- 3..6. run ------------------------------------------------------------------------
 # 1,000 idle client connections plus their upstream side need descriptors.
@@ -133,6 +154,8 @@ args=(--oha "$OHA" --out "$ROOT/benches/report" --state "$STATE_DIR"
       --nice "${BENCH_NICE:--10}")
 [[ $QUICK == 1 ]] && args+=(--quick)
 [[ -n "$PROXY_BIN" ]] && args+=(--halyard "$PROXY_BIN")
+[[ -n "$CONTROL_BIN" ]] && args+=(--control "$CONTROL_BIN")
+[[ -n "$MESH_SKIP" ]] && args+=(--mesh-skipped "$MESH_SKIP")
 
 log "harness: $PYTHON $HERE/harness.py ${args[*]}"
 # Run in the background and wait, so that the traps run at once on a signal.
