@@ -11,6 +11,8 @@ pub mod model;
 mod serve;
 mod serving_cert;
 mod tokens;
+mod translate;
+mod xds_server;
 
 use std::process::ExitCode;
 

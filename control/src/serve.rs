@@ -71,6 +71,13 @@ pub struct ServeArgs {
     /// Write {"grpc": "IP:PORT", "grpc_tls": "IP:PORT"} here once listening.
     #[arg(long)]
     pub address_file: Option<PathBuf>,
+    /// Mesh configuration directory (Istio resources and MeshConfig): translated for every
+    /// proxy and served over xDS (ADS) on both gRPC ports; watched for changes.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// `/metrics` and `/debug/connections` (with `--config`).
+    #[arg(long, default_value = crate::xds_server::DEFAULT_MONITORING)]
+    pub monitoring_addr: SocketAddr,
 }
 
 /// A problem that stops the server from starting (exit code 2).
@@ -212,9 +219,18 @@ async fn renew_serving_cert(
 }
 
 /// Writes the address file atomically (write, then rename).
-fn write_address_file(path: &Path, grpc: SocketAddr, grpc_tls: SocketAddr) -> Result<(), String> {
-    let text = serde_json::json!({ "grpc": grpc.to_string(), "grpc_tls": grpc_tls.to_string() })
-        .to_string();
+fn write_address_file(
+    path: &Path,
+    grpc: SocketAddr,
+    grpc_tls: SocketAddr,
+    monitoring: Option<SocketAddr>,
+) -> Result<(), String> {
+    let text = serde_json::json!({
+        "grpc": grpc.to_string(),
+        "grpc_tls": grpc_tls.to_string(),
+        "monitoring": monitoring.map(|m| m.to_string()),
+    })
+    .to_string();
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
@@ -282,8 +298,30 @@ pub async fn run(args: ServeArgs) -> Outcome {
         Ok(h) => h,
         Err(e) => return Outcome::StartFailed(StartError(format!("cannot handle SIGHUP: {e}"))),
     };
+    // The mesh configuration: refused at start when it has errors (exit 2, every problem
+    // listed); later bad edits are logged and the last good configuration stays.
+    let mesh = match &args.config {
+        Some(dir) => {
+            let state = match crate::xds_server::MeshState::load(dir, Default::default()) {
+                Ok(s) => s,
+                Err(e) => return Outcome::StartFailed(StartError(e.to_string())),
+            };
+            let monitoring = match crate::xds_server::bind_monitoring(args.monitoring_addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    return Outcome::StartFailed(StartError(format!(
+                        "--monitoring-addr {}: {e}",
+                        args.monitoring_addr
+                    )))
+                }
+            };
+            Some((state, monitoring))
+        }
+        None => None,
+    };
+    let monitoring_addr = mesh.as_ref().and_then(|(_, l)| l.local_addr().ok());
     if let Some(path) = &args.address_file {
-        if let Err(e) = write_address_file(path, grpc, grpc_tls) {
+        if let Err(e) = write_address_file(path, grpc, grpc_tls, monitoring_addr) {
             return Outcome::StartFailed(StartError(format!("--address-file {e}")));
         }
     }
@@ -307,8 +345,28 @@ pub async fn run(args: ServeArgs) -> Outcome {
     ));
 
     let svc = CaService::new(p.ca.clone(), p.auth.clone());
-    let plain_server = server_builder().add_service(svc.clone().into_server());
-    let tls_server = server_builder().add_service(svc.into_server());
+    let ads = mesh.map(|(state, listener)| {
+        let ads = halyard_xds::ads::AdsServer::new(state.source.clone())
+            .with_authorizer(crate::xds_server::authorize)
+            .with_shutdown(cancel.clone());
+        if let Err(e) = ads.register_metrics(state.registry()) {
+            tracing::warn!(error = %e, "xDS metrics not registered");
+        }
+        tasks.spawn(state.clone().watch(cancel.clone()));
+        tasks.spawn(crate::xds_server::monitoring(
+            listener,
+            state,
+            ads.clone(),
+            cancel.clone(),
+        ));
+        ads
+    });
+    let plain_server = server_builder()
+        .add_service(svc.clone().into_server())
+        .add_optional_service(ads.clone().map(|a| a.into_service()));
+    let tls_server = server_builder()
+        .add_service(svc.into_server())
+        .add_optional_service(ads.map(|a| a.into_service()));
     let plain = plain_server
         .serve_with_incoming_shutdown(conn::plaintext(p.plain), cancel.clone().cancelled_owned());
     let tls = tls_server.serve_with_incoming_shutdown(

@@ -96,9 +96,15 @@ impl Admin {
             }
             (&Method::GET, "/config_dump") => {
                 let snap = self.shared.live.load();
+                let xds = self
+                    .shared
+                    .xds_status
+                    .get()
+                    .map(|s| serde_json::to_value(&*s.borrow()).unwrap_or_default());
                 let body = json!({
                     "version": snap.version,
                     "applied_at": rfc3339(snap.applied_at),
+                    "xds": xds,
                     "config": snap.config,
                 });
                 match serde_json::to_string_pretty(&body) {

@@ -33,6 +33,8 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// How to obtain a workload certificate; none runs without identity (plaintext only).
     pub identity: Option<crate::identity::IdentityOptions>,
+    /// Configuration from the control server over xDS (else from the file).
+    pub xds: Option<crate::discovery::XdsOptions>,
 }
 
 /// Why the proxy could not start.
@@ -131,6 +133,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         identity,
         mtls,
+        xds_status: std::sync::OnceLock::new(),
         live,
         metrics,
         access_log,
@@ -176,6 +179,13 @@ pub async fn run(
             shared.metrics.cert_renewals.clone(),
             shared.shutdown.clone(),
         ));
+    }
+
+    if let Some(xds) = opts.xds.clone() {
+        tracing::info!(control = %xds.addr, node = %xds.node_id, delta = xds.delta, "configuration from the control server");
+        shared
+            .tasks
+            .spawn(crate::discovery::run(shared.clone(), xds));
     }
 
     if let Some(path) = &opts.admin_address_path {

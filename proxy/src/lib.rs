@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod app;
 pub mod detect;
+pub mod discovery;
 pub mod http;
 pub mod identity;
 pub mod io;

@@ -19,8 +19,21 @@ use halyard_xds::parse_duration;
 #[command(name = "halyard-proxy", version)]
 struct Args {
     /// Configuration file (YAML or JSON rendering of the proxy's resources).
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "xds_addr",
+        conflicts_with = "xds_addr"
+    )]
+    config: Option<PathBuf>,
+    /// The control server's gRPC address: configuration comes over xDS (ADS) instead of a file.
+    #[arg(long, env = "XDS_ADDR")]
+    xds_addr: Option<String>,
+    /// Node id presented to the control server: `namespace/workload-name`.
+    #[arg(long, env = "NODE_ID")]
+    node_id: Option<String>,
+    /// xDS streams: `delta` (incremental) or `sotw` (state of the world).
+    #[arg(long, default_value = "delta", value_parser = ["delta", "sotw"])]
+    xds_mode: String,
     /// Outbound listener (default 127.0.0.1:15001).
     #[arg(long)]
     outbound_addr: Option<SocketAddr>,
@@ -114,10 +127,45 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let live = match Live::from_file(&args.config) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("halyard-proxy: invalid configuration:\n{e}");
+    let (live, xds) = match (&args.config, &args.xds_addr) {
+        (Some(path), _) => match Live::from_file(path) {
+            Ok(l) => (l, None),
+            Err(e) => {
+                eprintln!("halyard-proxy: invalid configuration:\n{e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, Some(addr)) => {
+            let Some((ns, name)) = args.node_id.as_deref().and_then(|n| n.split_once('/')) else {
+                eprintln!("halyard-proxy: --xds-addr needs --node-id NAMESPACE/WORKLOAD");
+                return ExitCode::from(2);
+            };
+            // Until the first push: the workload's namespace, no services.
+            let initial = halyard_xds::ProxyConfig {
+                workload: Some(halyard_xds::Workload {
+                    name: name.into(),
+                    namespace: ns.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            match Live::pushed(initial) {
+                Ok(l) => (
+                    l,
+                    Some(halyard_proxy::discovery::XdsOptions {
+                        addr: addr.clone(),
+                        node_id: format!("{ns}/{name}"),
+                        delta: args.xds_mode == "delta",
+                    }),
+                ),
+                Err(e) => {
+                    eprintln!("halyard-proxy: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        (None, None) => {
+            eprintln!("halyard-proxy: one of --config or --xds-addr is required");
             return ExitCode::from(2);
         }
     };
@@ -147,6 +195,7 @@ fn main() -> ExitCode {
         admin_address_path: args.admin_address_path,
         drain_timeout: args.drain_timeout,
         identity,
+        xds,
     };
     let result = rt.block_on(app::run(opts, live, log));
     // Stopping the runtime drops the last access-log senders; then the writer can finish.

@@ -28,6 +28,9 @@ pub struct Shared {
     pub identity: Option<Arc<Identity>>,
     /// Mutual TLS contexts built on that identity.
     pub mtls: Option<Arc<MeshTls>>,
+    /// The control-server connection's state, when configuration comes over xDS.
+    pub xds_status:
+        std::sync::OnceLock<tokio::sync::watch::Receiver<halyard_xds::ads::ClientStatus>>,
     /// Round-robin cursor for single-target picks (inbound, passthrough).
     pub inbound_rr: AtomicUsize,
 }

@@ -185,7 +185,11 @@ impl Snapshot {
                     };
                     let key = UpstreamKey {
                         host: e.address.clone(),
-                        port: if e.port == 0 { target } else { e.port as u16 },
+                        port: match (e.ports.get(&p.name), e.port) {
+                            (Some(&n), _) if n != 0 => n as u16,
+                            (_, 0) => target,
+                            (_, n) => n as u16,
+                        },
                         connect_timeout,
                         idle_timeout,
                         sidecar: e

@@ -231,6 +231,9 @@ fn check_service(c: &mut Checker, svc: &Service, names: &mut HashSet<String>) {
                     );
                 }
                 c.port("port", e.port, false);
+                for (name, port) in &e.ports {
+                    c.port(&format!("ports.{name}"), *port, true);
+                }
                 if !e.identity.is_empty() && !valid_spiffe(&e.identity) {
                     c.fail(
                         "identity",

@@ -20,6 +20,8 @@ pub use mesh::MeshConfig;
 pub use meta::Meta;
 pub use networking::{DestinationRule, ServiceEntry, VirtualService, WorkloadEntry};
 pub use security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
+pub use validate::resolve_host;
+pub(crate) use values::{exported_to, selects};
 
 /// One loaded resource: its metadata, its typed spec, and where it came from.
 #[derive(Debug, Clone)]

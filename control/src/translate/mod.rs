@@ -1,0 +1,105 @@
+//! Translation: the mesh model (Istio resources) in, each proxy's resources out. A pure
+//! function of the model and where the sidecars run; each proxy (node id
+//! `namespace/workload-name`, one per `WorkloadEntry`) gets only what concerns it: its own
+//! workload and inbound policy, the services visible from its namespace, the routes for them,
+//! and the mesh settings.
+
+mod peer;
+mod routes;
+mod services;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use halyard_xds::{
+    outbound_traffic_policy, MeshSettings, OutboundTrafficPolicy, Service, Settings, VirtualHost,
+    Workload,
+};
+
+use crate::model::mesh::OutboundMode;
+use crate::model::{Doc, Model, WorkloadEntry};
+
+/// Where sidecars run when there is no iptables capture (a mesh on one host): the inbound
+/// listener of each node's sidecar. Empty in production, where connections to a workload's
+/// address are redirected to its sidecar.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// Node id → the sidecar's inbound listener.
+    pub sidecars: BTreeMap<String, SocketAddr>,
+}
+
+/// One proxy's resources.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeResources {
+    /// Its workload: ports, labels, inbound mutual TLS modes.
+    pub workload: Workload,
+    /// Services it may call.
+    pub services: Vec<Service>,
+    /// Routing for those services' hosts.
+    pub virtual_hosts: Vec<VirtualHost>,
+    /// Proxy-wide settings.
+    pub mesh: MeshSettings,
+}
+
+/// The result: resources per node id, and what could not be expressed (yet) for the proxies.
+#[derive(Debug, Clone, Default)]
+pub struct Translation {
+    /// Node id → its resources.
+    pub nodes: BTreeMap<String, NodeResources>,
+    /// Parts of the model the proxies do not apply yet, one line each (logged, not fatal).
+    pub notes: Vec<String>,
+}
+
+/// The node id of a workload entry.
+pub fn node_id(we: &Doc<WorkloadEntry>) -> String {
+    format!("{}/{}", we.meta.namespace, we.meta.name)
+}
+
+/// Translates a (checked) model.
+pub fn translate(model: &Model, placement: &Placement) -> Translation {
+    let mut notes = Vec::new();
+    let registry = services::Registry::build(model, placement, &mut notes);
+    let mesh = mesh_settings(model);
+    let mut nodes = BTreeMap::new();
+    for we in &model.workload_entries {
+        let ns = &we.meta.namespace;
+        let services = registry.visible_from(ns);
+        let virtual_hosts = routes::virtual_hosts(model, &registry, ns, &mut notes);
+        nodes.insert(
+            node_id(we),
+            NodeResources {
+                workload: peer::workload(model, we, &registry),
+                services,
+                virtual_hosts,
+                mesh,
+            },
+        );
+    }
+    notes.sort();
+    notes.dedup();
+    Translation { nodes, notes }
+}
+
+fn mesh_settings(model: &Model) -> MeshSettings {
+    let mode = match model.mesh.outbound_mode() {
+        OutboundMode::AllowAny => outbound_traffic_policy::Mode::AllowAny,
+        OutboundMode::RegistryOnly => outbound_traffic_policy::Mode::RegistryOnly,
+    };
+    MeshSettings {
+        outbound_traffic_policy: Some(OutboundTrafficPolicy { mode: mode as i32 }),
+        settings: Some(Settings {
+            access_log: Some(
+                model
+                    .mesh
+                    .access_logging
+                    .as_ref()
+                    .and_then(|a| a.enabled)
+                    .unwrap_or(true),
+            ),
+            ..Default::default()
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;

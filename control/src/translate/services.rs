@@ -1,0 +1,279 @@
+//! ServiceEntries (with their WorkloadEntry or inline endpoints) and DestinationRules →
+//! the proxies' services.
+
+use halyard_xds::{Endpoint, LoadBalancer, Protocol, Service, ServicePort};
+
+use super::{node_id, Placement};
+use crate::model::networking::{ServiceEntry, SimpleLb, TlsMode, TrafficPolicy};
+use crate::model::{exported_to, resolve_host, selects, DestinationRule, Doc, Model};
+
+/// WorkloadEntry annotation naming its sidecar's inbound listener (`IP:port`) for meshes
+/// without iptables capture; `halyard-control up` sets the same thing itself.
+pub const SIDECAR_ANNOTATION: &str = "halyard.dev/sidecar-address";
+
+/// One service of the mesh with what decides who sees it.
+pub(super) struct Entry {
+    /// Namespace of the ServiceEntry.
+    pub namespace: String,
+    export_to: Vec<String>,
+    /// The proxy resource (hosts without namespace-relative short names).
+    pub service: Service,
+}
+
+/// Every service of the model, translated once.
+pub(super) struct Registry {
+    pub entries: Vec<Entry>,
+}
+
+/// Istio port protocol → the proxy's.
+fn protocol(p: Option<&str>) -> Protocol {
+    match p.map(str::to_ascii_uppercase).as_deref() {
+        Some("HTTP") | Some("GRPC-WEB") => Protocol::Http,
+        Some("HTTP2") => Protocol::Http2,
+        Some("GRPC") => Protocol::Grpc,
+        // The app's own TLS and other L4 protocols are relayed as bytes.
+        Some("TCP" | "TLS" | "HTTPS" | "MONGO" | "MYSQL" | "REDIS") => Protocol::Tcp,
+        _ => Protocol::Auto,
+    }
+}
+
+fn duration(d: Option<&crate::model::values::Duration>) -> Option<pbjson_types::Duration> {
+    let d = d?.to_std().ok()?;
+    Some(pbjson_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    })
+}
+
+impl Registry {
+    pub fn build(model: &Model, placement: &Placement, notes: &mut Vec<String>) -> Self {
+        let entries = model
+            .service_entries
+            .iter()
+            .filter_map(|se| entry(model, se, placement, notes))
+            .collect();
+        Registry { entries }
+    }
+
+    /// Services visible from `ns`, with the short names that resolve there.
+    pub fn visible_from(&self, ns: &str) -> Vec<halyard_xds::Service> {
+        self.entries
+            .iter()
+            .filter(|e| exported_to(&e.export_to, &e.namespace, ns))
+            .map(|e| {
+                let mut s = e.service.clone();
+                s.hosts = aliases(&s.hosts, ns);
+                s
+            })
+            .collect()
+    }
+
+    /// The service named by `host` as written in a resource of namespace `ns`.
+    pub fn find(&self, host: &str, ns: &str) -> Option<&Entry> {
+        let fqdn = resolve_host(host, ns);
+        self.entries.iter().find(|e| {
+            e.service
+                .hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(&fqdn))
+        })
+    }
+}
+
+/// The host names a caller in `ns` may use for a service: each FQDN, and for Kubernetes-style
+/// names `name.namespace` everywhere and `name` within the same namespace.
+pub(super) fn aliases(hosts: &[String], ns: &str) -> Vec<String> {
+    let mut out = Vec::with_capacity(hosts.len() * 3);
+    for h in hosts {
+        out.push(h.clone());
+        if let Some(rest) = h.strip_suffix(".svc.cluster.local") {
+            if let Some((name, svc_ns)) = rest.split_once('.') {
+                if !svc_ns.contains('.') {
+                    out.push(format!("{name}.{svc_ns}"));
+                    out.push(format!("{name}.{svc_ns}.svc"));
+                    if svc_ns == ns {
+                        out.push(name.to_string());
+                    }
+                }
+            }
+        }
+    }
+    out.dedup();
+    out
+}
+
+/// The DestinationRule for a host in a namespace: its own namespace's first, else any
+/// exported to it (Istio's lookup order, without merging).
+fn destination_rule<'a>(
+    model: &'a Model,
+    fqdn: &str,
+    ns: &str,
+) -> Option<&'a Doc<DestinationRule>> {
+    let matching = |d: &&Doc<DestinationRule>| {
+        resolve_host(&d.spec.host, &d.meta.namespace).eq_ignore_ascii_case(fqdn)
+            && d.spec.workload_selector.is_none()
+    };
+    model
+        .destination_rules
+        .iter()
+        .filter(matching)
+        .find(|d| d.meta.namespace == ns)
+        .or_else(|| {
+            model
+                .destination_rules
+                .iter()
+                .filter(matching)
+                .find(|d| exported_to(&d.spec.export_to, &d.meta.namespace, ns))
+        })
+}
+
+fn entry(
+    model: &Model,
+    se: &Doc<ServiceEntry>,
+    placement: &Placement,
+    notes: &mut Vec<String>,
+) -> Option<Entry> {
+    let spec = &se.spec;
+    let ns = &se.meta.namespace;
+    let name = spec.hosts.first()?.to_ascii_lowercase();
+    let td = model.mesh.trust_domain();
+    let dr = destination_rule(model, &name, ns);
+    let policy: Option<&TrafficPolicy> = dr.and_then(|d| d.spec.traffic_policy.as_ref());
+    let mtls_off = policy
+        .and_then(|p| p.tls.as_ref())
+        .and_then(|t| t.mode)
+        .is_some_and(|m| m == TlsMode::Disable);
+
+    let mut endpoints = Vec::new();
+    let selected = spec.workload_selector.as_ref().map(|sel| {
+        model
+            .workload_entries
+            .iter()
+            .filter(|we| we.meta.namespace == *ns && selects(&sel.labels, &we.spec.labels))
+            .collect::<Vec<_>>()
+    });
+    match selected {
+        // Workloads of the mesh: each has a sidecar proving its service account.
+        Some(wes) => {
+            for we in wes {
+                let sa = match we.spec.service_account.as_str() {
+                    "" => "default",
+                    s => s,
+                };
+                let identity = format!("spiffe://{td}/ns/{}/sa/{sa}", we.meta.namespace);
+                let sidecar = placement.sidecars.get(&node_id(we)).copied().or_else(|| {
+                    we.meta
+                        .annotations
+                        .get(SIDECAR_ANNOTATION)
+                        .and_then(|a| a.parse().ok())
+                });
+                endpoints.push(Endpoint {
+                    address: we.spec.address.clone(),
+                    ports: we.spec.ports.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                    labels: we
+                        .spec
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    weight: we.spec.weight.unwrap_or(1),
+                    identity: if mtls_off { String::new() } else { identity },
+                    sidecar_address: match (sidecar, mtls_off) {
+                        (Some(a), false) => a.to_string(),
+                        _ => String::new(),
+                    },
+                    ..Default::default()
+                });
+            }
+        }
+        // Inline endpoints: outside the mesh, plaintext (their own TLS is relayed).
+        None => {
+            for e in &spec.endpoints {
+                endpoints.push(Endpoint {
+                    address: e.address.clone(),
+                    ports: e.ports.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                    labels: e
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    weight: e.weight.unwrap_or(1),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    if endpoints.is_empty() && spec.resolution() == crate::model::networking::Resolution::Dns {
+        // DNS resolution of the hosts themselves.
+        for h in spec.hosts.iter().filter(|h| !h.starts_with('*')) {
+            endpoints.push(Endpoint {
+                address: h.clone(),
+                weight: 1,
+                ..Default::default()
+            });
+        }
+    }
+
+    let lb = policy
+        .and_then(|p| p.load_balancer.as_ref())
+        .map(|lb| {
+            if lb.consistent_hash.is_some() {
+                notes.push(format!("ServiceEntry host {name}: consistentHash is not applied yet (least request is used)"));
+            }
+            match lb.simple {
+                Some(SimpleLb::RoundRobin) => LoadBalancer::RoundRobin,
+                Some(SimpleLb::Random) => LoadBalancer::Random,
+                _ => LoadBalancer::LeastRequest,
+            }
+        })
+        .unwrap_or(LoadBalancer::LeastRequest);
+    let pool = policy.and_then(|p| p.connection_pool.as_ref());
+    let connect_timeout = duration(
+        pool.and_then(|c| c.tcp.as_ref())
+            .and_then(|t| t.connect_timeout.as_ref()),
+    );
+    let idle_timeout = duration(
+        pool.and_then(|c| c.http.as_ref())
+            .and_then(|h| h.idle_timeout.as_ref()),
+    );
+    let tcp_idle_timeout = duration(
+        pool.and_then(|c| c.tcp.as_ref())
+            .and_then(|t| t.idle_timeout.as_ref()),
+    );
+    if policy.is_some_and(|p| p.outlier_detection.is_some()) {
+        notes.push(format!(
+            "DestinationRule for {name}: outlierDetection is not applied yet"
+        ));
+    }
+
+    let service = Service {
+        name: name.clone(),
+        hosts: spec.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        addresses: spec
+            .addresses
+            .iter()
+            .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
+            .cloned()
+            .collect(),
+        ports: spec
+            .ports
+            .iter()
+            .map(|p| ServicePort {
+                port: p.number,
+                protocol: protocol(p.protocol.as_deref()) as i32,
+                target_port: p.target_port.unwrap_or(0),
+                name: p.name.clone(),
+            })
+            .collect(),
+        endpoints,
+        load_balancer: lb as i32,
+        connect_timeout,
+        idle_timeout,
+        tcp_idle_timeout,
+    };
+    Some(Entry {
+        namespace: ns.clone(),
+        export_to: spec.export_to.clone(),
+        service,
+    })
+}
