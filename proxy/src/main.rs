@@ -16,7 +16,7 @@ use halyard_xds::parse_duration;
 
 /// Halyard's sidecar proxy.
 #[derive(Debug, Parser)]
-#[command(name = "halyard-proxy", version)]
+#[command(name = "halyard-proxy", version, args_override_self = true)]
 struct Args {
     /// Configuration file (YAML or JSON rendering of the proxy's resources).
     #[arg(

@@ -29,6 +29,8 @@ pub struct Control {
     pub grpc: String,
     /// TLS gRPC address.
     pub grpc_tls: String,
+    /// Monitoring address (`/metrics`, `/debug/connections`), with `--config`.
+    pub monitoring: Option<String>,
     dir: PathBuf,
 }
 
@@ -49,12 +51,19 @@ impl Control {
             .arg(dir.join("data"))
             .arg("--tokens")
             .arg(&tokens)
-            .args([
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--grpc-tls-addr",
-                "127.0.0.1:0",
-            ])
+            .args(if extra.contains(&"--grpc-tls-addr") {
+                // The caller fixes the ports (e.g. to restart on the same addresses).
+                &[][..]
+            } else {
+                &[
+                    "--grpc-addr",
+                    "127.0.0.1:0",
+                    "--grpc-tls-addr",
+                    "127.0.0.1:0",
+                    "--monitoring-addr",
+                    "127.0.0.1:0",
+                ][..]
+            })
             .arg("--address-file")
             .arg(&addr_file)
             .args(["--log-level", "info"])
@@ -79,6 +88,7 @@ impl Control {
                 .to_string()
         };
         Control {
+            monitoring: addrs["monitoring"].as_str().map(str::to_string),
             grpc: get("grpc"),
             grpc_tls: get("grpc_tls"),
             proc,

@@ -252,7 +252,8 @@ impl Proxy {
         Self::start_with(config, &[])
     }
 
-    /// Starts the proxy with `config` and extra command-line arguments.
+    /// Starts the proxy with `config` and extra command-line arguments (an empty `config`
+    /// passes no `--config`).
     pub fn start_with(config: &str, extra: &[&str]) -> Proxy {
         let dir = TempDir::new("proxy");
         let config_path = dir.path().join("proxy.yaml");
@@ -261,9 +262,12 @@ impl Proxy {
         let stdout = std::fs::File::create(dir.path().join("access.log")).expect("log file");
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("log file");
-        let child = Command::new(proxy_bin())
-            .arg("--config")
-            .arg(&config_path)
+        let mut cmd = Command::new(proxy_bin());
+        // No config text: the proxy gets its configuration elsewhere (`--xds-addr` in `extra`).
+        if !config.is_empty() {
+            cmd.arg("--config").arg(&config_path);
+        }
+        let child = cmd
             .args([
                 "--outbound-addr",
                 "127.0.0.1:0",
