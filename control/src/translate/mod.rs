@@ -75,6 +75,18 @@ pub fn translate(model: &Model, placement: &Placement) -> Translation {
             },
         );
     }
+    for p in &model.authorization_policies {
+        notes.push(format!(
+            "AuthorizationPolicy {}/{}: authorization is not enforced by the proxies yet",
+            p.meta.namespace, p.meta.name
+        ));
+    }
+    for r in &model.request_authentications {
+        notes.push(format!(
+            "RequestAuthentication {}/{}: JWT authentication is not enforced by the proxies yet",
+            r.meta.namespace, r.meta.name
+        ));
+    }
     notes.sort();
     notes.dedup();
     Translation { nodes, notes }
