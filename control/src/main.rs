@@ -7,6 +7,7 @@ mod ca_service;
 mod check;
 mod conn;
 mod duration;
+mod echo;
 pub mod model;
 mod serve;
 mod serving_cert;
@@ -39,6 +40,8 @@ enum Command {
     /// Load and validate a directory of mesh configuration (Istio resources and MeshConfig);
     /// print every problem as `file:line: Kind/namespace/name: field: message`.
     Check(check::CheckArgs),
+    /// A demo app answering every request with JSON: its name, method, path and headers.
+    Echo(echo::EchoArgs),
 }
 
 /// Logs to stderr with the given filter.
@@ -74,6 +77,13 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Echo(args) => match runtime.block_on(echo::run(args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("halyard-control echo: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Serve(args) => match runtime.block_on(serve::run(args)) {
             serve::Outcome::Stopped => ExitCode::SUCCESS,
             serve::Outcome::StartFailed(e) => {

@@ -8,13 +8,13 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/halyard-target}"
 command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
 
 echo "==> building halyard-proxy and the echo app"
-cargo build -q -p halyard-proxy --bins --examples
+cargo build -q -p halyard-proxy -p halyard-control --bins
 BIN="$CARGO_TARGET_DIR/debug"
 LOGS=$(mktemp -d)
 cleanup() { kill "${ECHO_PID:-}" "${PROXY_PID:-}" 2>/dev/null || true; }
 trap cleanup EXIT
 
-"$BIN/examples/echo" --name echo --listen 127.0.0.1:18080 2>"$LOGS/echo.log" &
+"$BIN/halyard-control" echo --name echo --listen 127.0.0.1:18080 2>"$LOGS/echo.log" &
 ECHO_PID=$!
 "$BIN/halyard-proxy" --config examples/static/proxy.yaml >"$LOGS/access.log" 2>"$LOGS/proxy.log" &
 PROXY_PID=$!

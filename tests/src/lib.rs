@@ -204,7 +204,7 @@ pub fn spawn_until(name: &str, mut cmd: Command, marker: &str) -> (Proc, String)
     }
 }
 
-/// The echo example app (JSON echo over HTTP/1.1 and h2c).
+/// The echo app (`halyard-control echo`: JSON echo over HTTP/1.1 and h2c).
 pub struct Echo {
     /// The running process.
     pub proc: Proc,
@@ -220,8 +220,8 @@ impl Echo {
 
     /// Starts an echo app on `listen`.
     pub fn start_on(name: &str, listen: &str) -> Echo {
-        let mut cmd = Command::new(example_bin("echo"));
-        cmd.args(["--name", name, "--listen", listen]);
+        let mut cmd = Command::new(control_bin());
+        cmd.args(["echo", "--name", name, "--listen", listen]);
         let (proc, rest) = spawn_until(&format!("echo {name}"), cmd, "listening on ");
         let addr = rest.parse().expect("echo address");
         Echo { proc, addr }

@@ -146,8 +146,8 @@ fn redirected_outbound_uses_the_original_destination() {
          iptables -t nat -A OUTPUT -p tcp -d 10.9.0.0/24 \
            -m owner ! --uid-owner 1337 -j REDIRECT --to-ports 15001",
     );
-    let mut echo_cmd = ns.command(example_bin("echo"));
-    echo_cmd.args(["--name", "echo-ns", "--listen", "127.0.0.1:18080"]);
+    let mut echo_cmd = ns.command(control_bin());
+    echo_cmd.args(["echo", "--name", "echo-ns", "--listen", "127.0.0.1:18080"]);
     let (_echo, _) = spawn_until("echo in netns", echo_cmd, "listening on");
     let mut tcp_cmd = ns.command("python3");
     tcp_cmd.args(["-c", TCP_ECHO_PY, "7000"]);

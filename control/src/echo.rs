@@ -1,11 +1,9 @@
-//! A small echo app for demos and benchmarks: answers every HTTP/1.1 or HTTP/2 request with
-//! JSON describing it (its name, method, path, headers), so one can see what the mesh added.
-//!
-//! `cargo run -p halyard-proxy --example echo -- --name echo --listen 127.0.0.1:18080`
+//! `halyard-control echo`: a small app for demos, tests and benchmarks that answers every
+//! HTTP/1.1 or HTTP/2 request with JSON describing it (its name, method, path, headers), so one
+//! can see what the mesh added. `up` runs it behind sidecars labelled `halyard.dev/demo-app: echo`.
 //!
 //! Query parameters shape the answer, for tests and benchmarks: `delay_ms=N` waits before
 //! answering, `status=N` sets the status, `bytes=N` streams N zero bytes instead of JSON.
-#![forbid(unsafe_code)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -122,31 +120,31 @@ async fn echo(
     Ok(resp)
 }
 
-#[tokio::main]
-async fn main() -> std::io::Result<()> {
-    let mut name = "echo".to_string();
-    let mut listen: SocketAddr = ([127, 0, 0, 1], 18080).into();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match (a.as_str(), args.next()) {
-            ("--name", Some(v)) => name = v,
-            ("--listen", Some(v)) => {
-                listen = v
-                    .parse()
-                    .map_err(|e| std::io::Error::other(format!("--listen {v}: {e}")))?;
-            }
-            _ => {
-                return Err(std::io::Error::other(
-                    "usage: echo [--name NAME] [--listen IP:PORT]",
-                ))
-            }
-        }
-    }
-    let name: &'static str = Box::leak(name.into_boxed_str());
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+/// `echo` arguments.
+#[derive(Debug, clap::Args)]
+pub struct EchoArgs {
+    /// Name reported in every answer (the workload's).
+    #[arg(long, default_value = "echo")]
+    pub name: String,
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:18080")]
+    pub listen: SocketAddr,
+}
+
+/// Serves until the process is stopped; prints `echo `NAME` listening on ADDR` once bound.
+pub async fn run(args: EchoArgs) -> std::io::Result<()> {
+    let name: &'static str = Box::leak(args.name.into_boxed_str());
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
     eprintln!("echo `{name}` listening on {}", listener.local_addr()?);
     loop {
-        let (stream, _) = listener.accept().await?;
+        let (stream, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("echo `{name}`: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| echo(name, req));
