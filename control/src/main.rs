@@ -13,6 +13,7 @@ mod serve;
 mod serving_cert;
 mod tokens;
 mod translate;
+mod up;
 mod xds_server;
 
 use std::process::ExitCode;
@@ -40,6 +41,9 @@ enum Command {
     /// Load and validate a directory of mesh configuration (Istio resources and MeshConfig);
     /// print every problem as `file:line: Kind/namespace/name: field: message`.
     Check(check::CheckArgs),
+    /// Run a whole mesh on loopback: the control server, a sidecar per WorkloadEntry and the
+    /// echo app behind those labelled `halyard.dev/demo-app: echo`.
+    Up(up::UpArgs),
     /// A demo app answering every request with JSON: its name, method, path and headers.
     Echo(echo::EchoArgs),
 }
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Up(args) => ExitCode::from(runtime.block_on(up::run(args))),
         Command::Echo(args) => match runtime.block_on(echo::run(args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

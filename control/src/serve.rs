@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// proxy and served over xDS (ADS) on both gRPC ports; watched for changes.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Where a workload's sidecar listens when there is no iptables capture, as
+    /// `NAMESPACE/NAME=IP:PORT` (repeatable; `up` passes these).
+    #[arg(long = "sidecar", value_parser = parse_sidecar)]
+    pub sidecars: Vec<(String, SocketAddr)>,
     /// `/metrics` and `/debug/connections` (with `--config`).
     #[arg(long, default_value = crate::xds_server::DEFAULT_MONITORING)]
     pub monitoring_addr: SocketAddr,
@@ -84,6 +88,18 @@ pub struct ServeArgs {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct StartError(String);
+
+/// `NAMESPACE/NAME=IP:PORT`.
+fn parse_sidecar(s: &str) -> Result<(String, SocketAddr), String> {
+    let (node, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAMESPACE/NAME=IP:PORT"))?;
+    if !node.contains('/') {
+        return Err(format!("`{node}` is not NAMESPACE/NAME"));
+    }
+    let addr = addr.parse().map_err(|e| format!("`{addr}`: {e}"))?;
+    Ok((node.to_string(), addr))
+}
 
 fn start_err(what: &str) -> impl FnOnce(String) -> StartError + '_ {
     move |e| StartError(format!("{what}: {e}"))
@@ -302,7 +318,10 @@ pub async fn run(args: ServeArgs) -> Outcome {
     // listed); later bad edits are logged and the last good configuration stays.
     let mesh = match &args.config {
         Some(dir) => {
-            let state = match crate::xds_server::MeshState::load(dir, Default::default()) {
+            let placement = crate::translate::Placement {
+                sidecars: args.sidecars.iter().cloned().collect(),
+            };
+            let state = match crate::xds_server::MeshState::load(dir, placement) {
                 Ok(s) => s,
                 Err(e) => return Outcome::StartFailed(StartError(e.to_string())),
             };

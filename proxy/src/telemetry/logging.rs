@@ -44,6 +44,8 @@ pub fn init(filter: &str, json: bool) -> Result<LogControl, BadFilter> {
     let (layer, handle) = reload::Layer::new(f);
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        // Colours only for a terminal, never into files or pipes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(true);
     let registry = tracing_subscriber::registry().with(layer);
     if json {
