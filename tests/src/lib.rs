@@ -106,6 +106,15 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Takes charge of an already spawned child (killed on drop).
+    pub fn from_child(name: &str, child: Child) -> Proc {
+        Proc {
+            child,
+            name: name.into(),
+            stderr_file: None,
+        }
+    }
+
     /// Spawns `cmd` (its stdio as the caller set it up).
     pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
