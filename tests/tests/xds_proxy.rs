@@ -28,22 +28,15 @@ impl Ads {
         let stdin = child.stdin.take().expect("stdin");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-        let mut addr = String::new();
-        loop {
+        let addr = loop {
             let mut line = String::new();
             if stderr.read_line(&mut line).expect("stderr") == 0 {
                 panic!("ads_demo_server exited before listening");
             }
-            if let Some(a) = line
-                .trim()
-                .rsplit("listening on ")
-                .next()
-                .filter(|_| line.contains("listening on "))
-            {
-                addr = a.trim().to_string();
-                break;
+            if let Some((_, a)) = line.split_once("listening on ") {
+                break a.trim().to_string();
             }
-        }
+        };
         std::thread::spawn(move || for _ in stderr.lines() {});
         let proc = Proc::from_child("ads_demo_server", child);
         Ads {
