@@ -105,40 +105,67 @@ fn call(frontend: &Proxy, path: &str) -> CurlOut {
     curl(&["-H", "Host: backend:8080", &url(frontend.outbound, path)])
 }
 
+/// The control server with a config directory, and the two sidecars it configures.
+struct Mesh {
+    tmp: TempDir,
+    cfg: std::path::PathBuf,
+    flags: Vec<String>,
+    ca: Control,
+    backend: Proxy,
+    frontend: Proxy,
+    _echo: Echo,
+}
+
+impl Mesh {
+    fn start(tag: &str) -> Mesh {
+        let tmp = TempDir::new(tag);
+        let cfg = tmp.path().join("mesh");
+        std::fs::create_dir_all(&cfg).expect("config dir");
+        let tokens = "- {token: tok-f, namespace: demo, serviceAccount: frontend}\n\
+                      - {token: tok-b, namespace: demo, serviceAccount: backend}\n";
+        std::fs::write(tmp.path().join("tokens.yaml"), tokens).expect("tokens");
+        std::fs::write(tmp.path().join("frontend.token"), "tok-f\n").expect("token");
+        std::fs::write(tmp.path().join("backend.token"), "tok-b\n").expect("token");
+
+        let echo = Echo::start("backend");
+        let backend_sidecar: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        write(&cfg, "mesh.yaml", &mesh_yaml(echo.port(), backend_sidecar));
+        write(&cfg, "routes.yaml", &route_yaml(2000));
+        // Fixed ports, so that a restarted control server is found where it was.
+        let flags: Vec<String> = vec![
+            "--config".into(),
+            s(&cfg).into(),
+            "--grpc-addr".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--grpc-tls-addr".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--monitoring-addr".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ];
+        let ca = Self::control(&tmp, &flags);
+        let backend = sidecar(&ca, tmp.path(), "backend", &backend_sidecar.to_string());
+        let frontend = sidecar(&ca, tmp.path(), "frontend", "127.0.0.1:0");
+        Mesh {
+            tmp,
+            cfg,
+            flags,
+            ca,
+            backend,
+            frontend,
+            _echo: echo,
+        }
+    }
+
+    fn control(tmp: &TempDir, flags: &[String]) -> Control {
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        Control::start(tmp.path(), &flags)
+    }
+}
+
 #[test]
 fn control_server_configures_sidecars_and_edits_go_live_within_a_second() {
-    let tmp = TempDir::new("mesh");
-    let cfg = tmp.path().join("mesh");
-    std::fs::create_dir_all(&cfg).expect("config dir");
-    let tokens = "- {token: tok-f, namespace: demo, serviceAccount: frontend}\n\
-                  - {token: tok-b, namespace: demo, serviceAccount: backend}\n";
-    std::fs::write(tmp.path().join("tokens.yaml"), tokens).expect("tokens");
-    std::fs::write(tmp.path().join("frontend.token"), "tok-f\n").expect("token");
-    std::fs::write(tmp.path().join("backend.token"), "tok-b\n").expect("token");
-
-    let echo = Echo::start("backend");
-    let backend_sidecar: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    write(&cfg, "mesh.yaml", &mesh_yaml(echo.port(), backend_sidecar));
-    write(&cfg, "routes.yaml", &route_yaml(2000));
-    let (grpc, grpc_tls, mon) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
-    let config_flag = [
-        "--config",
-        s(&cfg),
-        "--grpc-addr",
-        &grpc,
-        "--grpc-tls-addr",
-        &grpc_tls,
-        "--monitoring-addr",
-        &mon,
-    ];
-    let ca = Control::start(tmp.path(), &config_flag);
-
-    let backend = sidecar(&ca, tmp.path(), "backend", &backend_sidecar.to_string());
-    let frontend = sidecar(&ca, tmp.path(), "frontend", "127.0.0.1:0");
+    let mesh = Mesh::start("mesh");
+    let (cfg, ca, frontend) = (&mesh.cfg, &mesh.ca, &mesh.frontend);
 
     // Through the mesh: mutual TLS between the sidecars, the caller's identity at the app.
     let out = call(&frontend, "/hello");
@@ -218,7 +245,15 @@ fn control_server_configures_sidecars_and_edits_go_live_within_a_second() {
     );
 
     // The control server dies: traffic keeps flowing on the last configuration.
-    let mut ca = ca;
+    let Mesh {
+        tmp,
+        cfg,
+        flags,
+        mut ca,
+        backend,
+        frontend,
+        _echo,
+    } = mesh;
     ca.proc.signal("KILL");
     let _ = ca.proc.wait_exit(DEADLINE);
     for _ in 0..20 {
@@ -227,11 +262,70 @@ fn control_server_configures_sidecars_and_edits_go_live_within_a_second() {
     // Restarted with a changed directory (same data dir, so the same CA): proxies reconnect
     // and converge on the new routes.
     write(&cfg, "routes.yaml", &route_yaml(300));
-    let ca = Control::start(tmp.path(), &config_flag);
-    let _ = ca;
+    let _ca = Mesh::control(&tmp, &flags);
     wait_for("the restarted control server's routes", || {
         (call(&frontend, "/slow?delay_ms=600").status == 504).then_some(())
     });
     assert_eq!(call(&frontend, "/hello").status, 200);
     drop(backend);
+}
+
+#[test]
+fn fifty_edits_under_load_lose_no_request() {
+    let mesh = Mesh::start("mesh-edits");
+    let target = url(mesh.frontend.outbound, "/load");
+    // Steady load through both sidecars for the whole run, from h2load.
+    let load = std::thread::spawn(move || {
+        std::process::Command::new("h2load")
+            .args([
+                "--h1",
+                "-c",
+                "4",
+                "-D",
+                "20",
+                "-H",
+                ":authority: backend:8080",
+            ])
+            .arg(target)
+            .output()
+            .expect("run h2load (apt-get install nghttp2-client)")
+    });
+    // 50 edits of the route table; each must be live within a second: the /slow route's
+    // timeout flips between 150 ms (a 300 ms answer → 504) and 2 s (→ 200).
+    let mut worst = Duration::ZERO;
+    for edit in 0..50 {
+        let (timeout, want) = if edit % 2 == 0 {
+            (150, 504)
+        } else {
+            (2000, 200)
+        };
+        write(&mesh.cfg, "routes.yaml", &route_yaml(timeout));
+        let t0 = Instant::now();
+        while call(&mesh.frontend, "/slow?delay_ms=300").status != want {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "edit {edit} not live after 5 s"
+            );
+        }
+        worst = worst.max(t0.elapsed());
+    }
+    let out = load.join().expect("h2load thread");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .unwrap_or_else(|| panic!("no h2load summary: {report}"));
+    let codes = report
+        .lines()
+        .find(|l| l.starts_with("status codes:"))
+        .unwrap_or_default();
+    eprintln!(
+        "50 edits, slowest until live {worst:?} (incl. a 0.3 s probe); load: {line}; {codes}"
+    );
+    assert!(line.contains(" 0 failed, 0 errored"), "{report}");
+    assert!(codes.contains(" 0 4xx, 0 5xx"), "{codes}");
+    assert!(
+        worst < Duration::from_millis(1300),
+        "slowest edit took {worst:?}"
+    );
 }
