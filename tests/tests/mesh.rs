@@ -168,7 +168,7 @@ fn control_server_configures_sidecars_and_edits_go_live_within_a_second() {
     let (cfg, ca, frontend) = (&mesh.cfg, &mesh.ca, &mesh.frontend);
 
     // Through the mesh: mutual TLS between the sidecars, the caller's identity at the app.
-    let out = call(&frontend, "/hello");
+    let out = call(frontend, "/hello");
     assert_eq!(out.status, 200, "{out:?}");
     let xfcc = out.json()["headers"]["x-forwarded-client-cert"]
         .as_str()
@@ -212,10 +212,10 @@ fn control_server_configures_sidecars_and_edits_go_live_within_a_second() {
         } else {
             (2000, 200)
         };
-        write(&cfg, "routes.yaml", &route_yaml(timeout));
+        write(cfg, "routes.yaml", &route_yaml(timeout));
         let t0 = Instant::now();
         loop {
-            let out = call(&frontend, "/slow?delay_ms=600");
+            let out = call(frontend, "/slow?delay_ms=600");
             if out.status == want {
                 break;
             }
@@ -235,9 +235,9 @@ fn control_server_configures_sidecars_and_edits_go_live_within_a_second() {
     );
 
     // A broken edit: the control server keeps the last good configuration.
-    write(&cfg, "routes.yaml", "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: backend, namespace: demo}\nspec:\n  hosts: [backend]\n  http:\n    - route: [{destination: {host: nowhere}}]\n      bogus: 1\n");
+    write(cfg, "routes.yaml", "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: backend, namespace: demo}\nspec:\n  hosts: [backend]\n  http:\n    - route: [{destination: {host: nowhere}}]\n      bogus: 1\n");
     std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(call(&frontend, "/hello").status, 200);
+    assert_eq!(call(frontend, "/hello").status, 200);
     assert!(
         ca.stderr().contains("configuration rejected"),
         "{}",
