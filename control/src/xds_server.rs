@@ -108,7 +108,29 @@ impl MeshState {
         for gone in nodes.iter().filter(|n| !t.nodes.contains_key(*n)) {
             self.source.remove_node(gone);
         }
+        // Nodes of one namespace share their service and route sets (the same `Arc`): encode
+        // each set once and share the encoded resources too.
+        type Encoded = (Vec<Resource>, Vec<Resource>);
+        let mut encoded: Vec<(*const Vec<halyard_xds::Service>, Encoded)> = Vec::new();
         for (node, r) in &t.nodes {
+            let key = Arc::as_ptr(&r.services);
+            let (services, vhosts) = match encoded.iter().find(|(k, _)| *k == key) {
+                Some((_, e)) => e.clone(),
+                None => {
+                    let e: Encoded = (
+                        r.services
+                            .iter()
+                            .map(|s| Resource::from_message(s.name.clone(), s))
+                            .collect(),
+                        r.virtual_hosts
+                            .iter()
+                            .map(|v| Resource::from_message(v.name.clone(), v))
+                            .collect(),
+                    );
+                    encoded.push((key, e.clone()));
+                    e
+                }
+            };
             self.source.set_node(
                 node,
                 [
@@ -116,20 +138,8 @@ impl MeshState {
                         WORKLOAD_TYPE.to_string(),
                         vec![Resource::from_message(node.clone(), &r.workload)],
                     ),
-                    (
-                        SERVICE_TYPE.to_string(),
-                        r.services
-                            .iter()
-                            .map(|s| Resource::from_message(s.name.clone(), s))
-                            .collect(),
-                    ),
-                    (
-                        VIRTUAL_HOST_TYPE.to_string(),
-                        r.virtual_hosts
-                            .iter()
-                            .map(|v| Resource::from_message(v.name.clone(), v))
-                            .collect(),
-                    ),
+                    (SERVICE_TYPE.to_string(), services),
+                    (VIRTUAL_HOST_TYPE.to_string(), vhosts),
                     (
                         MESH_SETTINGS_TYPE.to_string(),
                         vec![Resource::from_message(MESH_SETTINGS_NAME, &r.mesh)],

@@ -10,6 +10,7 @@ mod services;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use halyard_xds::{
     outbound_traffic_policy, MeshSettings, OutboundTrafficPolicy, Service, Settings, VirtualHost,
@@ -33,10 +34,10 @@ pub struct Placement {
 pub struct NodeResources {
     /// Its workload: ports, labels, inbound mutual TLS modes.
     pub workload: Workload,
-    /// Services it may call.
-    pub services: Vec<Service>,
-    /// Routing for those services' hosts.
-    pub virtual_hosts: Vec<VirtualHost>,
+    /// Services it may call (shared by every node of the namespace).
+    pub services: Arc<Vec<Service>>,
+    /// Routing for those services' hosts (shared by every node of the namespace).
+    pub virtual_hosts: Arc<Vec<VirtualHost>>,
     /// Proxy-wide settings.
     pub mesh: MeshSettings,
 }
@@ -61,10 +62,21 @@ pub fn translate(model: &Model, placement: &Placement) -> Translation {
     let registry = services::Registry::build(model, placement, &mut notes);
     let mesh = mesh_settings(model);
     let mut nodes = BTreeMap::new();
+    // What a proxy may call depends only on its namespace: computed once per namespace, so a
+    // large namespace costs one copy, not one per proxy.
+    type Shared = (Arc<Vec<Service>>, Arc<Vec<VirtualHost>>);
+    let mut by_ns: BTreeMap<&str, Shared> = BTreeMap::new();
     for we in &model.workload_entries {
-        let ns = &we.meta.namespace;
-        let services = registry.visible_from(ns);
-        let virtual_hosts = routes::virtual_hosts(model, &registry, ns, &mut notes);
+        let ns = we.meta.namespace.as_str();
+        let (services, virtual_hosts) = by_ns
+            .entry(ns)
+            .or_insert_with(|| {
+                (
+                    Arc::new(registry.visible_from(ns)),
+                    Arc::new(routes::virtual_hosts(model, &registry, ns, &mut notes)),
+                )
+            })
+            .clone();
         nodes.insert(
             node_id(we),
             NodeResources {

@@ -212,8 +212,8 @@ fn translation_is_deterministic_and_its_output_validates() {
     for (node, r) in &a.nodes {
         let cfg = halyard_xds::ProxyConfig {
             workload: Some(r.workload.clone()),
-            services: r.services.clone(),
-            virtual_hosts: r.virtual_hosts.clone(),
+            services: (*r.services).clone(),
+            virtual_hosts: (*r.virtual_hosts).clone(),
             settings: r.mesh.settings,
             outbound_traffic_policy: r.mesh.outbound_traffic_policy,
             ..Default::default()
@@ -232,8 +232,8 @@ fn the_valid_corpus_translates_into_valid_proxy_configs() {
     for (node, r) in &t.nodes {
         let cfg = halyard_xds::ProxyConfig {
             workload: Some(r.workload.clone()),
-            services: r.services.clone(),
-            virtual_hosts: r.virtual_hosts.clone(),
+            services: (*r.services).clone(),
+            virtual_hosts: (*r.virtual_hosts).clone(),
             ..Default::default()
         };
         let errors = halyard_xds::validate(&cfg);
