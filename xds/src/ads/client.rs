@@ -347,31 +347,14 @@ where
             _ = cancel.cancelled() => return SessionEnd::Cancelled,
             call = grpc.stream_aggregated_resources(ReceiverStream::new(rx)) => call,
         };
-        let mut inbound = match call {
+        let inbound = match call {
             Ok(r) => r.into_inner(),
             Err(status) => return ended(format!("stream refused: {status}"), false),
         };
-        self.connected();
-        let mut got_any = false;
-        loop {
-            let msg = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return SessionEnd::Cancelled,
-                m = inbound.message() => m,
-            };
-            let healthy = got_any || opened.elapsed() >= HEALTHY_AFTER;
-            match msg {
-                Ok(Some(resp)) => {
-                    got_any = true;
-                    let req = self.on_sotw_response(resp, applier);
-                    if tx.send(req).await.is_err() {
-                        return ended("the request stream closed".into(), true);
-                    }
-                }
-                Ok(None) => return ended("the server closed the stream".into(), healthy),
-                Err(status) => return ended(format!("stream failed: {status}"), healthy),
-            }
-        }
+        self.pump(inbound, &tx, cancel, opened, |me, resp| {
+            me.on_sotw_response(resp, applier)
+        })
+        .await
     }
 
     fn on_sotw_response<A>(&mut self, resp: DiscoveryResponse, applier: &mut A) -> DiscoveryRequest
@@ -446,31 +429,14 @@ where
             _ = cancel.cancelled() => return SessionEnd::Cancelled,
             call = grpc.delta_aggregated_resources(ReceiverStream::new(rx)) => call,
         };
-        let mut inbound = match call {
+        let inbound = match call {
             Ok(r) => r.into_inner(),
             Err(status) => return ended(format!("stream refused: {status}"), false),
         };
-        self.connected();
-        let mut got_any = false;
-        loop {
-            let msg = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return SessionEnd::Cancelled,
-                m = inbound.message() => m,
-            };
-            let healthy = got_any || opened.elapsed() >= HEALTHY_AFTER;
-            match msg {
-                Ok(Some(resp)) => {
-                    got_any = true;
-                    let req = self.on_delta_response(resp, applier);
-                    if tx.send(req).await.is_err() {
-                        return ended("the request stream closed".into(), true);
-                    }
-                }
-                Ok(None) => return ended("the server closed the stream".into(), healthy),
-                Err(status) => return ended(format!("stream failed: {status}"), healthy),
-            }
-        }
+        self.pump(inbound, &tx, cancel, opened, |me, resp| {
+            me.on_delta_response(resp, applier)
+        })
+        .await
     }
 
     fn on_delta_response<A>(
@@ -503,6 +469,49 @@ where
             response_nonce: resp.nonce,
             error_detail: outcome.err().map(nack_status),
             ..Default::default()
+        }
+    }
+}
+
+impl<C, F, E> AdsClient<C>
+where
+    C: FnMut() -> F + Send,
+    F: Future<Output = Result<Channel, E>> + Send,
+    E: std::fmt::Display,
+{
+    /// Receives responses until the stream ends, answering each with the request `handle`
+    /// makes (ACK or NACK). A stream that delivered something, or lived a while, was healthy.
+    async fn pump<Req, Resp>(
+        &mut self,
+        mut inbound: tonic::Streaming<Resp>,
+        tx: &mpsc::Sender<Req>,
+        cancel: &CancellationToken,
+        opened: Instant,
+        mut handle: impl FnMut(&mut Self, Resp) -> Req,
+    ) -> SessionEnd
+    where
+        Resp: prost::Message + Default + 'static,
+    {
+        self.connected();
+        let mut got_any = false;
+        loop {
+            let msg = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return SessionEnd::Cancelled,
+                m = inbound.message() => m,
+            };
+            let healthy = got_any || opened.elapsed() >= HEALTHY_AFTER;
+            match msg {
+                Ok(Some(resp)) => {
+                    got_any = true;
+                    let req = handle(self, resp);
+                    if tx.send(req).await.is_err() {
+                        return ended("the request stream closed".into(), true);
+                    }
+                }
+                Ok(None) => return ended("the server closed the stream".into(), healthy),
+                Err(status) => return ended(format!("stream failed: {status}"), healthy),
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ use tonic::{Status, Streaming};
 
 use super::proto::envoy::config::core::v3::ControlPlane;
 use super::proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
-use super::session::{selected, Stop, StreamCtx};
+use super::session::{selected, serve, Protocol, Stop, StreamCtx};
 use super::sotw::check_node;
 use super::types::{set_version, Resource};
 
@@ -52,55 +52,32 @@ pub(crate) async fn run(
         ctx,
         types: BTreeMap::new(),
     };
-    let stop = s.serve(&mut inbound, first).await;
+    let stop = serve(&mut s, &mut inbound, first).await;
     s.ctx.finish(stop);
 }
 
-impl Delta {
-    async fn serve(
-        &mut self,
-        inbound: &mut Streaming<DeltaDiscoveryRequest>,
-        first: DeltaDiscoveryRequest,
-    ) -> Stop {
-        if let Err(stop) = self.on_request(first, Instant::now()).await {
-            return stop;
-        }
-        let mut watching = true;
-        loop {
-            tokio::select! {
-                biased;
-                _ = self.ctx.cancel.cancelled() => return Stop::Shutdown,
-                _ = self.ctx.tx.closed() => return Stop::ClientGone,
-                msg = inbound.message() => match msg {
-                    Ok(Some(req)) => {
-                        if let Err(stop) = self.on_request(req, Instant::now()).await {
-                            return stop;
-                        }
-                    }
-                    Ok(None) => return Stop::ClientGone,
-                    Err(status) => {
-                        tracing::debug!(node = %self.ctx.node_id, %status, "ADS stream broke");
-                        return Stop::ClientGone;
-                    }
-                },
-                changed = self.ctx.changes.changed(), if watching => {
-                    if changed.is_err() {
-                        watching = false;
-                        continue;
-                    }
-                    self.ctx.changes.borrow_and_update();
-                    let now = Instant::now();
-                    let types: Vec<String> = self.types.keys().cloned().collect();
-                    for t in types {
-                        if let Err(stop) = self.push_diff(&t, now, false).await {
-                            return stop;
-                        }
-                    }
-                }
-            }
-        }
+impl Protocol for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+
+    fn ctx(&self) -> &StreamCtx<DeltaDiscoveryResponse> {
+        &self.ctx
     }
 
+    fn subscribed(&self) -> Vec<String> {
+        self.types.keys().cloned().collect()
+    }
+
+    async fn on_request(&mut self, req: DeltaDiscoveryRequest, now: Instant) -> Result<(), Stop> {
+        Delta::on_request(self, req, now).await
+    }
+
+    async fn on_change(&mut self, type_url: &str, now: Instant) -> Result<(), Stop> {
+        self.push_diff(type_url, now, false).await
+    }
+}
+
+impl Delta {
     async fn on_request(&mut self, req: DeltaDiscoveryRequest, now: Instant) -> Result<(), Stop> {
         if req.type_url.is_empty() {
             return Err(Stop::Protocol(Status::invalid_argument(

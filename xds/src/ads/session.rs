@@ -178,3 +178,76 @@ pub(crate) fn selected<'a>(
         names.iter().filter_map(|n| all.get(n)).collect()
     }
 }
+
+/// One ADS variant (state of the world or delta) as [`serve`] drives it.
+pub(crate) trait Protocol: Send {
+    /// The request message of the stream.
+    type Request: prost::Message + Default + Send + 'static;
+    /// The response message of the stream.
+    type Response: Send + 'static;
+    /// The stream's shared context.
+    fn ctx(&self) -> &StreamCtx<Self::Response>;
+    /// The type URLs the client subscribed to so far.
+    fn subscribed(&self) -> Vec<String>;
+    /// Handles one request (subscription, ACK or NACK).
+    fn on_request(
+        &mut self,
+        req: Self::Request,
+        now: std::time::Instant,
+    ) -> impl std::future::Future<Output = Result<(), Stop>> + Send;
+    /// Pushes what changed of `type_url` after the source changed.
+    fn on_change(
+        &mut self,
+        type_url: &str,
+        now: std::time::Instant,
+    ) -> impl std::future::Future<Output = Result<(), Stop>> + Send;
+}
+
+/// Serves one stream until the client leaves, breaks the protocol or the server shuts down:
+/// requests as they come, and a push of every subscribed type whenever the source changes.
+pub(crate) async fn serve<P: Protocol>(
+    p: &mut P,
+    inbound: &mut tonic::Streaming<P::Request>,
+    first: P::Request,
+) -> Stop {
+    if let Err(stop) = p.on_request(first, std::time::Instant::now()).await {
+        return stop;
+    }
+    let (cancel, tx, mut changes) = {
+        let ctx = p.ctx();
+        (ctx.cancel.clone(), ctx.tx.clone(), ctx.changes.clone())
+    };
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Stop::Shutdown,
+            _ = tx.closed() => return Stop::ClientGone,
+            msg = inbound.message() => match msg {
+                Ok(Some(req)) => {
+                    if let Err(stop) = p.on_request(req, std::time::Instant::now()).await {
+                        return stop;
+                    }
+                }
+                Ok(None) => return Stop::ClientGone,
+                Err(status) => {
+                    tracing::debug!(node = %p.ctx().node_id, %status, "ADS stream broke");
+                    return Stop::ClientGone;
+                }
+            },
+            changed = changes.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false;
+                    continue;
+                }
+                changes.borrow_and_update();
+                let now = std::time::Instant::now();
+                for t in p.subscribed() {
+                    if let Err(stop) = p.on_change(&t, now).await {
+                        return stop;
+                    }
+                }
+            }
+        }
+    }
+}

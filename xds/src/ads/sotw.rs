@@ -15,7 +15,7 @@ use tonic::{Status, Streaming};
 
 use super::proto::envoy::config::core::v3::ControlPlane;
 use super::proto::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use super::session::{selected, Stop, StreamCtx};
+use super::session::{selected, serve, Protocol, Stop, StreamCtx};
 use super::types::set_version;
 
 struct Sent {
@@ -56,55 +56,32 @@ pub(crate) async fn run(
         ctx,
         types: BTreeMap::new(),
     };
-    let stop = s.serve(&mut inbound, first).await;
+    let stop = serve(&mut s, &mut inbound, first).await;
     s.ctx.finish(stop);
 }
 
-impl Sotw {
-    async fn serve(
-        &mut self,
-        inbound: &mut Streaming<DiscoveryRequest>,
-        first: DiscoveryRequest,
-    ) -> Stop {
-        if let Err(stop) = self.on_request(first, Instant::now()).await {
-            return stop;
-        }
-        let mut watching = true;
-        loop {
-            tokio::select! {
-                biased;
-                _ = self.ctx.cancel.cancelled() => return Stop::Shutdown,
-                _ = self.ctx.tx.closed() => return Stop::ClientGone,
-                msg = inbound.message() => match msg {
-                    Ok(Some(req)) => {
-                        if let Err(stop) = self.on_request(req, Instant::now()).await {
-                            return stop;
-                        }
-                    }
-                    Ok(None) => return Stop::ClientGone,
-                    Err(status) => {
-                        tracing::debug!(node = %self.ctx.node_id, %status, "ADS stream broke");
-                        return Stop::ClientGone;
-                    }
-                },
-                changed = self.ctx.changes.changed(), if watching => {
-                    if changed.is_err() {
-                        watching = false;
-                        continue;
-                    }
-                    self.ctx.changes.borrow_and_update();
-                    let now = Instant::now();
-                    let types: Vec<String> = self.types.keys().cloned().collect();
-                    for t in types {
-                        if let Err(stop) = self.push_if_changed(&t, now).await {
-                            return stop;
-                        }
-                    }
-                }
-            }
-        }
+impl Protocol for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+
+    fn ctx(&self) -> &StreamCtx<DiscoveryResponse> {
+        &self.ctx
     }
 
+    fn subscribed(&self) -> Vec<String> {
+        self.types.keys().cloned().collect()
+    }
+
+    async fn on_request(&mut self, req: DiscoveryRequest, now: Instant) -> Result<(), Stop> {
+        Sotw::on_request(self, req, now).await
+    }
+
+    async fn on_change(&mut self, type_url: &str, now: Instant) -> Result<(), Stop> {
+        self.push_if_changed(type_url, now).await
+    }
+}
+
+impl Sotw {
     async fn on_request(&mut self, req: DiscoveryRequest, now: Instant) -> Result<(), Stop> {
         let type_url = check_request(&self.ctx, &req)?;
         if !self.ctx.types.contains(&type_url) {
