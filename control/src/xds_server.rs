@@ -111,10 +111,10 @@ impl MeshState {
         // Nodes of one namespace share their service and route sets (the same `Arc`): encode
         // each set once and share the encoded resources too.
         type Encoded = (Vec<Resource>, Vec<Resource>);
-        let mut encoded: Vec<(*const Vec<halyard_xds::Service>, Encoded)> = Vec::new();
+        let mut encoded: Vec<(&Arc<Vec<halyard_xds::Service>>, Encoded)> = Vec::new();
         for (node, r) in &t.nodes {
-            let key = Arc::as_ptr(&r.services);
-            let (services, vhosts) = match encoded.iter().find(|(k, _)| *k == key) {
+            let (services, vhosts) = match encoded.iter().find(|(k, _)| Arc::ptr_eq(k, &r.services))
+            {
                 Some((_, e)) => e.clone(),
                 None => {
                     let e: Encoded = (
@@ -127,7 +127,7 @@ impl MeshState {
                             .map(|v| Resource::from_message(v.name.clone(), v))
                             .collect(),
                     );
-                    encoded.push((key, e.clone()));
+                    encoded.push((&r.services, e.clone()));
                     e
                 }
             };

@@ -567,6 +567,14 @@ pub fn url(addr: SocketAddr, path: &str) -> String {
     format!("http://{addr}{path}")
 }
 
+/// A loopback port nobody listens on right now (for addresses a config must name in advance).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 /// Reads a stream to its end, giving up after `DEADLINE`.
 pub fn read_all(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     s.set_read_timeout(Some(DEADLINE))?;

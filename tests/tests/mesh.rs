@@ -3,19 +3,11 @@
 //! follow edits of the directory live, survive the control server's death and converge after
 //! its restart.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use halyard_tests::*;
-
-/// A port nobody listens on right now (for addresses the config must name in advance).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 fn mesh_yaml(backend_app: u16, backend_sidecar: SocketAddr) -> String {
     format!(

@@ -45,6 +45,14 @@ impl Mesh {
         self.ca.root()
     }
 
+    /// The mesh's own root and its key, to sign test certificates with `openssl ca`.
+    fn ca_cred(&self) -> Cred {
+        Cred {
+            cert: self.root(),
+            key: self.tmp.path().join("data").join("root-key.pem"),
+        }
+    }
+
     /// A proxy running as `sa` (certificate from the CA) with `config`.
     fn proxy(&self, sa: &str, config: &str, extra: &[&str]) -> Proxy {
         let token = self.tmp.path().join(format!("{sa}.token"));
@@ -245,10 +253,7 @@ fn strict_port_refuses_every_bad_client_and_tells_the_app_who_called() {
         &[],
     );
     let pki = Pki::new(mesh.tmp.path());
-    let mesh_ca = Cred {
-        cert: mesh.root(),
-        key: mesh.tmp.path().join("data").join("root-key.pem"),
-    };
+    let mesh_ca = mesh.ca_cred();
     let foreign = pki.foreign_ca();
     let inbound = reviews.inbound;
 
@@ -382,10 +387,7 @@ fn permissive_port_serves_plaintext_and_mtls_alike() {
         &[],
     );
     let pki = Pki::new(mesh.tmp.path());
-    let mesh_ca = Cred {
-        cert: mesh.root(),
-        key: mesh.tmp.path().join("data").join("root-key.pem"),
-    };
+    let mesh_ca = mesh.ca_cred();
     let good = pki.leaf("frontend", &id("frontend"), &mesh_ca, None);
 
     let forged = [
@@ -730,10 +732,7 @@ fn disable_port_hands_tls_to_the_app_untouched() {
             "1",
         ],
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = free_port();
     let mut cmd = std::process::Command::new("openssl");
     cmd.args(["s_server", "-quiet", "-www", "-accept", &port.to_string()])
         .args(["-cert", s(&cert), "-key", s(&key)])

@@ -266,6 +266,14 @@ impl ServiceEntry {
 }
 
 impl WorkloadEntry {
+    /// The service account, `default` when not given (as Kubernetes).
+    pub fn service_account(&self) -> &str {
+        match self.service_account.as_str() {
+            "" => "default",
+            s => s,
+        }
+    }
+
     pub(crate) fn check(&self, cx: &mut Cx<'_>) {
         self.check_at(cx, &FieldPath::root().f("spec"), None);
     }

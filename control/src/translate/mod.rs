@@ -56,6 +56,15 @@ pub fn node_id(we: &Doc<WorkloadEntry>) -> String {
     format!("{}/{}", we.meta.namespace, we.meta.name)
 }
 
+/// The SPIFFE ID a workload entry's sidecar proves.
+pub fn identity(trust_domain: &str, we: &Doc<WorkloadEntry>) -> String {
+    format!(
+        "spiffe://{trust_domain}/ns/{}/sa/{}",
+        we.meta.namespace,
+        we.spec.service_account()
+    )
+}
+
 /// Translates a (checked) model.
 pub fn translate(model: &Model, placement: &Placement) -> Translation {
     let mut notes = Vec::new();

@@ -107,10 +107,7 @@ pub(super) fn workload(model: &Model, we: &Doc<WorkloadEntry>, registry: &Regist
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         ports: ports.into_values().collect(),
-        service_account: match we.spec.service_account.as_str() {
-            "" => "default".into(),
-            s => s.into(),
-        },
+        service_account: we.spec.service_account().to_string(),
         mtls: workload_mode as i32,
     }
 }

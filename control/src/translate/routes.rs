@@ -122,14 +122,7 @@ pub(super) fn virtual_hosts(
                 ));
                 continue;
             };
-            let timeout =
-                r.timeout
-                    .as_ref()
-                    .and_then(|t| t.to_std().ok())
-                    .map(|d| pbjson_types::Duration {
-                        seconds: d.as_secs() as i64,
-                        nanos: d.subsec_nanos() as i32,
-                    });
+            let timeout = super::services::duration(r.timeout.as_ref());
             routes.push(HttpRoute {
                 name,
                 r#match: matches,

@@ -3,7 +3,7 @@
 
 use halyard_xds::{Endpoint, LoadBalancer, Protocol, Service, ServicePort};
 
-use super::{node_id, Placement};
+use super::{identity, node_id, Placement};
 use crate::model::networking::{ServiceEntry, SimpleLb, TlsMode, TrafficPolicy};
 use crate::model::{exported_to, resolve_host, selects, DestinationRule, Doc, Model};
 
@@ -37,7 +37,10 @@ fn protocol(p: Option<&str>) -> Protocol {
     }
 }
 
-fn duration(d: Option<&crate::model::values::Duration>) -> Option<pbjson_types::Duration> {
+/// A model duration as a protobuf one (`None` when absent or invalid — the check reports those).
+pub(super) fn duration(
+    d: Option<&crate::model::values::Duration>,
+) -> Option<pbjson_types::Duration> {
     let d = d?.to_std().ok()?;
     Some(pbjson_types::Duration {
         seconds: d.as_secs() as i64,
@@ -156,11 +159,7 @@ fn entry(
         // Workloads of the mesh: each has a sidecar proving its service account.
         Some(wes) => {
             for we in wes {
-                let sa = match we.spec.service_account.as_str() {
-                    "" => "default",
-                    s => s,
-                };
-                let identity = format!("spiffe://{td}/ns/{}/sa/{sa}", we.meta.namespace);
+                let identity = identity(td, we);
                 let sidecar = placement.sidecars.get(&node_id(we)).copied().or_else(|| {
                     we.meta
                         .annotations

@@ -103,6 +103,18 @@ spec:
   portLevelMtls: {"18082": {mode: PERMISSIVE}}
 "#;
 
+/// A node's resources as the proxy assembles them.
+fn proxy_config(r: &NodeResources) -> halyard_xds::ProxyConfig {
+    halyard_xds::ProxyConfig {
+        workload: Some(r.workload.clone()),
+        services: (*r.services).clone(),
+        virtual_hosts: (*r.virtual_hosts).clone(),
+        settings: r.mesh.settings,
+        outbound_traffic_policy: r.mesh.outbound_traffic_policy,
+        ..Default::default()
+    }
+}
+
 fn demo(placement: &Placement) -> Translation {
     translate(&model(DEMO), placement)
 }
@@ -210,15 +222,7 @@ fn translation_is_deterministic_and_its_output_validates() {
     let b = demo(&Placement::default());
     assert_eq!(a.nodes, b.nodes);
     for (node, r) in &a.nodes {
-        let cfg = halyard_xds::ProxyConfig {
-            workload: Some(r.workload.clone()),
-            services: (*r.services).clone(),
-            virtual_hosts: (*r.virtual_hosts).clone(),
-            settings: r.mesh.settings,
-            outbound_traffic_policy: r.mesh.outbound_traffic_policy,
-            ..Default::default()
-        };
-        let errors = halyard_xds::validate(&cfg);
+        let errors = halyard_xds::validate(&proxy_config(r));
         assert!(errors.is_empty(), "{node}: {errors:?}");
     }
 }
@@ -230,13 +234,7 @@ fn the_valid_corpus_translates_into_valid_proxy_configs() {
     let t = translate(&m, &Placement::default());
     assert!(!t.nodes.is_empty());
     for (node, r) in &t.nodes {
-        let cfg = halyard_xds::ProxyConfig {
-            workload: Some(r.workload.clone()),
-            services: (*r.services).clone(),
-            virtual_hosts: (*r.virtual_hosts).clone(),
-            ..Default::default()
-        };
-        let errors = halyard_xds::validate(&cfg);
+        let errors = halyard_xds::validate(&proxy_config(r));
         assert!(errors.is_empty(), "{node}: {errors:?}");
     }
 }
