@@ -1,0 +1,83 @@
+//! The attributes of a connection and of a request that policy decisions look at, borrowed
+//! from the proxy's own records so that building them costs no allocation.
+
+use std::net::IpAddr;
+
+/// What is known about a connection once it is accepted (all an L4 decision can use).
+#[derive(Debug, Clone, Copy)]
+pub struct Connection<'a> {
+    /// The peer's address (the downstream socket).
+    pub source_ip: IpAddr,
+    /// The original client's address: the peer, or the first X-Forwarded-For hop when the
+    /// proxy trusts it.
+    pub remote_ip: IpAddr,
+    /// The address the connection was sent to.
+    pub destination_ip: IpAddr,
+    /// The workload port the connection was meant for.
+    pub destination_port: u16,
+    /// The peer's identity verified by mutual TLS, without `spiffe://`
+    /// (`cluster.local/ns/default/sa/frontend`).
+    pub principal: Option<&'a str>,
+    /// The TLS server name the peer sent.
+    pub sni: Option<&'a str>,
+}
+
+impl Connection<'_> {
+    /// The peer's namespace, read from its principal (`<td>/ns/<namespace>/sa/<sa>`).
+    pub fn namespace(&self) -> Option<&str> {
+        let mut parts = self.principal?.split('/');
+        parts.next()?;
+        (parts.next()? == "ns").then_some(())?;
+        parts.next()
+    }
+}
+
+/// What an HTTP request adds to its connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The method, e.g. `GET`.
+    pub method: &'a str,
+    /// The normalised path without the query (see [`crate::path::normalize`]).
+    pub path: &'a str,
+    /// The `Host`/`:authority` value as sent.
+    pub host: &'a str,
+    /// All request headers.
+    pub headers: &'a http::HeaderMap,
+    /// The verified JWT, when the request carried one.
+    pub auth: Option<&'a Authenticated>,
+}
+
+/// A verified JWT: who it names and what it claims.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Authenticated {
+    /// `iss/sub`, matched by `requestPrincipals` and `request.auth.principal`.
+    pub principal: String,
+    /// The `aud` claim (a string or a list), matched by `request.auth.audiences`.
+    pub audiences: Vec<String>,
+    /// The `azp` claim, matched by `request.auth.presenter`.
+    pub presenter: Option<String>,
+    /// The whole payload, matched by `request.auth.claims[...]`.
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_from_principal() {
+        let mut c = Connection {
+            source_ip: [127, 0, 0, 1].into(),
+            remote_ip: [127, 0, 0, 1].into(),
+            destination_ip: [127, 0, 0, 1].into(),
+            destination_port: 80,
+            principal: Some("cluster.local/ns/demo/sa/frontend"),
+            sni: None,
+        };
+        assert_eq!(c.namespace(), Some("demo"));
+        c.principal = Some("cluster.local/x/demo/sa/frontend");
+        assert_eq!(c.namespace(), None);
+        c.principal = None;
+        assert_eq!(c.namespace(), None);
+    }
+}

@@ -1,0 +1,1 @@
+//! Istio RequestAuthentication: JWT verification.

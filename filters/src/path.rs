@@ -1,0 +1,1 @@
+//! Path normalisation before policy matching.

@@ -1,0 +1,1 @@
+//! Istio AuthorizationPolicy evaluation.
