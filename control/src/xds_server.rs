@@ -10,8 +10,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use halyard_xds::ads::{
-    AdsServer, MemorySource, Resource, MESH_SETTINGS_NAME, MESH_SETTINGS_TYPE, SERVICE_TYPE,
-    VIRTUAL_HOST_TYPE, WORKLOAD_TYPE,
+    AdsServer, MemorySource, Resource, AUTHORIZATION_POLICY_TYPE, MESH_SETTINGS_NAME,
+    MESH_SETTINGS_TYPE, REQUEST_AUTHENTICATION_TYPE, SERVICE_TYPE, VIRTUAL_HOST_TYPE,
+    WORKLOAD_TYPE,
 };
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
@@ -143,6 +144,20 @@ impl MeshState {
                     (
                         MESH_SETTINGS_TYPE.to_string(),
                         vec![Resource::from_message(MESH_SETTINGS_NAME, &r.mesh)],
+                    ),
+                    (
+                        AUTHORIZATION_POLICY_TYPE.to_string(),
+                        r.authorization
+                            .iter()
+                            .map(|p| Resource::from_message(p.name.clone(), p))
+                            .collect(),
+                    ),
+                    (
+                        REQUEST_AUTHENTICATION_TYPE.to_string(),
+                        r.authentication
+                            .iter()
+                            .map(|p| Resource::from_message(p.name.clone(), p))
+                            .collect(),
                     ),
                 ],
             );

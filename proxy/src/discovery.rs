@@ -1,15 +1,23 @@
 //! Configuration from the control server: the proxy's resources, received over xDS, assembled
 //! into one `ProxyConfig` and applied atomically (or refused, keeping the last good one).
 
-use halyard_xds::ads::{State, MESH_SETTINGS_TYPE, SERVICE_TYPE, VIRTUAL_HOST_TYPE, WORKLOAD_TYPE};
-use halyard_xds::{MeshSettings, ProxyConfig, Service, VirtualHost, Workload};
+use halyard_xds::ads::{
+    State, AUTHORIZATION_POLICY_TYPE, MESH_SETTINGS_TYPE, REQUEST_AUTHENTICATION_TYPE,
+    SERVICE_TYPE, VIRTUAL_HOST_TYPE, WORKLOAD_TYPE,
+};
+use halyard_xds::{
+    AuthorizationPolicy, MeshSettings, ProxyConfig, RequestAuthentication, Service, VirtualHost,
+    Workload,
+};
 
 /// The resource types a sidecar subscribes to.
-pub const SIDECAR_TYPES: [&str; 4] = [
+pub const SIDECAR_TYPES: [&str; 6] = [
     WORKLOAD_TYPE,
     SERVICE_TYPE,
     VIRTUAL_HOST_TYPE,
     MESH_SETTINGS_TYPE,
+    AUTHORIZATION_POLICY_TYPE,
+    REQUEST_AUTHENTICATION_TYPE,
 ];
 
 /// Builds the proxy's configuration from the xDS state: its workload (the resource named by
@@ -42,6 +50,18 @@ pub fn assemble(state: &State, node_id: &str) -> Result<ProxyConfig, String> {
             .decode()
             .map_err(|e| decode_err(VIRTUAL_HOST_TYPE, name, &e))?;
         config.virtual_hosts.push(v);
+    }
+    for (name, r) in of(AUTHORIZATION_POLICY_TYPE) {
+        let p: AuthorizationPolicy = r
+            .decode()
+            .map_err(|e| decode_err(AUTHORIZATION_POLICY_TYPE, name, &e))?;
+        config.authorization_policies.push(p);
+    }
+    for (name, r) in of(REQUEST_AUTHENTICATION_TYPE) {
+        let p: RequestAuthentication = r
+            .decode()
+            .map_err(|e| decode_err(REQUEST_AUTHENTICATION_TYPE, name, &e))?;
+        config.request_authentications.push(p);
     }
     if let Some((name, r)) = of(MESH_SETTINGS_TYPE).iter().next() {
         let m: MeshSettings = r

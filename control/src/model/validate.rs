@@ -354,11 +354,24 @@ fn peer_authentications(model: &Model, out: &mut Vec<Diagnostic>) {
     }
 }
 
-/// Principals of another trust domain never match (a warning).
+/// Principals of another trust domain never match (a warning; Istio's default `cluster.local`
+/// stands for the mesh's own). A dry-run annotation that is neither `true` nor `false` would
+/// silently enforce a policy meant to be tried out: an error.
 fn principals(model: &Model, out: &mut Vec<Diagnostic>) {
     let td = model.mesh.trust_domain();
     for ap in &model.authorization_policies {
         let mut cx = cx_for(Kind::AuthorizationPolicy, &ap.meta, &ap.source, out);
+        if let Some(v) = ap.meta.annotations.get("istio.io/dry-run") {
+            if !v.eq_ignore_ascii_case("true") && !v.eq_ignore_ascii_case("false") {
+                cx.error(
+                    &FieldPath::root()
+                        .f("metadata")
+                        .f("annotations")
+                        .k("istio.io/dry-run"),
+                    format!("`{v}`: want \"true\" or \"false\""),
+                );
+            }
+        }
         for (i, rule) in ap.spec.rules.iter().enumerate() {
             for (j, from) in rule.from.iter().enumerate() {
                 let Some(src) = &from.source else { continue };
@@ -373,7 +386,11 @@ fn principals(model: &Model, out: &mut Vec<Diagnostic>) {
                         let Some(domain) = p.split('/').next() else {
                             continue;
                         };
-                        if p.contains("/ns/") && domain != td && !domain.contains('*') {
+                        if p.contains("/ns/")
+                            && domain != td
+                            && domain != "cluster.local"
+                            && !domain.contains('*')
+                        {
                             cx.warn(
                                 &FieldPath::root()
                                     .f("spec")

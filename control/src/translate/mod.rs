@@ -4,6 +4,7 @@
 //! workload and inbound policy, the services visible from its namespace, the routes for them,
 //! and the mesh settings.
 
+mod authz;
 mod peer;
 mod routes;
 mod services;
@@ -13,8 +14,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use halyard_xds::{
-    outbound_traffic_policy, MeshSettings, OutboundTrafficPolicy, Service, Settings, VirtualHost,
-    Workload,
+    outbound_traffic_policy, AuthorizationPolicy, MeshSettings, OutboundTrafficPolicy,
+    RequestAuthentication, Service, Settings, VirtualHost, Workload,
 };
 
 use crate::model::mesh::OutboundMode;
@@ -40,6 +41,10 @@ pub struct NodeResources {
     pub virtual_hosts: Arc<Vec<VirtualHost>>,
     /// Proxy-wide settings.
     pub mesh: MeshSettings,
+    /// Authorization policies selecting the workload.
+    pub authorization: Vec<AuthorizationPolicy>,
+    /// JWT authentication selecting the workload.
+    pub authentication: Vec<RequestAuthentication>,
 }
 
 /// The result: resources per node id, and what could not be expressed (yet) for the proxies.
@@ -93,20 +98,10 @@ pub fn translate(model: &Model, placement: &Placement) -> Translation {
                 services,
                 virtual_hosts,
                 mesh,
+                authorization: authz::authorization(model, we),
+                authentication: authz::authentication(model, we),
             },
         );
-    }
-    for p in &model.authorization_policies {
-        notes.push(format!(
-            "AuthorizationPolicy {}/{}: authorization is not enforced by the proxies yet",
-            p.meta.namespace, p.meta.name
-        ));
-    }
-    for r in &model.request_authentications {
-        notes.push(format!(
-            "RequestAuthentication {}/{}: JWT authentication is not enforced by the proxies yet",
-            r.meta.namespace, r.meta.name
-        ));
     }
     notes.sort();
     notes.dedup();

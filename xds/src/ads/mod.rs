@@ -31,6 +31,7 @@ pub use server::{AdsServer, Authorizer, ServerConfig};
 pub use source::{MemorySource, ResourceMap, ResourceSource};
 pub use stats::{AdsMetrics, ConnectionSnapshot, NackRecord, StreamKind, TypeSnapshot};
 pub use types::{
-    pack, unpack, Any, Resource, State, UnpackError, XdsResource, MESH_SETTINGS_NAME,
-    MESH_SETTINGS_TYPE, SERVICE_TYPE, VIRTUAL_HOST_TYPE, WORKLOAD_TYPE,
+    pack, unpack, Any, Resource, State, UnpackError, XdsResource, AUTHORIZATION_POLICY_TYPE,
+    MESH_SETTINGS_NAME, MESH_SETTINGS_TYPE, REQUEST_AUTHENTICATION_TYPE, SERVICE_TYPE,
+    VIRTUAL_HOST_TYPE, WORKLOAD_TYPE,
 };

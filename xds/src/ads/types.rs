@@ -8,7 +8,9 @@ use std::fmt::Write as _;
 use prost::Message;
 
 use super::proto::envoy::service::discovery::v3 as wire;
-use crate::{MeshSettings, Service, VirtualHost, Workload};
+use crate::{
+    AuthorizationPolicy, MeshSettings, RequestAuthentication, Service, VirtualHost, Workload,
+};
 
 /// `google.protobuf.Any` as used throughout this crate.
 pub type Any = pbjson_types::Any;
@@ -23,12 +25,20 @@ pub const VIRTUAL_HOST_TYPE: &str = "type.googleapis.com/halyard.config.v1.Virtu
 pub const MESH_SETTINGS_TYPE: &str = "type.googleapis.com/halyard.config.v1.MeshSettings";
 /// The name of the single [`MESH_SETTINGS_TYPE`] resource.
 pub const MESH_SETTINGS_NAME: &str = "mesh";
+/// An authorization policy selecting the workload; named by its `name` (`namespace/name`).
+pub const AUTHORIZATION_POLICY_TYPE: &str =
+    "type.googleapis.com/halyard.config.v1.AuthorizationPolicy";
+/// JWT rules selecting the workload; named by its `name` (`namespace/name`).
+pub const REQUEST_AUTHENTICATION_TYPE: &str =
+    "type.googleapis.com/halyard.config.v1.RequestAuthentication";
 /// Every resource type a Halyard proxy subscribes to.
-pub const HALYARD_TYPES: [&str; 4] = [
+pub const HALYARD_TYPES: [&str; 6] = [
     WORKLOAD_TYPE,
     SERVICE_TYPE,
     VIRTUAL_HOST_TYPE,
     MESH_SETTINGS_TYPE,
+    AUTHORIZATION_POLICY_TYPE,
+    REQUEST_AUTHENTICATION_TYPE,
 ];
 /// The type URL of `envoy.service.discovery.v3.Resource`, the wrapper that gives a
 /// state-of-the-world resource its name and version.
@@ -54,6 +64,12 @@ impl XdsResource for VirtualHost {
 }
 impl XdsResource for MeshSettings {
     const TYPE_URL: &'static str = MESH_SETTINGS_TYPE;
+}
+impl XdsResource for AuthorizationPolicy {
+    const TYPE_URL: &'static str = AUTHORIZATION_POLICY_TYPE;
+}
+impl XdsResource for RequestAuthentication {
+    const TYPE_URL: &'static str = REQUEST_AUTHENTICATION_TYPE;
 }
 
 /// Why an `Any` could not be turned into a message or resource.
@@ -203,7 +219,7 @@ impl Resource {
 
     /// Reads one resource of a state-of-the-world response of `type_url`: either wrapped in an
     /// `envoy.service.discovery.v3.Resource`, or bare, its name then derived from its content
-    /// (Service and VirtualHost by `name`, MeshSettings is "mesh", Workload is `node_id`).
+    /// (Service, VirtualHost and the policies by `name`, MeshSettings is "mesh", Workload is `node_id`).
     pub fn from_sotw_any(type_url: &str, node_id: &str, any: Any) -> Result<Self, UnpackError> {
         if any.type_url == RESOURCE_WRAPPER_TYPE {
             let r =
@@ -222,6 +238,8 @@ impl Resource {
         let name = match type_url {
             SERVICE_TYPE => unpack::<Service>(&any)?.name,
             VIRTUAL_HOST_TYPE => unpack::<VirtualHost>(&any)?.name,
+            AUTHORIZATION_POLICY_TYPE => unpack::<AuthorizationPolicy>(&any)?.name,
+            REQUEST_AUTHENTICATION_TYPE => unpack::<RequestAuthentication>(&any)?.name,
             MESH_SETTINGS_TYPE => MESH_SETTINGS_NAME.to_string(),
             WORKLOAD_TYPE => node_id.to_string(),
             _ => String::new(),
