@@ -60,6 +60,18 @@ pub struct Authenticated {
     pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
+impl Authenticated {
+    /// The `iss` and `sub` claims; when the payload lacks them as strings, `principal` split
+    /// at its last `/`.
+    pub fn issuer_subject(&self) -> Option<(&str, &str)> {
+        let claim = |k: &str| self.claims.get(k).and_then(serde_json::Value::as_str);
+        match (claim("iss"), claim("sub")) {
+            (Some(iss), Some(sub)) => Some((iss, sub)),
+            _ => self.principal.rsplit_once('/'),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
