@@ -57,13 +57,18 @@ impl HttpClient {
             .trim_start_matches('[')
             .trim_end_matches(']');
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        // Never the userinfo of the URL.
+        let host_header = match authority.port() {
+            Some(p) => format!("{}:{}", authority.host(), p.as_str()),
+            None => authority.host().to_owned(),
+        };
         let tcp = TcpStream::connect((host, port))
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let request = Request::get(path)
-            .header(header::HOST, authority.as_str())
+            .header(header::HOST, host_header)
             .header(header::ACCEPT, "application/json")
             .header(header::USER_AGENT, "halyard")
             .body(Empty::<Bytes>::new())

@@ -5,6 +5,7 @@ use base64::Engine as _;
 use ring::signature::{self, RsaParameters, RsaPublicKeyComponents, UnparsedPublicKey};
 use serde_json::{Map, Value};
 
+use super::error::AuthnError;
 use super::token::Alg;
 
 /// Most keys a JWKS may hold.
@@ -94,6 +95,16 @@ pub enum KeyError {
     NoKeyForAlg,
     /// Some key fits; the signature verifies with none.
     BadSignature,
+}
+
+impl From<KeyError> for AuthnError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::UnknownKid => AuthnError::UnknownKey,
+            KeyError::NoKeyForAlg => AuthnError::KeyMismatch,
+            KeyError::BadSignature => AuthnError::BadSignature,
+        }
+    }
 }
 
 /// A parsed JWKS: only keys usable to verify signatures.

@@ -203,11 +203,7 @@ impl Authenticator {
             let result = match &rule.keys {
                 Keys::Inline(keys) => keys
                     .verify(token.alg, kid, message, &token.signature)
-                    .map_err(|e| match e {
-                        jwks::KeyError::UnknownKid => AuthnError::UnknownKey,
-                        jwks::KeyError::NoKeyForAlg => AuthnError::KeyMismatch,
-                        jwks::KeyError::BadSignature => AuthnError::BadSignature,
-                    }),
+                    .map_err(AuthnError::from),
                 Keys::Remote(source) => {
                     source
                         .verify(token.alg, kid, message, &token.signature)

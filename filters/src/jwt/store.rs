@@ -308,9 +308,10 @@ impl Source {
             Err(KeyError::UnknownKid) if self.kick() => {
                 self.wait_for_fetch(&mut seen).await;
                 let keys = self.keys.load_full().ok_or(AuthnError::KeysUnavailable)?;
-                keys.verify(alg, kid, message, sig).map_err(authn_error)
+                keys.verify(alg, kid, message, sig)
+                    .map_err(AuthnError::from)
             }
-            result => result.map_err(authn_error),
+            result => result.map_err(AuthnError::from),
         }
     }
 
@@ -342,14 +343,6 @@ impl Source {
         self.in_flight.store(false, Ordering::Release);
         self.generation.send_modify(|g| *g += 1);
         ok
-    }
-}
-
-fn authn_error(e: KeyError) -> AuthnError {
-    match e {
-        KeyError::UnknownKid => AuthnError::UnknownKey,
-        KeyError::NoKeyForAlg => AuthnError::KeyMismatch,
-        KeyError::BadSignature => AuthnError::BadSignature,
     }
 }
 
@@ -421,7 +414,7 @@ impl Task {
 
 /// Fetches a key set (after discovery when needed), all within `timeout`.
 async fn fetch(http: &HttpClient, target: &Target, timeout: Duration) -> Result<KeySet, String> {
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
     let jwks_uri = match target {
         Target::Jwks(uri) => uri.clone(),
         Target::Discovery(issuer) => {
@@ -439,7 +432,7 @@ async fn fetch(http: &HttpClient, target: &Target, timeout: Duration) -> Result<
             }
         }
     };
-    let remaining = deadline.saturating_duration_since(Instant::now());
+    let remaining = timeout.saturating_sub(started.elapsed());
     let body = http
         .get(&jwks_uri, remaining)
         .await

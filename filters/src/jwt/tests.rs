@@ -522,6 +522,17 @@ async fn compile_errors_name_policy_and_issuer() {
 }
 
 #[test]
+fn usable_from_tower_services() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: T) {}
+    let auth = compile(vec![]);
+    send_sync(&auth);
+    send_sync(&*store());
+    let mut parts = request("/", &[]);
+    send(auth.authenticate(&mut parts));
+}
+
+#[test]
 fn realm_has_no_query() {
     let p = request("http://api.example.com/a/b?access_token=secret", &[]);
     assert_eq!(realm_url(&p, "http"), "http://api.example.com/a/b");
