@@ -44,7 +44,8 @@ fn config(n: usize) -> String {
 fn routing(c: &mut Criterion) {
     let cfg = halyard_xds::parse_str(&config(1000), Path::new("bench.yaml"))
         .expect("bench config is valid");
-    let snap = Snapshot::build(cfg.clone(), None).expect("bench config compiles");
+    let jwks = halyard_filters::jwt::JwksStore::new(tokio_util::sync::CancellationToken::new());
+    let snap = Snapshot::build(cfg.clone(), None, &jwks).expect("bench config compiles");
     let headers = HeaderMap::new();
     let mut g = c.benchmark_group("route_lookup_1000_hosts");
     g.bench_function("exact_host_last_route", |b| {
@@ -85,7 +86,7 @@ fn routing(c: &mut Criterion) {
     });
     g.finish();
     c.bench_function("snapshot_build_1000_services", |b| {
-        b.iter(|| Snapshot::build(cfg.clone(), Some(&snap)))
+        b.iter(|| Snapshot::build(cfg.clone(), Some(&snap), &jwks))
     });
 }
 

@@ -36,11 +36,15 @@ echo; echo "==> 1. frontend calls backend through both sidecars over mutual TLS;
 run curl -s -H 'Host: backend:8080' "http://$FRONT/hello"
 echo "==> 2. the VirtualService gives /slow a 500 ms timeout: an 800 ms answer becomes 504 (flag UT)"
 run curl -s -w '%{http_code}\n' -H 'Host: backend:8080' "http://$FRONT/slow?delay_ms=800"
-echo "==> 3. MeshConfig REGISTRY_ONLY: hosts no ServiceEntry defines are refused (502, flag NR)"
+echo "==> 3. AuthorizationPolicy: frontend may only GET and POST on backend (DELETE is 403), and no other caller may — not even backend's own sidecar"
+run curl -s -w '%{http_code}\n' -X DELETE -H 'Host: backend:8080' "http://$FRONT/items/1"
+BACK_OUT=$(field backend outbound)
+run curl -s -w '%{http_code}\n' -H 'Host: backend:8080' "http://$BACK_OUT/hello"
+echo "==> 4. MeshConfig REGISTRY_ONLY: hosts no ServiceEntry defines are refused (502, flag NR)"
 run curl -s -w '%{http_code}\n' -H 'Host: example.com' "http://$FRONT/"
-echo "==> 4. PeerAuthentication STRICT: plaintext straight to backend's sidecar is refused"
+echo "==> 5. PeerAuthentication STRICT: plaintext straight to backend's sidecar is refused"
 run curl -sS "http://$BACK_IN/"
-echo "==> 5. what the sidecars and the control server log (access logs are JSON lines)"
+echo "==> 6. what the sidecars and the control server log (access logs are JSON lines)"
 grep -E '^\[(demo/frontend sidecar|control)\]' "$WORK/up.log" | grep -E 'response_code|ADS stream|issued a certificate' | tail -6
 echo
 echo "==> the mesh's state file:"; cat "$WORK/state.json"

@@ -99,7 +99,13 @@ async fn detect_for<I: AsyncRead + Unpin>(
 ) -> std::io::Result<(Detected, Bytes)> {
     match hint {
         Protocol::Tcp if !peek_tls => Ok((Detected::Tcp, Bytes::new())),
-        Protocol::Tcp | Protocol::Auto => detect(io, timeout).await,
+        Protocol::Tcp => {
+            // Only mesh TLS is looked for: bytes that look like HTTP are still opaque here.
+            let (d, b) = detect(io, timeout).await?;
+            let d = if d == Detected::Tls { d } else { Detected::Tcp };
+            Ok((d, b))
+        }
+        Protocol::Auto => detect(io, timeout).await,
         Protocol::Http | Protocol::Http2 | Protocol::Grpc => {
             let (d, b) = detect(io, HINTED_DETECTION_TIMEOUT).await?;
             // A TLS handshake stays TLS; anything else on an HTTP port is served as HTTP.
@@ -125,6 +131,7 @@ async fn connection(
     let max_headers = snap.settings.max_request_headers;
     let idle_timeout = snap.settings.downstream_idle_timeout;
     let mut info = ConnInfo::new(kind, peer, orig_dst);
+    info.local = Some(local);
     let orig_port = orig_dst.map(|d| d.port());
     let mode = snap.inbound_mtls(orig_port);
     // Mesh TLS may arrive on any inbound port that is not DISABLE; a STRICT port waits
@@ -202,6 +209,7 @@ async fn inbound_security(
             return refuse("malformed");
         }
     };
+    info.sni = hello.server_name().map(Into::into);
     // Without iptables the server name tells which workload port the client meant.
     if info.dst_port.is_none() {
         info.dst_port = hello.server_name().and_then(port_from_server_name);
@@ -279,6 +287,20 @@ async fn forward_tcp<I: AsyncRead + AsyncWrite + Unpin>(
     let (endpoints, lb, rr, idle, cluster): (&[Arc<Upstream>], _, _, _, Option<Arc<str>>) =
         match info.listener {
             ListenerKind::Inbound => match snap.inbound_target(info.dst_port) {
+                Some(t) if !tcp_allowed(shared, snap, info, info.dst_port.unwrap_or(t.port)) => {
+                    // Dropping the stream closes the connection before a byte reaches the app.
+                    return log_tcp(
+                        shared,
+                        snap,
+                        info,
+                        start_wall,
+                        start,
+                        None,
+                        None,
+                        Default::default(),
+                        Flags::RBAC,
+                    );
+                }
                 Some(t) => (
                     std::slice::from_ref(&t.app),
                     LoadBalancer::RoundRobin,
@@ -391,6 +413,26 @@ async fn forward_tcp<I: AsyncRead + AsyncWrite + Unpin>(
         Default::default(),
         flags,
     )
+}
+
+/// Authorizes an inbound TCP connection with the rules that need only L4 attributes.
+fn tcp_allowed(shared: &Shared, snap: &Snapshot, info: &ConnInfo, port: u16) -> bool {
+    if snap.rbac.is_empty() {
+        return true;
+    }
+    let decision = snap
+        .rbac
+        .evaluate_tcp(&crate::http::policy::connection(info, port));
+    crate::http::policy::record(&shared.metrics, &decision);
+    if !decision.allowed() {
+        tracing::debug!(
+            peer = %info.peer,
+            policy = decision.policy_label(),
+            reason = decision.reason().as_str(),
+            "connection denied by authorization policy"
+        );
+    }
+    decision.allowed()
 }
 
 /// Counts a failed upstream connect, and a TLS failure by reason when that is what it was.

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use halyard_filters::jwt::JwksStore;
 use halyard_xds::{LoadError, ProxyConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -70,6 +71,8 @@ enum Origin {
 /// The applied configuration and where it comes from.
 pub struct Live {
     current: ArcSwap<Snapshot>,
+    /// JWT key sets, kept across snapshots (fetched keys survive config updates).
+    jwks: Arc<JwksStore>,
     origin: Origin,
     /// Whether a configuration has been applied (pushed configs start empty).
     applied: AtomicBool,
@@ -77,11 +80,12 @@ pub struct Live {
 
 impl Live {
     /// Loads and compiles the file; the first snapshot.
-    pub fn from_file(path: &Path) -> Result<Self, ApplyError> {
+    pub fn from_file(path: &Path, jwks: Arc<JwksStore>) -> Result<Self, ApplyError> {
         let seen = stamp(path);
-        let snapshot = Self::build(path, None)?;
+        let snapshot = Self::build(path, None, &jwks)?;
         Ok(Self {
             current: ArcSwap::from_pointee(snapshot),
+            jwks,
             origin: Origin::File {
                 path: path.to_path_buf(),
                 seen: Mutex::new(seen),
@@ -91,9 +95,10 @@ impl Live {
     }
 
     /// An empty configuration waiting for the control server's first push.
-    pub fn pushed(initial: ProxyConfig) -> Result<Self, ApplyError> {
+    pub fn pushed(initial: ProxyConfig, jwks: Arc<JwksStore>) -> Result<Self, ApplyError> {
         Ok(Self {
-            current: ArcSwap::from_pointee(Snapshot::build(initial, None)?),
+            current: ArcSwap::from_pointee(Snapshot::build(initial, None, &jwks)?),
+            jwks,
             origin: Origin::Pushed,
             applied: AtomicBool::new(false),
         })
@@ -114,16 +119,20 @@ impl Live {
             ));
         }
         let previous = self.current.load();
-        let next = Snapshot::build(config, Some(&previous))?;
+        let next = Snapshot::build(config, Some(&previous), &self.jwks)?;
         tracing::info!(version = %next.version, "configuration applied");
         self.current.store(Arc::new(next));
         self.applied.store(true, Ordering::Release);
         Ok(())
     }
 
-    fn build(path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, ApplyError> {
+    fn build(
+        path: &Path,
+        previous: Option<&Snapshot>,
+        jwks: &Arc<JwksStore>,
+    ) -> Result<Snapshot, ApplyError> {
         let config = halyard_xds::load_file(path)?;
-        Snapshot::build(config, previous).map_err(|source| ApplyError::Build {
+        Snapshot::build(config, previous, jwks).map_err(|source| ApplyError::Build {
             path: path.to_path_buf(),
             source,
         })
@@ -142,7 +151,7 @@ impl Live {
         };
         *seen.lock().unwrap_or_else(|e| e.into_inner()) = stamp(path);
         let previous = self.current.load();
-        let next = Self::build(path, Some(&previous))?;
+        let next = Self::build(path, Some(&previous), &self.jwks)?;
         tracing::info!(version = %next.version, "configuration applied");
         self.current.store(Arc::new(next));
         Ok(())

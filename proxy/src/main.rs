@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use clap::Parser;
 use halyard_certs::SpiffeId;
+use halyard_filters::jwt::JwksStore;
 use halyard_proxy::app::{self, Options};
 use halyard_proxy::identity::IdentityOptions;
 use halyard_proxy::live::Live;
 use halyard_proxy::telemetry::logging;
 use halyard_xds::parse_duration;
+use tokio_util::sync::CancellationToken;
 
 /// Halyard's sidecar proxy.
 #[derive(Debug, Parser)]
@@ -127,8 +129,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all().thread_name("halyard-worker");
+    if let Some(n) = args.concurrency.filter(|n| *n > 0) {
+        rt.worker_threads(n);
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("halyard-proxy: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // JWT key fetches run on the runtime and end with `stop`, after the proxy has drained.
+    let entered = rt.enter();
+    let stop = CancellationToken::new();
+    let jwks = JwksStore::new(stop.clone());
     let (live, xds) = match (&args.config, &args.xds_addr) {
-        (Some(path), _) => match Live::from_file(path) {
+        (Some(path), _) => match Live::from_file(path, jwks) {
             Ok(l) => (l, None),
             Err(e) => {
                 eprintln!("halyard-proxy: invalid configuration:\n{e}");
@@ -149,7 +167,7 @@ fn main() -> ExitCode {
                 }),
                 ..Default::default()
             };
-            match Live::pushed(initial) {
+            match Live::pushed(initial, jwks) {
                 Ok(l) => (
                     l,
                     Some(halyard_proxy::discovery::XdsOptions {
@@ -176,18 +194,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    rt.enable_all().thread_name("halyard-worker");
-    if let Some(n) = args.concurrency.filter(|n| *n > 0) {
-        rt.worker_threads(n);
-    }
-    let rt = match rt.build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("halyard-proxy: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let opts = Options {
         outbound: args.outbound_addr,
         inbound: args.inbound_addr,
@@ -198,6 +204,8 @@ fn main() -> ExitCode {
         xds,
     };
     let result = rt.block_on(app::run(opts, live, log));
+    stop.cancel();
+    drop(entered);
     // Stopping the runtime drops the last access-log senders; then the writer can finish.
     rt.shutdown_timeout(Duration::from_secs(1));
     match result {

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use halyard_certs::SpiffeId;
+use halyard_filters::jwt::{Authenticator, JwksStore, JwtError};
+use halyard_filters::rbac::{Engine, RbacError};
 use halyard_xds::{self as xds, duration_or, LoadBalancer, MtlsMode, Protocol, ProxyConfig};
 
 use crate::routes::{compile_vhost, Route, RouteError, RouteTable, VirtualHost};
@@ -125,6 +127,10 @@ pub struct Snapshot {
     pub settings: Settings,
     /// Outbound policy for unknown destinations.
     pub registry_only: bool,
+    /// Authorization policies of the workload (inbound).
+    pub rbac: Engine,
+    /// JWT authentication of the workload (inbound).
+    pub authn: Authenticator,
     /// Every endpoint, for reuse by the next snapshot and for pool sweeping.
     upstreams: HashMap<UpstreamKey, Arc<Upstream>>,
 }
@@ -132,6 +138,12 @@ pub struct Snapshot {
 /// Why a validated config could still not be compiled.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// An authorization policy could not be compiled.
+    #[error(transparent)]
+    Rbac(#[from] RbacError),
+    /// JWT rules could not be compiled (e.g. an inline JWKS without usable keys).
+    #[error(transparent)]
+    Jwt(#[from] JwtError),
     /// A route could not be compiled.
     #[error(transparent)]
     Route(#[from] RouteError),
@@ -146,8 +158,15 @@ pub enum BuildError {
 }
 
 impl Snapshot {
-    /// Compiles `config`; endpoint state (pools, load) is carried over from `previous`.
-    pub fn build(config: ProxyConfig, previous: Option<&Snapshot>) -> Result<Self, BuildError> {
+    /// Compiles `config`; endpoint state (pools, load) is carried over from `previous`; JWT
+    /// key sets come from (and are fetched by) `jwks`, which outlives snapshots.
+    pub fn build(
+        config: ProxyConfig,
+        previous: Option<&Snapshot>,
+        jwks: &Arc<JwksStore>,
+    ) -> Result<Self, BuildError> {
+        let rbac = Engine::compile(&config.authorization_policies)?;
+        let authn = Authenticator::compile(&config.request_authentications, jwks)?;
         let mut upstreams: HashMap<UpstreamKey, Arc<Upstream>> = HashMap::new();
         let mut upstream = |key: UpstreamKey| -> Arc<Upstream> {
             if let Some(u) = upstreams.get(&key) {
@@ -314,6 +333,8 @@ impl Snapshot {
             inbound,
             settings,
             registry_only,
+            rbac,
+            authn,
             upstreams,
             config,
         })
@@ -366,6 +387,10 @@ impl Snapshot {
 mod tests {
     use super::*;
 
+    fn jwks() -> Arc<JwksStore> {
+        JwksStore::new(tokio_util::sync::CancellationToken::new())
+    }
+
     fn cfg(yaml: &str) -> ProxyConfig {
         halyard_xds::parse_str(yaml, std::path::Path::new("t.yaml")).unwrap()
     }
@@ -374,7 +399,7 @@ mod tests {
 
     #[test]
     fn builds_clusters_and_addresses() {
-        let s = Snapshot::build(cfg(BASE), None).unwrap();
+        let s = Snapshot::build(cfg(BASE), None, &jwks()).unwrap();
         let (c, p) = s.by_addr("127.0.0.9:81".parse().unwrap()).unwrap();
         assert_eq!((&*c.name, p.port, p.protocol), ("a", 81, Protocol::Tcp));
         assert_eq!(p.endpoints.len(), 3);
@@ -387,22 +412,24 @@ mod tests {
         let s = Snapshot::build(
             cfg("workload:\n  name: w\n  ports: [{port: 1}, {port: 2, mtls: DISABLE}]\n"),
             None,
+            &jwks(),
         )
         .unwrap();
         assert_eq!(s.inbound_mtls(Some(1)), MtlsMode::Permissive);
         assert_eq!(s.inbound_mtls(Some(2)), MtlsMode::Disable);
-        let s = Snapshot::build(cfg("workload:\n  name: w\n  mtls: STRICT\n  ports: [{port: 1}, {port: 2, mtls: PERMISSIVE}]\n"), None).unwrap();
+        let s = Snapshot::build(cfg("workload:\n  name: w\n  mtls: STRICT\n  ports: [{port: 1}, {port: 2, mtls: PERMISSIVE}]\n"), None, &jwks()).unwrap();
         assert_eq!(s.inbound_mtls(Some(1)), MtlsMode::Strict);
         assert_eq!(s.inbound_mtls(Some(2)), MtlsMode::Permissive);
         // Unknown port: the first port's mode; no ports at all: the workload's.
         assert_eq!(s.inbound_mtls(Some(9)), MtlsMode::Strict);
-        let s = Snapshot::build(cfg("workload:\n  name: w\n  mtls: STRICT\n"), None).unwrap();
+        let s =
+            Snapshot::build(cfg("workload:\n  name: w\n  mtls: STRICT\n"), None, &jwks()).unwrap();
         assert_eq!(s.inbound_mtls(None), MtlsMode::Strict);
     }
 
     #[test]
     fn endpoint_identity_and_sidecar_address() {
-        let s = Snapshot::build(cfg("services:\n  - name: a\n    ports: [{port: 80}]\n    endpoints: [{address: 10.0.0.1, identity: 'spiffe://td/ns/a/sa/b', sidecarAddress: '127.0.0.1:15006'}, {address: 10.0.0.2}]\n"), None).unwrap();
+        let s = Snapshot::build(cfg("services:\n  - name: a\n    ports: [{port: 80}]\n    endpoints: [{address: 10.0.0.1, identity: 'spiffe://td/ns/a/sa/b', sidecarAddress: '127.0.0.1:15006'}, {address: 10.0.0.2}]\n"), None, &jwks()).unwrap();
         let eps = &s.clusters[0].ports[0].endpoints;
         assert!(eps[0].mtls() && !eps[1].mtls());
         assert_eq!(
@@ -413,8 +440,8 @@ mod tests {
 
     #[test]
     fn reload_reuses_endpoint_state() {
-        let s1 = Snapshot::build(cfg(BASE), None).unwrap();
-        let s2 = Snapshot::build(cfg(BASE), Some(&s1)).unwrap();
+        let s1 = Snapshot::build(cfg(BASE), None, &jwks()).unwrap();
+        let s2 = Snapshot::build(cfg(BASE), Some(&s1), &jwks()).unwrap();
         assert!(Arc::ptr_eq(
             &s1.clusters[0].ports[0].endpoints[0],
             &s2.clusters[0].ports[0].endpoints[0]

@@ -68,6 +68,22 @@ fn up_runs_the_quickstart_mesh_and_stops_on_sigterm() {
     // The quickstart's VirtualService: /slow has a 500 ms timeout.
     let r = curl(&["-H", "Host: backend:8080", &url(out, "/slow?delay_ms=900")]);
     assert_eq!(r.status, 504, "{r:?}");
+    // The AuthorizationPolicy: frontend may GET and POST, nothing else; nobody else may call.
+    let r = curl(&[
+        "-X",
+        "DELETE",
+        "-H",
+        "Host: backend:8080",
+        &url(out, "/items/1"),
+    ]);
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.body.trim(), "RBAC: access denied");
+    let r = curl(&[
+        "-H",
+        "Host: backend:8080",
+        &url(addr(&backend, "outbound"), "/hello"),
+    ]);
+    assert_eq!(r.status, 403, "backend calling itself: {r:?}");
     // REGISTRY_ONLY: unknown hosts are refused.
     let r = curl(&["-H", "Host: unknown.example", &url(out, "/")]);
     assert_eq!(r.status, 502, "{r:?}");

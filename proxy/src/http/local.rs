@@ -48,6 +48,16 @@ impl Local {
         Flags::DPE,
         "bad request: missing or invalid authority",
     );
+    /// An authorization policy denied the request (Envoy's body, so clients and tests that
+    /// look for it keep working).
+    pub const FORBIDDEN: Local =
+        Local::new(StatusCode::FORBIDDEN, Flags::RBAC, "RBAC: access denied");
+    /// The path cannot be normalised safely for policy matching (bad percent-encoding, NUL).
+    pub const BAD_PATH: Local = Local::new(
+        StatusCode::BAD_REQUEST,
+        Flags::DPE,
+        "bad request: invalid path",
+    );
     /// Method not supported in this form.
     pub const NOT_ALLOWED: Local = Local::new(
         StatusCode::METHOD_NOT_ALLOWED,

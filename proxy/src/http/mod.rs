@@ -3,5 +3,6 @@
 pub mod body;
 pub mod headers;
 pub mod local;
+pub mod policy;
 pub mod proxy;
 pub mod server;

@@ -18,6 +18,7 @@ use hyper::upgrade::OnUpgrade;
 use crate::http::body::{OnFinish, ProxyBody, ResponseBody};
 use crate::http::headers;
 use crate::http::local::Local;
+use crate::http::policy::{self, Refusal};
 use crate::io::UpstreamIo;
 use crate::mtls::{Alpn, PeerCert};
 use crate::routes::normalize_host;
@@ -46,6 +47,10 @@ pub struct ConnInfo {
     pub dst_port: Option<u16>,
     /// Inbound: the peer verified by mutual TLS.
     pub peer_cert: Option<PeerCert>,
+    /// Inbound: the TLS server name the peer sent.
+    pub sni: Option<Box<str>>,
+    /// The local address the connection was accepted on.
+    pub local: Option<SocketAddr>,
     /// Requests on this connection whose response has not ended.
     pub active: AtomicUsize,
     /// When the connection last had no active request, as ms since `opened`.
@@ -63,6 +68,8 @@ impl ConnInfo {
             orig_dst,
             dst_port: None,
             peer_cert: None,
+            sni: None,
+            local: None,
             active: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             opened: Instant::now(),
@@ -218,6 +225,19 @@ async fn forward(
         if let Some(peer) = &conn.peer_cert {
             xfcc.insert(headers::XFCC.clone(), peer.xfcc.clone());
         }
+    }
+    if conn.listener == ListenerKind::Inbound && !(snap.rbac.is_empty() && snap.authn.is_empty()) {
+        let port = conn
+            .dst_port
+            .or_else(|| snap.inbound_target(None).map(|t| t.port))
+            .unwrap_or(0);
+        let (mut parts, body) = req.into_parts();
+        match policy::inbound(shared, snap, conn, port, &mut parts, ex).await {
+            Ok(()) => {}
+            Err(Refusal::Local(local)) => return Err(local),
+            Err(Refusal::Unauthenticated(resp)) => return Ok(resp),
+        }
+        req = Request::from_parts(parts, body);
     }
     if req.method() == Method::CONNECT {
         return connect_tunnel(shared, snap, conn, req, ex, tunnel).await;

@@ -148,6 +148,10 @@ pub struct Exchange {
     pub pooled: Option<PooledH1>,
     /// Why mutual TLS to the upstream failed, when it did.
     pub transport_failure: Option<&'static str>,
+    /// The authorization policy that denied the request, when one did.
+    pub denied_by: Option<Box<str>>,
+    /// The verified JWT principal (`iss/sub`), when the request carried a token.
+    pub request_principal: Option<Box<str>>,
 }
 
 impl Exchange {
@@ -185,7 +189,15 @@ impl Exchange {
             in_flight: None,
             pooled: None,
             transport_failure: None,
+            denied_by: None,
+            request_principal: None,
         }
+    }
+
+    /// Logs `uri` instead of the one received: authentication took a token out of the query,
+    /// and bearer tokens must not reach the logs.
+    pub fn redact_uri(&mut self, uri: &Uri) {
+        self.uri = uri.clone();
     }
 
     fn line(&self, bytes_sent: u64) -> String {
@@ -231,6 +243,13 @@ impl Exchange {
             "upstream_transport_failure_reason".into(),
             json!(self.transport_failure),
         );
+        m.insert(
+            "request_principal".into(),
+            json!(self.request_principal.as_deref()),
+        );
+        if let Some(p) = &self.denied_by {
+            m.insert("rbac_policy".into(), p.as_ref().into());
+        }
         Value::Object(m).to_string()
     }
 }

@@ -27,6 +27,7 @@ flags! {
     DPE = 8, "DPE", "Downstream protocol error.";
     IDLE = 9, "IT", "Idle timeout.";
     UO = 10, "UO", "Upstream overflow (circuit breaker or connection limit).";
+    RBAC = 11, "RBAC", "Denied by an authorization policy.";
 }
 
 impl Flags {

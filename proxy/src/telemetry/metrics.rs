@@ -60,6 +60,11 @@ pub struct Metrics {
     /// `halyard_inbound_connections_total{security}`: accepted inbound connections by
     /// `mutual_tls`, `plaintext` or `passthrough` (TLS handed to the app untouched).
     pub inbound_security: IntCounterVec,
+    /// `halyard_rbac_decisions_total{action,policy,result}`: authorization decisions, audits
+    /// and dry-run (shadow) results.
+    pub rbac_decisions: IntCounterVec,
+    /// `halyard_jwt_authn_total{result}`: requests by JWT authentication outcome.
+    pub jwt_authn: IntCounterVec,
 }
 
 /// Registration failed (a programming error: duplicate names).
@@ -140,6 +145,22 @@ impl Metrics {
             ),
             &["security"],
         )?;
+        let rbac_decisions = IntCounterVec::new(
+            Opts::new(
+                "halyard_rbac_decisions_total",
+                "Authorization decisions by deciding action and policy, with audit and dry-run (shadow) results.",
+            ),
+            &["action", "policy", "result"],
+        )?;
+        let jwt_authn = IntCounterVec::new(
+            Opts::new(
+                "halyard_jwt_authn_total",
+                "Requests by JWT authentication outcome (verified, no_token, rejected).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(rbac_decisions.clone()))?;
+        registry.register(Box::new(jwt_authn.clone()))?;
         registry.register(Box::new(tls_failures.clone()))?;
         registry.register(Box::new(inbound_security.clone()))?;
         registry.register(Box::new(cert_expiry.clone()))?;
@@ -170,6 +191,8 @@ impl Metrics {
             cert_renewals,
             tls_failures,
             inbound_security,
+            rbac_decisions,
+            jwt_authn,
         })
     }
 
