@@ -43,7 +43,8 @@ pub enum PathError {
 /// `*` (the target of `OPTIONS *`) is returned as is; an empty path is `/`.
 pub fn normalize(raw_path_and_query: &str) -> Result<Cow<'_, str>, PathError> {
     let end = raw_path_and_query
-        .find(['?', '#'])
+        .bytes()
+        .position(|b| b == b'?' || b == b'#')
         .unwrap_or(raw_path_and_query.len());
     let path = &raw_path_and_query[..end];
     match path.as_bytes().first() {

@@ -198,6 +198,13 @@ fn indexed_engine_equals_reference_evaluation() {
                 let v = r.pick(&["alice", "bob", "", "anna"]);
                 headers.insert("x-user", http::HeaderValue::from_static(v));
             }
+            if r.chance(10) {
+                // More keyed header values than the lookup has slots for.
+                for _ in 0..12 {
+                    let v = r.pick(&["alice", "bob", "carol"]);
+                    headers.append("x-user", http::HeaderValue::from_static(v));
+                }
+            }
             let auth = r.chance(60).then(|| {
                 let iss = r.pick(&["iss", "other"]);
                 let sub = r.pick(&["alice", "bob"]);

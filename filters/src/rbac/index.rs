@@ -4,8 +4,8 @@
 //! carry, e.g. "the path is exactly `/api/v1/users`" when all its operations list exact paths,
 //! or "the peer principal is one of …" when all its sources list exact principals. Among the
 //! keys a rule offers (exact path, peer principal, JWT principal, host, first path segment,
-//! port, method), the one whose values are shared by the fewest rules is chosen. Rules with
-//! no key are *residual* and always evaluated.
+//! exact header value, port, method), the one whose values are shared by the fewest rules is
+//! chosen. Rules with no key are *residual* and always evaluated.
 //!
 //! Buckets are found by a seeded 64-bit hash of the key, so a lookup needs no allocation (hosts
 //! are hashed lower-cased on the fly); a collision only adds candidates, which are checked in
@@ -16,8 +16,10 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
+use http::HeaderName;
+
 use super::matcher::{first_segment, PathMatch, StrMatch};
-use super::rule::{Cond, Ctx, Rule};
+use super::rule::{Cond, Ctx, HeaderTarget, Operation, Rule, Source};
 
 /// How many evaluation phases there are (see `engine.rs`).
 pub(crate) const PHASES: usize = 5;
@@ -30,9 +32,16 @@ enum Kind {
     RequestPrincipal,
     Host,
     Segment,
+    Header,
     Port,
     Method,
 }
+
+/// How many header buckets one request may draw from before the index falls back to every
+/// header-keyed rule.
+const MAX_HEADER_BUCKETS: usize = 8;
+/// Fixed lookup slots: residual, principal, port, path, segment, host ×2, method, JWT principal.
+const SLOTS: usize = 9;
 
 /// A bucket: rule ids grouped by phase, ascending within a phase.
 #[derive(Debug, Default)]
@@ -118,9 +127,9 @@ impl KeyHash {
         ))
     }
 
-    fn pair(self, a: &str, b: &str) -> u64 {
-        let h = Self::feed(self.start(Kind::RequestPrincipal), a.as_bytes(), false);
-        Self::finish(Self::feed(h, b.as_bytes(), false))
+    fn pair(self, kind: Kind, a: &[u8], b: &[u8]) -> u64 {
+        let h = Self::feed(self.start(kind), a, false);
+        Self::finish(Self::feed(h, b, false))
     }
 
     fn port(self, p: u16) -> u64 {
@@ -152,6 +161,10 @@ pub(crate) struct Index {
     hash: KeyHash,
     map: HashMap<u64, Bucket, BuildHasherDefault<Identity>>,
     residual: Bucket,
+    /// The header names some rule is keyed by.
+    header_names: Box<[HeaderName]>,
+    /// Every header-keyed rule: the candidates when a request hits too many header buckets.
+    header_all: Bucket,
     /// Which kinds have buckets (bit per [`Kind`]), so lookups skip the others.
     kinds: u8,
 }
@@ -162,6 +175,8 @@ impl Default for Index {
             hash: KeyHash { seed: 0 },
             map: HashMap::default(),
             residual: Bucket::default(),
+            header_names: Box::new([]),
+            header_all: Bucket::default(),
             kinds: 0,
         }
     }
@@ -169,16 +184,17 @@ impl Default for Index {
 
 /// The buckets one request draws candidates from.
 pub(crate) struct Lookup<'i> {
-    buckets: [Option<&'i Bucket>; 9],
+    buckets: [Option<&'i Bucket>; SLOTS + MAX_HEADER_BUCKETS],
 }
 
-/// Keys a rule offers: `(kind, hashed values)`.
-type Options = Vec<(Kind, Vec<u64>)>;
+/// A key a rule offers: its kind, its hashed values, and the header for [`Kind::Header`].
+struct Opt {
+    kind: Kind,
+    keys: Vec<u64>,
+    header: Option<HeaderName>,
+}
 
-fn all_ops<'r, T>(
-    rule: &'r Rule,
-    f: impl Fn(&'r super::rule::Operation) -> Option<Vec<T>>,
-) -> Option<Vec<T>> {
+fn all_ops<'r, T>(rule: &'r Rule, f: impl Fn(&'r Operation) -> Option<Vec<T>>) -> Option<Vec<T>> {
     if rule.to.is_empty() {
         return None;
     }
@@ -189,10 +205,7 @@ fn all_ops<'r, T>(
     Some(out)
 }
 
-fn all_sources<'r, T>(
-    rule: &'r Rule,
-    f: impl Fn(&'r super::rule::Source) -> Option<Vec<T>>,
-) -> Option<Vec<T>> {
+fn all_sources<'r, T>(rule: &'r Rule, f: impl Fn(&'r Source) -> Option<Vec<T>>) -> Option<Vec<T>> {
     if rule.from.is_empty() {
         return None;
     }
@@ -203,13 +216,14 @@ fn all_sources<'r, T>(
     Some(out)
 }
 
-fn options(h: KeyHash, rule: &Rule) -> Options {
-    let mut out: Options = Vec::new();
-    let mut push = |kind: Kind, mut keys: Vec<u64>| {
+fn options(h: KeyHash, rule: &Rule) -> Vec<Opt> {
+    let mut out: Vec<Opt> = Vec::new();
+    let mut push_header = |kind: Kind, mut keys: Vec<u64>, header: Option<HeaderName>| {
         keys.sort_unstable();
         keys.dedup();
-        out.push((kind, keys));
+        out.push(Opt { kind, keys, header });
     };
+    let mut push = |kind: Kind, keys: Vec<u64>| push_header(kind, keys, None);
     let strs = |kind: Kind, v: Vec<&str>| v.into_iter().map(|s| h.str(kind, s)).collect();
 
     if let Some(v) = all_sources(rule, |s| s.principals.exact_values(StrMatch::exact)) {
@@ -218,7 +232,9 @@ fn options(h: KeyHash, rule: &Rule) -> Options {
     if let Some(v) = all_sources(rule, |s| s.request_principals.exact_values(|m| m.exact())) {
         push(
             Kind::RequestPrincipal,
-            v.iter().map(|(i, s)| h.pair(i, s)).collect(),
+            v.iter()
+                .map(|(i, s)| h.pair(Kind::RequestPrincipal, i.as_bytes(), s.as_bytes()))
+                .collect(),
         );
     }
     if let Some(v) = all_ops(rule, |o| {
@@ -252,7 +268,11 @@ fn options(h: KeyHash, rule: &Rule) -> Options {
                 if let Some(v) = f.exact_values(|m| m.exact()) {
                     push(
                         Kind::RequestPrincipal,
-                        v.iter().map(|(i, s)| h.pair(i, s)).collect(),
+                        v.iter()
+                            .map(|(i, s)| {
+                                h.pair(Kind::RequestPrincipal, i.as_bytes(), s.as_bytes())
+                            })
+                            .collect(),
                     );
                 }
             }
@@ -264,6 +284,19 @@ fn options(h: KeyHash, rule: &Rule) -> Options {
             _ => {}
         }
     }
+    // Exact header values (`*`, prefixes and suffixes cannot be looked up).
+    for c in rule.when.iter() {
+        if let Cond::Header(HeaderTarget::Named(name), f) = c {
+            if let Some(v) = f.exact_values(StrMatch::exact) {
+                let n = name.as_str().as_bytes();
+                let keys = v
+                    .into_iter()
+                    .map(|v| h.pair(Kind::Header, n, v.as_bytes()))
+                    .collect();
+                push_header(Kind::Header, keys, Some(name.clone()));
+            }
+        }
+    }
     out
 }
 
@@ -273,19 +306,19 @@ impl Index {
         let hash = KeyHash {
             seed: std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64),
         };
-        let opts: Vec<Options> = rules.iter().map(|r| options(hash, r)).collect();
+        let opts: Vec<Vec<Opt>> = rules.iter().map(|r| options(hash, r)).collect();
         // How many rules offer each key value: the expected size of its bucket.
         let mut freq: HashMap<u64, u32, BuildHasherDefault<Identity>> = HashMap::default();
-        for o in &opts {
-            for (_, keys) in o {
-                for &k in keys {
-                    *freq.entry(k).or_default() += 1;
-                }
+        for o in opts.iter().flatten() {
+            for &k in &o.keys {
+                *freq.entry(k).or_default() += 1;
             }
         }
         let mut entries: HashMap<u64, Vec<(u8, u32)>, BuildHasherDefault<Identity>> =
             HashMap::default();
         let mut residual = Vec::new();
+        let mut header_names: Vec<HeaderName> = Vec::new();
+        let mut header_all = Vec::new();
         let mut kinds = 0u8;
         for (id, o) in opts.iter().enumerate() {
             let entry = (phase[id], id as u32);
@@ -294,14 +327,18 @@ impl Index {
                     .map(|k| u64::from(freq.get(k).copied().unwrap_or(0)))
                     .sum::<u64>()
             };
-            let best = o
-                .iter()
-                .min_by_key(|(kind, keys)| (cost(keys), *kind as u8));
+            let best = o.iter().min_by_key(|o| (cost(&o.keys), o.kind as u8));
             match best {
-                Some((kind, keys)) => {
-                    kinds |= 1 << *kind as u8;
-                    for &k in keys {
+                Some(best) => {
+                    kinds |= 1 << best.kind as u8;
+                    for &k in &best.keys {
                         entries.entry(k).or_default().push(entry);
+                    }
+                    if let Some(name) = &best.header {
+                        header_all.push(entry);
+                        if !header_names.contains(name) {
+                            header_names.push(name.clone());
+                        }
                     }
                 }
                 None => residual.push(entry),
@@ -314,6 +351,8 @@ impl Index {
                 .map(|(k, v)| (k, Bucket::build(v)))
                 .collect(),
             residual: Bucket::build(residual),
+            header_names: header_names.into(),
+            header_all: Bucket::build(header_all),
             kinds,
         }
     }
@@ -332,7 +371,8 @@ impl Index {
 
     /// The buckets a request or connection draws candidates from.
     pub(crate) fn lookup(&self, c: &Ctx<'_>) -> Lookup<'_> {
-        let mut b: [Option<&Bucket>; 9] = [None; 9];
+        let mut b: [Option<&Bucket>; SLOTS + MAX_HEADER_BUCKETS] =
+            [None; SLOTS + MAX_HEADER_BUCKETS];
         b[0] = Some(&self.residual);
         if let Some(p) = c.principal {
             b[1] = self.get(Kind::Principal, |h| h.str(Kind::Principal, p));
@@ -349,10 +389,35 @@ impl Index {
             }
             b[7] = self.get(Kind::Method, |h| h.str(Kind::Method, r.method));
             if let Some((iss, sub)) = r.iss_sub {
-                b[8] = self.get(Kind::RequestPrincipal, |h| h.pair(iss, sub));
+                b[8] = self.get(Kind::RequestPrincipal, |h| {
+                    h.pair(Kind::RequestPrincipal, iss.as_bytes(), sub.as_bytes())
+                });
             }
+            self.header_buckets(r.headers, &mut b[SLOTS..]);
         }
         Lookup { buckets: b }
+    }
+
+    /// Fills `slots` with the buckets of the request's values of the keyed headers, or, when
+    /// there are more than `slots` can hold, with the bucket of every header-keyed rule.
+    fn header_buckets<'i>(&'i self, headers: &http::HeaderMap, slots: &mut [Option<&'i Bucket>]) {
+        let mut n = 0;
+        for name in self.header_names.iter() {
+            for v in headers.get_all(name) {
+                let key = self
+                    .hash
+                    .pair(Kind::Header, name.as_str().as_bytes(), v.as_bytes());
+                if let Some(bucket) = self.map.get(&key) {
+                    if n == slots.len() {
+                        slots.fill(None);
+                        slots[0] = Some(&self.header_all);
+                        return;
+                    }
+                    slots[n] = Some(bucket);
+                    n += 1;
+                }
+            }
+        }
     }
 }
 
@@ -398,7 +463,8 @@ mod tests {
         );
         assert_ne!(h.str(Kind::Path, "/A"), h.str(Kind::Path, "/a"));
         assert_ne!(h.str(Kind::Path, "/a"), h.str(Kind::Method, "/a"));
-        assert_ne!(h.pair("a/b", "c"), h.pair("a", "b/c"));
+        let k = Kind::RequestPrincipal;
+        assert_ne!(h.pair(k, b"a/b", b"c"), h.pair(k, b"a", b"b/c"));
         assert_ne!(
             h.str(Kind::Path, "abcdefgh"),
             h.str(Kind::Path, "abcdefgh\0")
