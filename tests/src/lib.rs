@@ -14,6 +14,8 @@ pub use serde_json::Value;
 
 mod control;
 pub use control::*;
+mod issuer;
+pub use issuer::Issuer;
 
 /// How long any single wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);

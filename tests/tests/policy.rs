@@ -9,52 +9,6 @@ use std::time::{Duration, Instant};
 
 use halyard_tests::*;
 
-/// The issuer peer: its port and issuer URL.
-struct Issuer {
-    _proc: Proc,
-    addr: SocketAddr,
-}
-
-impl Issuer {
-    fn start() -> Issuer {
-        let (proc, port) = start_peer_server("jwt_issuer.py");
-        Issuer {
-            _proc: proc,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// A token from the issuer; `query` as for its `/token` (e.g. `alg=ES256&aud=backend`).
-    fn token(&self, query: &str) -> String {
-        let r = http(self.addr, "GET", &format!("/token?{query}"), &[], b"").expect("GET /token");
-        assert_eq!(r.status, 200, "issuer: {}", r.text());
-        r.text()
-    }
-
-    fn rotate(&self, keep_old: bool) {
-        let q = if keep_old { "1" } else { "0" };
-        let r = http(
-            self.addr,
-            "POST",
-            &format!("/rotate?keep_old={q}"),
-            &[],
-            b"",
-        )
-        .expect("POST /rotate");
-        assert_eq!(r.status, 200);
-    }
-
-    fn stats(&self) -> serde_json::Value {
-        http(self.addr, "GET", "/stats", &[], b"")
-            .expect("GET /stats")
-            .json()
-    }
-}
-
 /// A proxy for workload `demo/backend` serving `app_port` with `policies` (YAML appended to
 /// the config: `authorizationPolicies:` and `requestAuthentications:`).
 fn backend(app_port: u16, protocol: &str, policies: &str) -> Proxy {
