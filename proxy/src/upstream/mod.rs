@@ -1,6 +1,9 @@
 //! Upstream endpoints: their connection pools, in-flight accounting and load balancing.
 
 mod balance;
+pub mod breaker;
+pub mod hash;
+pub mod outlier;
 mod pool;
 
 use std::fmt;
