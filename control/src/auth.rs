@@ -126,7 +126,9 @@ pub async fn watch_tokens(
     trust_domain: String,
     cancel: CancellationToken,
 ) {
-    let mut seen = stamp(&path);
+    // The file may have changed between loading it at start and this task's first look:
+    // the first tick always reloads.
+    let mut seen = None;
     loop {
         let forced = tokio::select! {
             _ = cancel.cancelled() => return,

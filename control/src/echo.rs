@@ -4,6 +4,10 @@
 //!
 //! Query parameters shape the answer, for tests and benchmarks: `delay_ms=N` waits before
 //! answering, `status=N` sets the status, `bytes=N` streams N zero bytes instead of JSON.
+//! Flags make a misbehaving instance for resilience tests: `--fail-percent P` answers P % of
+//! requests with `--fail-status` (503), `--hang` never answers. Every answer carries
+//! `x-echo-served: N`, the number of requests this instance has received, and
+//! `x-echo-workload: NAME`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -64,10 +68,45 @@ fn query_num(query: Option<&str>, key: &str) -> Option<u64> {
 
 type EchoBody = Either<Full<Bytes>, Zeros>;
 
+/// How an instance behaves, shared by its connections.
+struct Behaviour {
+    name: String,
+    fail_percent: f64,
+    fail_status: http::StatusCode,
+    hang: bool,
+    served: std::sync::atomic::AtomicU64,
+}
+
 async fn echo(
-    name: &'static str,
+    me: &'static Behaviour,
     req: Request<Incoming>,
 ) -> Result<Response<EchoBody>, Infallible> {
+    let served = me.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    if me.hang {
+        // Held until the client gives up.
+        std::future::pending::<()>().await;
+    }
+    let mut resp = answer(me, req).await?;
+    let h = resp.headers_mut();
+    h.insert("x-echo-served", http::HeaderValue::from(served));
+    if let Ok(v) = http::HeaderValue::from_str(&me.name) {
+        h.insert("x-echo-workload", v);
+    }
+    Ok(resp)
+}
+
+async fn answer(
+    me: &'static Behaviour,
+    req: Request<Incoming>,
+) -> Result<Response<EchoBody>, Infallible> {
+    let name = me.name.as_str();
+    if me.fail_percent > 0.0 && fastrand::f64() * 100.0 < me.fail_percent {
+        let mut resp = Response::new(Either::Left(Full::new(Bytes::from_static(
+            b"injected failure\n",
+        ))));
+        *resp.status_mut() = me.fail_status;
+        return Ok(resp);
+    }
     let (parts, body) = req.into_parts();
     let query = parts.uri.query();
     if let Some(ms) = query_num(query, "delay_ms") {
@@ -129,11 +168,29 @@ pub struct EchoArgs {
     /// Where to listen.
     #[arg(long, default_value = "127.0.0.1:18080")]
     pub listen: SocketAddr,
+    /// Answer this share of requests (0-100) with --fail-status.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_percent: f64,
+    /// Status of the failed answers.
+    #[arg(long, default_value_t = 503)]
+    pub fail_status: u16,
+    /// Accept requests but never answer them.
+    #[arg(long)]
+    pub hang: bool,
 }
 
 /// Serves until the process is stopped; prints `echo `NAME` listening on ADDR` once bound.
 pub async fn run(args: EchoArgs) -> std::io::Result<()> {
-    let name: &'static str = Box::leak(args.name.into_boxed_str());
+    let fail_status = http::StatusCode::from_u16(args.fail_status)
+        .map_err(|_| std::io::Error::other("--fail-status is not an HTTP status"))?;
+    let me: &'static Behaviour = Box::leak(Box::new(Behaviour {
+        name: args.name,
+        fail_percent: args.fail_percent,
+        fail_status,
+        hang: args.hang,
+        served: std::sync::atomic::AtomicU64::new(0),
+    }));
+    let name = me.name.as_str();
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     eprintln!("echo `{name}` listening on {}", listener.local_addr()?);
     loop {
@@ -147,7 +204,7 @@ pub async fn run(args: EchoArgs) -> std::io::Result<()> {
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| echo(name, req));
+            let svc = hyper::service::service_fn(move |req| echo(me, req));
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .await;

@@ -140,6 +140,9 @@ pub async fn run(
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
         inbound_rr: AtomicUsize::new(0),
+        mirror_slots: Arc::new(tokio::sync::Semaphore::new(
+            crate::shared::MIRRORS_IN_FLIGHT,
+        )),
     });
     let admin = Arc::new(Admin {
         shared: shared.clone(),

@@ -360,10 +360,14 @@ async fn forward_tcp<I: AsyncRead + AsyncWrite + Unpin>(
                 }
             },
         };
-    let mut failed: Option<Arc<Upstream>> = None;
+    let mut tried: Vec<Arc<Upstream>> = Vec::new();
     let mut flags = Flags::default();
     for attempt in 1..=3 {
-        let Some(up) = pick(endpoints, lb, rr, failed.as_ref()) else {
+        let avoid = crate::upstream::Avoid {
+            tried: &tried,
+            now: std::time::Instant::now(),
+        };
+        let Some(up) = pick(endpoints, lb, rr, None, avoid) else {
             flags.set(Flags::UH);
             break;
         };
@@ -397,11 +401,11 @@ async fn forward_tcp<I: AsyncRead + AsyncWrite + Unpin>(
                 if attempt > 1 {
                     flags.set(Flags::URX);
                 }
-                failed = Some(up.clone());
+                tried.push(up.clone());
             }
         }
     }
-    let upstream = failed.as_ref().map(|u| u.authority.clone());
+    let upstream = tried.last().map(|u| u.authority.clone());
     log_tcp(
         shared,
         snap,

@@ -33,4 +33,9 @@ pub struct Shared {
         std::sync::OnceLock<tokio::sync::watch::Receiver<halyard_xds::ads::ClientStatus>>,
     /// Round-robin cursor for single-target picks (inbound, passthrough).
     pub inbound_rr: AtomicUsize,
+    /// Mirrored requests in flight at most; more are skipped.
+    pub mirror_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Mirrored requests in flight at once, at most.
+pub const MIRRORS_IN_FLIGHT: usize = 1024;

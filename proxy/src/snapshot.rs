@@ -12,7 +12,10 @@ use halyard_filters::jwt::{Authenticator, JwksStore, JwtError};
 use halyard_filters::rbac::{Engine, RbacError};
 use halyard_xds::{self as xds, duration_or, LoadBalancer, MtlsMode, Protocol, ProxyConfig};
 
-use crate::routes::{compile_vhost, Route, RouteError, RouteTable, VirtualHost};
+use crate::routes::{compile_vhost, Route, RouteError, RouteTable, Source, VirtualHost};
+use crate::upstream::breaker::{Breaker, Limits};
+use crate::upstream::hash::Ring;
+use crate::upstream::outlier::OutlierConfig;
 use crate::upstream::{Upstream, UpstreamKey};
 
 /// Defaults for what the config leaves out.
@@ -41,23 +44,53 @@ pub struct ClusterPort {
     pub port: u16,
     /// Declared protocol.
     pub protocol: Protocol,
-    /// Endpoints at their target port.
+    /// Endpoints at their target port (repeated by weight).
     pub endpoints: Vec<Arc<Upstream>>,
+    /// Consistent-hash ring over `endpoints`, when the cluster hashes.
+    pub ring: Option<Ring>,
 }
 
-/// A service as the request path sees it.
+/// What a consistent-hash cluster hashes on.
+#[derive(Debug, Clone)]
+pub enum HashOn {
+    /// A request header's value.
+    Header(http::HeaderName),
+    /// A cookie's value; with a ttl the proxy sets the cookie when it is missing.
+    Cookie {
+        /// Cookie name.
+        name: Box<str>,
+        /// Cookie path attribute.
+        path: Box<str>,
+        /// Lifetime of a generated cookie.
+        ttl: Option<Duration>,
+    },
+    /// The client's IP address.
+    SourceIp,
+    /// A query parameter's value.
+    Query(Box<str>),
+}
+
+/// A service, or a subset of one, as the request path sees it.
 #[derive(Debug)]
 pub struct Cluster {
-    /// Service name.
+    /// Service name, with `|subset` for a subset.
     pub name: Arc<str>,
     /// Ports, in config order.
     pub ports: Vec<ClusterPort>,
     /// Endpoint selection.
     pub lb: LoadBalancer,
+    /// Consistent hashing, which replaces `lb` when a key is present.
+    pub hash: Option<HashOn>,
     /// Round-robin cursor.
     pub rr: AtomicUsize,
     /// Idle limit for opaque TCP.
     pub tcp_idle_timeout: Duration,
+    /// Circuit-breaker limits.
+    pub limits: Limits,
+    /// Circuit-breaker counters (carried over across reloads).
+    pub breaker: Arc<Breaker>,
+    /// Outlier detection, when enabled.
+    pub outlier: Option<OutlierConfig>,
 }
 
 impl Cluster {
@@ -133,6 +166,8 @@ pub struct Snapshot {
     pub authn: Authenticator,
     /// Every endpoint, for reuse by the next snapshot and for pool sweeping.
     upstreams: HashMap<UpstreamKey, Arc<Upstream>>,
+    /// Circuit-breaker counters by cluster name, for reuse by the next snapshot.
+    breakers: HashMap<Arc<str>, Arc<Breaker>>,
 }
 
 /// Why a validated config could still not be compiled.
@@ -155,6 +190,89 @@ pub enum BuildError {
         /// Why.
         reason: String,
     },
+}
+
+/// The resolved traffic policy of a service or subset.
+#[derive(Debug, Clone)]
+struct Policy {
+    lb: LoadBalancer,
+    hash: Option<HashOn>,
+    points_per_endpoint: u32,
+    limits: Limits,
+    outlier: Option<OutlierConfig>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    tcp_idle_timeout: Duration,
+}
+
+impl Policy {
+    fn new(
+        lb: LoadBalancer,
+        hash: Option<&xds::ConsistentHash>,
+        pool: Option<&xds::ConnectionPool>,
+        outlier: Option<&xds::OutlierDetection>,
+        timeouts: [Option<&pbjson_types::Duration>; 3],
+    ) -> Self {
+        Self {
+            lb,
+            hash: hash.and_then(hash_on),
+            points_per_endpoint: hash.map_or(0, |h| h.points_per_endpoint),
+            limits: Limits::from_xds(pool),
+            outlier: outlier.map(OutlierConfig::from_xds),
+            connect_timeout: duration_or(timeouts[0], defaults::CONNECT_TIMEOUT),
+            idle_timeout: duration_or(timeouts[1], defaults::IDLE_TIMEOUT),
+            tcp_idle_timeout: duration_or(timeouts[2], defaults::TCP_IDLE_TIMEOUT),
+        }
+    }
+
+    fn of_service(s: &xds::Service) -> Self {
+        Self::new(
+            s.load_balancer(),
+            s.consistent_hash.as_ref(),
+            s.connection_pool.as_ref(),
+            s.outlier_detection.as_ref(),
+            [
+                s.connect_timeout.as_ref(),
+                s.idle_timeout.as_ref(),
+                s.tcp_idle_timeout.as_ref(),
+            ],
+        )
+    }
+
+    fn of(p: &xds::TrafficPolicy) -> Self {
+        Self::new(
+            p.load_balancer(),
+            p.consistent_hash.as_ref(),
+            p.connection_pool.as_ref(),
+            p.outlier_detection.as_ref(),
+            [
+                p.connect_timeout.as_ref(),
+                p.idle_timeout.as_ref(),
+                p.tcp_idle_timeout.as_ref(),
+            ],
+        )
+    }
+}
+
+fn hash_on(h: &xds::ConsistentHash) -> Option<HashOn> {
+    use xds::consistent_hash::Key;
+    Some(match h.key.as_ref()? {
+        Key::Header(name) => {
+            HashOn::Header(http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok()?)
+        }
+        Key::Cookie(c) => HashOn::Cookie {
+            name: c.name.as_str().into(),
+            path: c.path.as_str().into(),
+            ttl: c
+                .ttl
+                .as_ref()
+                .map(xds::to_std_duration)
+                .filter(|d| !d.is_zero()),
+        },
+        Key::SourceIp(true) => HashOn::SourceIp,
+        Key::SourceIp(false) => return None,
+        Key::QueryParameter(q) => HashOn::Query(q.as_str().into()),
+    })
 }
 
 impl Snapshot {
@@ -180,75 +298,117 @@ impl Snapshot {
         };
 
         let mut clusters = Vec::with_capacity(config.services.len());
+        let mut breakers = HashMap::new();
         let mut by_addr = HashMap::new();
-        for (ci, svc) in config.services.iter().enumerate() {
-            let connect_timeout =
-                duration_or(svc.connect_timeout.as_ref(), defaults::CONNECT_TIMEOUT);
-            let idle_timeout = duration_or(svc.idle_timeout.as_ref(), defaults::IDLE_TIMEOUT);
-            let mut ports = Vec::with_capacity(svc.ports.len());
-            for (pi, p) in svc.ports.iter().enumerate() {
-                let port = p.port as u16;
-                let target = if p.target_port == 0 {
-                    port
+        // (service index, subset name) → cluster index; subset "" is the whole service.
+        let mut cluster_index: HashMap<(usize, &str), usize> = HashMap::new();
+        for (si, svc) in config.services.iter().enumerate() {
+            let base = Policy::of_service(svc);
+            let groups =
+                std::iter::once(("", None, base.clone())).chain(svc.subsets.iter().map(|sub| {
+                    let policy = sub
+                        .traffic_policy
+                        .as_ref()
+                        .map_or_else(|| base.clone(), Policy::of);
+                    (sub.name.as_str(), Some(&sub.labels), policy)
+                }));
+            for (subset, labels, policy) in groups {
+                let name: Arc<str> = if subset.is_empty() {
+                    svc.name.clone().into()
                 } else {
-                    p.target_port as u16
+                    format!("{}|{subset}", svc.name).into()
                 };
-                let mut endpoints = Vec::new();
-                for e in &svc.endpoints {
-                    let identity = match e.identity.as_str() {
-                        "" => None,
-                        id => Some(id.parse::<SpiffeId>().map_err(|err| BuildError::Identity {
-                            service: svc.name.clone(),
-                            reason: err.to_string(),
-                        })?),
+                let mut ports = Vec::with_capacity(svc.ports.len());
+                for (pi, p) in svc.ports.iter().enumerate() {
+                    let port = p.port as u16;
+                    let target = if p.target_port == 0 {
+                        port
+                    } else {
+                        p.target_port as u16
                     };
-                    let key = UpstreamKey {
-                        host: e.address.clone(),
-                        port: match (e.ports.get(&p.name), e.port) {
-                            (Some(&n), _) if n != 0 => n as u16,
-                            (_, 0) => target,
-                            (_, n) => n as u16,
-                        },
-                        connect_timeout,
-                        idle_timeout,
-                        sidecar: e
-                            .sidecar_address
-                            .parse()
-                            .ok()
-                            .filter(|_| identity.is_some()),
-                        identity,
-                    };
-                    let u = upstream(key);
-                    // Weights repeat an endpoint in the pick list (bounded to keep it small).
-                    for _ in 0..e.weight.clamp(1, 16) {
-                        endpoints.push(u.clone());
+                    let mut endpoints = Vec::new();
+                    let mut ids = Vec::new();
+                    for e in &svc.endpoints {
+                        if let Some(want) = labels {
+                            if !want.iter().all(|(k, v)| e.labels.get(k) == Some(v)) {
+                                continue;
+                            }
+                        }
+                        let identity = match e.identity.as_str() {
+                            "" => None,
+                            id => Some(id.parse::<SpiffeId>().map_err(|err| {
+                                BuildError::Identity {
+                                    service: svc.name.clone(),
+                                    reason: err.to_string(),
+                                }
+                            })?),
+                        };
+                        let key = UpstreamKey {
+                            host: e.address.clone(),
+                            port: match (e.ports.get(&p.name), e.port) {
+                                (Some(&n), _) if n != 0 => n as u16,
+                                (_, 0) => target,
+                                (_, n) => n as u16,
+                            },
+                            connect_timeout: policy.connect_timeout,
+                            idle_timeout: policy.idle_timeout,
+                            sidecar: e
+                                .sidecar_address
+                                .parse()
+                                .ok()
+                                .filter(|_| identity.is_some()),
+                            identity,
+                        };
+                        let u = upstream(key);
+                        // Weights repeat an endpoint in the pick list (bounded to keep it small).
+                        for k in 0..e.weight.clamp(1, 16) {
+                            if policy.hash.is_some() {
+                                ids.push(format!("{}#{k}", u.authority));
+                            }
+                            endpoints.push(u.clone());
+                        }
                     }
-                }
-                for a in &svc.addresses {
-                    if let Ok(ip) = a.parse::<IpAddr>() {
-                        by_addr.entry(SocketAddr::new(ip, port)).or_insert((ci, pi));
+                    if subset.is_empty() {
+                        for a in &svc.addresses {
+                            if let Ok(ip) = a.parse::<IpAddr>() {
+                                by_addr
+                                    .entry(SocketAddr::new(ip, port))
+                                    .or_insert((clusters.len(), pi));
+                            }
+                        }
                     }
+                    let ring = policy.hash.as_ref().map(|_| {
+                        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                        Ring::new(&ids, &vec![1; ids.len()], policy.points_per_endpoint)
+                    });
+                    ports.push(ClusterPort {
+                        port,
+                        protocol: p.protocol(),
+                        endpoints,
+                        ring,
+                    });
                 }
-                ports.push(ClusterPort {
-                    port,
-                    protocol: p.protocol(),
-                    endpoints,
-                });
+                let breaker = previous
+                    .and_then(|p| p.breakers.get(&name).cloned())
+                    .unwrap_or_default();
+                breakers.insert(name.clone(), breaker.clone());
+                cluster_index.insert((si, subset), clusters.len());
+                clusters.push(Arc::new(Cluster {
+                    name,
+                    ports,
+                    lb: policy.lb,
+                    hash: policy.hash,
+                    rr: AtomicUsize::new(0),
+                    tcp_idle_timeout: policy.tcp_idle_timeout,
+                    limits: policy.limits,
+                    breaker,
+                    outlier: policy.outlier,
+                }));
             }
-            clusters.push(Arc::new(Cluster {
-                name: svc.name.clone().into(),
-                ports,
-                lb: svc.load_balancer(),
-                rr: AtomicUsize::new(0),
-                tcp_idle_timeout: duration_or(
-                    svc.tcp_idle_timeout.as_ref(),
-                    defaults::TCP_IDLE_TIMEOUT,
-                ),
-            }));
         }
 
-        let cluster_of = |key: &str| {
-            config
+        let cluster_of = |key: &str, subset: &str| {
+            let si = config
                 .services
                 .iter()
                 .position(|s| s.name == key)
@@ -257,14 +417,26 @@ impl Snapshot {
                         .services
                         .iter()
                         .position(|s| s.hosts.iter().any(|h| h == key))
-                })
+                })?;
+            cluster_index.get(&(si, subset)).copied()
+        };
+        let no_labels = HashMap::new();
+        let source = Source {
+            labels: config.workload.as_ref().map_or(&no_labels, |w| &w.labels),
+            namespace: config
+                .workload
+                .as_ref()
+                .map_or("", |w| w.namespace.as_str()),
         };
         let mut routes = RouteTable::default();
         for vh in &config.virtual_hosts {
-            routes.add(&vh.hosts, compile_vhost(vh, cluster_of)?);
+            routes.add(&vh.hosts, compile_vhost(vh, source, cluster_of)?);
         }
-        for (ci, svc) in config.services.iter().enumerate() {
+        for (si, svc) in config.services.iter().enumerate() {
             let name: Arc<str> = svc.name.clone().into();
+            let Some(&ci) = cluster_index.get(&(si, "")) else {
+                continue;
+            };
             let vhost = VirtualHost {
                 name: name.clone(),
                 routes: vec![Route::catch_all(name, ci)],
@@ -336,6 +508,7 @@ impl Snapshot {
             rbac,
             authn,
             upstreams,
+            breakers,
             config,
         })
     }
@@ -351,7 +524,12 @@ impl Snapshot {
     pub fn cluster_for_host(&self, host: &str) -> Option<&Arc<Cluster>> {
         let vh = self.routes.vhost(host)?;
         let r = vh.routes.first()?;
-        self.clusters.get(r.cluster)
+        match &r.action.action {
+            crate::routes::Action::Forward(split) => {
+                self.clusters.get(split.destinations.first()?.cluster)
+            }
+            crate::routes::Action::Redirect(_) => None,
+        }
     }
 
     /// The local workload port for an original destination port (first port if none).

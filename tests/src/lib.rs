@@ -231,8 +231,14 @@ impl Echo {
 
     /// Starts an echo app on `listen`.
     pub fn start_on(name: &str, listen: &str) -> Echo {
+        Self::start_with(name, listen, &[])
+    }
+
+    /// Starts an echo app on `listen` with extra flags (`--fail-percent 50`, `--hang`...).
+    pub fn start_with(name: &str, listen: &str, extra: &[&str]) -> Echo {
         let mut cmd = Command::new(control_bin());
         cmd.args(["echo", "--name", name, "--listen", listen]);
+        cmd.args(extra);
         let (proc, rest) = spawn_until(&format!("echo {name}"), cmd, "listening on ");
         let addr = rest.parse().expect("echo address");
         Echo { proc, addr }

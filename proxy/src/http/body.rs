@@ -10,6 +10,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::http::replay::{BoxError, ReplayBody};
+
 pin_project! {
     /// A body the proxy forwards or generates.
     #[project = ProxyBodyProj]
@@ -20,6 +22,8 @@ pin_project! {
         Full { data: Option<Bytes> },
         /// A body streamed from a peer, with an optional byte counter.
         Streamed { #[pin] body: Incoming, counter: Option<Arc<AtomicU64>> },
+        /// A request body kept for retries and mirrors (it counts its own bytes).
+        Replay { #[pin] body: ReplayBody<Incoming> },
     }
 }
 
@@ -42,12 +46,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             ProxyBodyProj::Empty => Poll::Ready(None),
             ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
@@ -58,8 +62,11 @@ impl Body for ProxyBody {
                         c.fetch_add(d.len() as u64, Ordering::Relaxed);
                     }
                 }
-                Poll::Ready(frame)
+                Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
             }
+            ProxyBodyProj::Replay { body } => body
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(BoxError::from))),
         }
     }
 
@@ -68,6 +75,7 @@ impl Body for ProxyBody {
             Self::Empty => true,
             Self::Full { data } => data.is_none(),
             Self::Streamed { body, .. } => body.is_end_stream(),
+            Self::Replay { body } => body.is_end_stream(),
         }
     }
 
@@ -78,6 +86,7 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Self::Streamed { body, .. } => body.size_hint(),
+            Self::Replay { body } => body.size_hint(),
         }
     }
 }
@@ -137,12 +146,12 @@ impl<F: OnFinish> ResponseBody<F> {
 
 impl<F: OnFinish> Body for ResponseBody<F> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
         match &frame {

@@ -58,6 +58,12 @@ impl Local {
         Flags::DPE,
         "bad request: invalid path",
     );
+    /// A circuit breaker refused the request (connection-pool limits).
+    pub const OVERFLOW: Local = Local::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Flags::UO,
+        "upstream connect error or disconnect/reset before headers. reset reason: overflow (UO)",
+    );
     /// Method not supported in this form.
     pub const NOT_ALLOWED: Local = Local::new(
         StatusCode::METHOD_NOT_ALLOWED,

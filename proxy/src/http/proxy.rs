@@ -10,29 +10,33 @@ use halyard_xds::{LoadBalancer, Protocol};
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use hyper::upgrade::OnUpgrade;
 
+use crate::http::attempts::{self, note_connect_failure, Call, Template};
 use crate::http::body::{OnFinish, ProxyBody, ResponseBody};
 use crate::http::headers;
 use crate::http::local::Local;
+use crate::http::mirror;
+use crate::http::ops;
 use crate::http::policy::{self, Refusal};
+use crate::http::replay::{ReplayBody, REPLAY_LIMIT};
 use crate::io::UpstreamIo;
 use crate::mtls::{Alpn, PeerCert};
-use crate::routes::normalize_host;
+use crate::routes::{normalize_host, Action, Fault, RequestView, RetryPolicy};
 use crate::shared::Shared;
-use crate::snapshot::{defaults, Snapshot};
+use crate::snapshot::{defaults, Cluster, Snapshot};
 use crate::telemetry::access_log::Exchange;
 use crate::telemetry::flags::Flags;
 use crate::telemetry::ListenerKind;
-use crate::upstream::{pick, Conn, ConnectError, HttpVersion, PooledH1, Upstream, UpstreamKey};
+use crate::upstream::hash::Ring;
+use crate::upstream::{pick, Avoid, HttpVersion, Upstream, UpstreamKey};
 
-/// Attempts per request when connecting fails (Istio's default: 2 retries).
+/// Attempts to open a CONNECT tunnel (Istio's default: 2 retries).
 const CONNECT_ATTEMPTS: u32 = 3;
-/// Sends retried after finding a pooled connection closed.
-const STALE_RETRIES: u32 = 3;
 
 /// What is known about the downstream connection a request arrived on.
 #[derive(Debug)]
@@ -101,13 +105,12 @@ impl ConnInfo {
 
 /// Where a request goes.
 struct Target<'a> {
+    cluster: Option<&'a Arc<Cluster>>,
     endpoints: &'a [Arc<Upstream>],
     lb: LoadBalancer,
     rr: &'a AtomicUsize,
+    ring: Option<&'a Ring>,
     protocol: Protocol,
-    timeout: Option<Duration>,
-    cluster: Option<Arc<str>>,
-    route: Option<Arc<str>>,
     idle: Duration,
 }
 
@@ -243,51 +246,81 @@ async fn forward(
         return connect_tunnel(shared, snap, conn, req, ex, tunnel).await;
     }
     let passthrough;
+    let mut matched = None;
+    let mut dest = None;
     let target = match conn.listener {
         ListenerKind::Inbound => {
             let t = snap.inbound_target(conn.dst_port).ok_or(Local::NO_ROUTE)?;
             Target {
+                cluster: None,
                 endpoints: std::slice::from_ref(&t.app),
                 lb: LoadBalancer::RoundRobin,
                 rr: &shared.inbound_rr,
+                ring: None,
                 protocol: t.protocol,
-                timeout: None,
-                cluster: None,
-                route: None,
                 idle: defaults::TCP_IDLE_TIMEOUT,
             }
         }
         ListenerKind::Outbound => {
             let authority = authority_of(&req).ok_or(Local::BAD_REQUEST)?;
             let (host, port) = normalize_host(authority);
-            let route = snap
-                .routes
-                .find(host, req.method(), req.uri().path(), req.headers());
-            match route {
-                Some(route) => {
-                    let cluster = snap.clusters.get(route.cluster).ok_or(Local::NO_ROUTE)?;
-                    let wanted = route.port.or(port).or(conn.orig_dst.map(|d| d.port()));
-                    let cp = cluster.port(wanted).ok_or(Local::NO_HEALTHY)?;
+            let port = port.or(conn.orig_dst.map(|d| d.port()));
+            let lower;
+            let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+                lower = host.to_ascii_lowercase();
+                lower.as_str()
+            } else {
+                host
+            };
+            let view = RequestView {
+                method: req.method(),
+                path: req.uri().path(),
+                query: req.uri().query(),
+                host,
+                authority,
+                scheme: "http",
+                port,
+                headers: req.headers(),
+            };
+            matched = snap.routes.find(&view);
+            if let Some(m) = matched {
+                let action = &m.route.action;
+                ex.route = Some(m.route.name.clone());
+                if let Some(fault) = &action.fault {
+                    if let Some(resp) = ops::inject_fault(shared, fault, ex).await {
+                        return Ok(resp);
+                    }
+                }
+                match &action.action {
+                    Action::Redirect(r) => {
+                        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                        return Ok(ops::redirect(r, host, port, pq));
+                    }
+                    Action::Forward(split) => dest = split.pick(),
+                }
+            }
+            match dest {
+                Some(d) => {
+                    let cluster = snap.clusters.get(d.cluster).ok_or(Local::NO_ROUTE)?;
+                    let cp = cluster.port(d.port.or(port)).ok_or(Local::NO_HEALTHY)?;
                     Target {
+                        cluster: Some(cluster),
                         endpoints: &cp.endpoints,
                         lb: cluster.lb,
                         rr: &cluster.rr,
+                        ring: cp.ring.as_ref(),
                         protocol: cp.protocol,
-                        timeout: route.timeout,
-                        cluster: Some(cluster.name.clone()),
-                        route: Some(route.name.clone()),
                         idle: cluster.tcp_idle_timeout,
                     }
                 }
                 None => match conn.orig_dst.and_then(|d| snap.by_addr(d)) {
                     Some((cluster, cp)) => Target {
+                        cluster: Some(cluster),
                         endpoints: &cp.endpoints,
                         lb: cluster.lb,
                         rr: &cluster.rr,
+                        ring: cp.ring.as_ref(),
                         protocol: cp.protocol,
-                        timeout: None,
-                        cluster: Some(cluster.name.clone()),
-                        route: None,
                         idle: cluster.tcp_idle_timeout,
                     },
                     None => {
@@ -301,14 +334,14 @@ async fn forward(
                             defaults::CONNECT_TIMEOUT,
                             defaults::IDLE_TIMEOUT,
                         )))];
+                        ex.cluster = Some("PassthroughCluster".into());
                         Target {
+                            cluster: None,
                             endpoints: &passthrough,
                             lb: LoadBalancer::RoundRobin,
                             rr: &shared.inbound_rr,
+                            ring: None,
                             protocol: Protocol::Auto,
-                            timeout: None,
-                            cluster: Some("PassthroughCluster".into()),
-                            route: None,
                             idle: defaults::TCP_IDLE_TIMEOUT,
                         }
                     }
@@ -316,8 +349,18 @@ async fn forward(
             }
         }
     };
-    ex.cluster = target.cluster.clone();
-    ex.route = target.route.clone();
+    if let Some(c) = target.cluster {
+        ex.cluster = Some(c.name.clone());
+    }
+    let action = matched.map(|m| &m.route.action);
+    let default_retry;
+    let retry = match action {
+        Some(a) => &a.retry,
+        None => {
+            default_retry = RetryPolicy::default();
+            &default_retry
+        }
+    };
 
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     // Declared HTTP/2 and gRPC ports get HTTP/2; declared HTTP gets HTTP/1.1; undeclared
@@ -330,6 +373,13 @@ async fn forward(
         _ => HttpVersion::Http1,
     };
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let mut set_cookie = None;
+    let hash = match (target.ring, target.cluster.and_then(|c| c.hash.as_ref())) {
+        (Some(ring), Some(on)) => {
+            ops::hash_key(on, &req, conn.peer.ip(), &mut set_cookie).map(|k| (ring, k))
+        }
+        _ => None,
+    };
 
     let (mut parts, body) = req.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
@@ -337,13 +387,70 @@ async fn forward(
     parts.headers.remove(header::EXPECT);
     ex.request_id = Some(headers::ensure_request_id(&mut parts.headers));
     headers::add_forwarded(&mut parts.headers, conn.peer.ip());
+    if let Some(a) = action {
+        if let Some(d) = dest {
+            d.request_headers.apply(&mut parts.headers);
+        }
+        a.request_headers.apply(&mut parts.headers);
+        if let Some(rw) = &a.rewrite {
+            ops::rewrite(rw, matched.and_then(|m| m.by), &mut parts)?;
+        }
+    }
     let counter = Arc::new(AtomicU64::new(0));
     ex.request_bytes = Some(counter.clone());
-    let mut upstream_req = Request::from_parts(parts, ProxyBody::streamed(body, Some(counter)));
+    let mirrors = action.map_or(&[][..], |a| &a.mirrors[..]);
+    let keep = !upgrade && (retry.attempts > 0 || !mirrors.is_empty());
+    let (body, replay) = if keep && !body.is_end_stream() {
+        // The kept reader is never sent itself: retries and mirrors replay from it.
+        let kept = ReplayBody::new(body, REPLAY_LIMIT, Some(counter));
+        let first = kept.replay();
+        (
+            first.map_or(ProxyBody::Empty, |b| ProxyBody::Replay { body: b }),
+            Some(kept),
+        )
+    } else {
+        (ProxyBody::streamed(body, Some(counter)), None)
+    };
+    let mut upstream_req = Request::from_parts(parts, body);
     set_uri_for(&mut upstream_req, version)?;
+    for m in mirrors {
+        if Fault::roll(m.share) {
+            if let Some(c) = snap.clusters.get(m.destination.cluster) {
+                match ops::copy_request(&upstream_req, replay.as_ref()) {
+                    Some(copy) => mirror::spawn(shared, c.clone(), m.destination.port, copy),
+                    None => shared
+                        .metrics
+                        .traffic
+                        .mirrors
+                        .with_label_values(&["skipped"])
+                        .inc(),
+                }
+            }
+        }
+    }
+    let template = (keep && retry.attempts > 0).then(|| Template::of(&upstream_req, replay));
 
-    let send = send_with_retries(shared, &target, version, upgrade, upstream_req, ex);
-    let (mut resp, pooled) = match target.timeout {
+    if let Some(c) = target.cluster {
+        let wait = action
+            .and_then(|a| a.timeout)
+            .unwrap_or(defaults::CONNECT_TIMEOUT);
+        ex.admitted = Some(attempts::admit(shared, c, version == HttpVersion::Http1, wait).await?);
+    }
+    let call = Call {
+        cluster: target.cluster.map(|c| &**c),
+        endpoints: target.endpoints,
+        lb: target.lb,
+        rr: target.rr,
+        hash,
+        version,
+        upgrade,
+        retry,
+        max_requests_per_connection: target
+            .cluster
+            .map_or(0, |c| c.limits.max_requests_per_connection),
+    };
+    let send = attempts::send(shared, &call, upstream_req, template.as_ref(), ex);
+    let (mut resp, pooled) = match action.and_then(|a| a.timeout) {
         Some(t) => tokio::time::timeout(t, send)
             .await
             .map_err(|_| Local::TIMEOUT)??,
@@ -363,12 +470,21 @@ async fn forward(
         }
         _ => headers::remove_hop_by_hop(resp.headers_mut(), false),
     }
+    if let Some(a) = action {
+        if let Some(d) = dest {
+            d.response_headers.apply(resp.headers_mut());
+        }
+        a.response_headers.apply(resp.headers_mut());
+    }
+    if let Some(c) = set_cookie {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(parts, ProxyBody::streamed(body, None)))
 }
 
 /// Puts the URI and Host in the form the upstream protocol wants.
-fn set_uri_for<B>(req: &mut Request<B>, version: HttpVersion) -> Result<(), Local> {
+pub fn set_uri_for<B>(req: &mut Request<B>, version: HttpVersion) -> Result<(), Local> {
     let authority = match req.uri().authority() {
         Some(a) => a.clone(),
         None => req
@@ -404,110 +520,6 @@ fn set_uri_for<B>(req: &mut Request<B>, version: HttpVersion) -> Result<(), Loca
         }
     }
     Ok(())
-}
-
-/// The version spoken to one endpoint: sidecars are always reached over HTTP/2 (except for
-/// protocol upgrades, which HTTP/2 cannot carry), so requests share one mTLS connection.
-fn version_for(up: &Upstream, wanted: HttpVersion, upgrade: bool) -> HttpVersion {
-    if up.mtls() && !upgrade {
-        HttpVersion::Http2
-    } else {
-        wanted
-    }
-}
-
-/// Prepares `req` for an endpoint: its HTTP version, and the marker telling the peer sidecar
-/// that an HTTP/1.1 request travels as HTTP/2.
-fn adapt_request<B>(
-    req: &mut Request<B>,
-    wanted: HttpVersion,
-    actual: HttpVersion,
-) -> Result<(), Local> {
-    // Already in the right form (the usual case) when the version matches.
-    if (req.version() == Version::HTTP_2) != (actual == HttpVersion::Http2) {
-        set_uri_for(req, actual)?;
-    }
-    if wanted == HttpVersion::Http1 && actual == HttpVersion::Http2 {
-        req.headers_mut().insert(
-            headers::ORIG_PROTO.clone(),
-            HeaderValue::from_static("HTTP/1.1"),
-        );
-    } else {
-        req.headers_mut().remove(&headers::ORIG_PROTO);
-    }
-    Ok(())
-}
-
-type Sent = (Response<Incoming>, Option<PooledH1>);
-
-/// Picks endpoints and sends; connect failures move on to another endpoint (the request has not
-/// been sent, so this is always safe), as does finding a pooled connection already closed.
-async fn send_with_retries(
-    shared: &Shared,
-    target: &Target<'_>,
-    version: HttpVersion,
-    upgrade: bool,
-    req: Request<ProxyBody>,
-    ex: &mut Exchange,
-) -> Result<Sent, Local> {
-    let mut req = Some(req);
-    let mut failed: Option<Arc<Upstream>> = None;
-    let (mut attempts, mut stale) = (0, 0);
-    loop {
-        let up = pick(target.endpoints, target.lb, target.rr, failed.as_ref())
-            .ok_or(Local::NO_HEALTHY)?;
-        let guard = up.begin();
-        ex.upstream = Some(up.authority.clone());
-        let actual = version_for(up, version, upgrade);
-        let conn = match up.checkout(actual, shared.mtls.as_deref()).await {
-            Ok(c) => c,
-            Err(e) => {
-                attempts += 1;
-                note_connect_failure(shared, ex, &e);
-                tracing::debug!(upstream = %up.authority, error = %e, attempt = attempts, "upstream connect failed");
-                if attempts >= CONNECT_ATTEMPTS {
-                    return Err(Local::connect_failed(attempts > 1));
-                }
-                failed = Some(up.clone());
-                // Jittered backoff (Envoy's default base is 25 ms).
-                tokio::time::sleep(Duration::from_millis(25 + fastrand::u64(..25))).await;
-                continue;
-            }
-        };
-        let Some(mut r) = req.take() else {
-            return Err(Local::UPSTREAM_RESET);
-        };
-        adapt_request(&mut r, version, actual)?;
-        let outcome = match conn {
-            Conn::H1(mut pooled) => match pooled.sender.try_send_request(r).await {
-                Ok(resp) => Ok((resp, Some(pooled))),
-                Err(mut e) => Err((e.take_message(), e.into_error())),
-            },
-            Conn::H2(mut sender) => match sender.try_send_request(r).await {
-                Ok(resp) => Ok((resp, None)),
-                Err(mut e) => Err((e.take_message(), e.into_error())),
-            },
-        };
-        match outcome {
-            Ok(sent) => {
-                ex.in_flight = Some(guard);
-                return Ok(sent);
-            }
-            Err((Some(unsent), e)) if stale < STALE_RETRIES => {
-                stale += 1;
-                tracing::debug!(upstream = %up.authority, error = %e, "pooled connection was closed; retrying");
-                req = Some(unsent);
-            }
-            Err((_, e)) => {
-                tracing::debug!(upstream = %up.authority, error = %e, "upstream request failed");
-                return Err(if e.is_timeout() {
-                    Local::TIMEOUT
-                } else {
-                    Local::UPSTREAM_RESET
-                });
-            }
-        }
-    }
 }
 
 /// `CONNECT host:port`: open a TCP tunnel to the named service (or, with ALLOW_ANY, the
@@ -554,10 +566,14 @@ async fn connect_tunnel(
             )
         }
     };
-    let mut failed = None;
+    let mut tried: Vec<Arc<Upstream>> = Vec::new();
     let mut attempts = 0;
     let (io, guard) = loop {
-        let up = pick(endpoints, lb, rr, failed.as_ref()).ok_or(Local::NO_HEALTHY)?;
+        let avoid = Avoid {
+            tried: &tried,
+            now: Instant::now(),
+        };
+        let up = pick(endpoints, lb, rr, None, avoid).ok_or(Local::NO_HEALTHY)?;
         ex.upstream = Some(up.authority.clone());
         let guard = up.begin();
         match up.connect(shared.mtls.as_deref(), Alpn::Opaque).await {
@@ -569,7 +585,7 @@ async fn connect_tunnel(
                 if attempts >= CONNECT_ATTEMPTS {
                     return Err(Local::connect_failed(attempts > 1));
                 }
-                failed = Some(up.clone());
+                tried.push(up.clone());
             }
         }
     };
@@ -580,12 +596,4 @@ async fn connect_tunnel(
         idle,
     });
     Ok(Response::new(ProxyBody::Empty))
-}
-
-/// Counts a failed connect and keeps a TLS failure's reason for the access log.
-fn note_connect_failure(shared: &Shared, ex: &mut Exchange, e: &ConnectError) {
-    crate::listener::count_connect_failure(shared, e);
-    if let ConnectError::Tls(t) = e {
-        ex.transport_failure = Some(t.reason());
-    }
 }

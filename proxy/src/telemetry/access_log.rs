@@ -152,6 +152,10 @@ pub struct Exchange {
     pub denied_by: Option<Box<str>>,
     /// The verified JWT principal (`iss/sub`), when the request carried a token.
     pub request_principal: Option<Box<str>>,
+    /// Upstream tries (1 + retries); 0 when nothing was sent upstream.
+    pub attempts: u32,
+    /// The circuit-breaker slot, held until the response ends.
+    pub admitted: Option<crate::upstream::breaker::Active>,
 }
 
 impl Exchange {
@@ -191,6 +195,8 @@ impl Exchange {
             transport_failure: None,
             denied_by: None,
             request_principal: None,
+            attempts: 0,
+            admitted: None,
         }
     }
 
@@ -228,6 +234,10 @@ impl Exchange {
         m.insert("upstream_host".into(), json!(self.upstream.as_deref()));
         m.insert("upstream_cluster".into(), json!(self.cluster.as_deref()));
         m.insert("route_name".into(), json!(self.route.as_deref()));
+        m.insert(
+            "upstream_request_attempt_count".into(),
+            self.attempts.into(),
+        );
         m.insert("x_request_id".into(), header_str(&self.request_id));
         m.insert("authority".into(), header_str(&self.authority));
         m.insert("user_agent".into(), header_str(&self.user_agent));
@@ -265,6 +275,7 @@ impl OnFinish for Exchange {
             self.flags.set(Flags::DC);
         }
         self.in_flight = None;
+        self.admitted = None;
         self.conn.request_ended();
         self.shared
             .metrics

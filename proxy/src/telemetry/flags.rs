@@ -28,6 +28,8 @@ flags! {
     IDLE = 9, "IT", "Idle timeout.";
     UO = 10, "UO", "Upstream overflow (circuit breaker or connection limit).";
     RBAC = 11, "RBAC", "Denied by an authorization policy.";
+    FI = 12, "FI", "Aborted by fault injection.";
+    DI = 13, "DI", "Delayed by fault injection.";
 }
 
 impl Flags {

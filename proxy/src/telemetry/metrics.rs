@@ -65,6 +65,63 @@ pub struct Metrics {
     pub rbac_decisions: IntCounterVec,
     /// `halyard_jwt_authn_total{result}`: requests by JWT authentication outcome.
     pub jwt_authn: IntCounterVec,
+    /// Traffic-management events per cluster.
+    pub traffic: TrafficMetrics,
+}
+
+/// Counters of retries, circuit breakers, outlier detection, faults and mirrors.
+pub struct TrafficMetrics {
+    /// `halyard_upstream_rq_retry_total{cluster}`: retries sent.
+    pub retries: IntCounterVec,
+    /// `halyard_upstream_rq_retry_overflow_total{cluster}`: retries refused by the budget.
+    pub retry_overflow: IntCounterVec,
+    /// `halyard_upstream_rq_pending_overflow_total{cluster}`: requests refused by a circuit
+    /// breaker (503, flag UO).
+    pub overflow: IntCounterVec,
+    /// `halyard_outlier_ejections_total{cluster}`: endpoints ejected.
+    pub ejections: IntCounterVec,
+    /// `halyard_fault_injected_total{kind}`: injected delays and aborts.
+    pub faults: IntCounterVec,
+    /// `halyard_mirror_requests_total{result}`: mirrored requests (sent, failed, skipped).
+    pub mirrors: IntCounterVec,
+}
+
+impl TrafficMetrics {
+    fn new(registry: &Registry) -> Result<Self, MetricsError> {
+        let vec = |name: &str, help: &str, label: &str| -> Result<IntCounterVec, MetricsError> {
+            let v = IntCounterVec::new(Opts::new(name, help), &[label])?;
+            registry.register(Box::new(v.clone()))?;
+            Ok(v)
+        };
+        Ok(Self {
+            retries: vec("halyard_upstream_rq_retry_total", "Retries sent, by cluster.", "cluster")?,
+            retry_overflow: vec(
+                "halyard_upstream_rq_retry_overflow_total",
+                "Retries not sent because the retry budget or maxRetries was exhausted, by cluster.",
+                "cluster",
+            )?,
+            overflow: vec(
+                "halyard_upstream_rq_pending_overflow_total",
+                "Requests refused by a connection-pool circuit breaker (503 UO), by cluster.",
+                "cluster",
+            )?,
+            ejections: vec(
+                "halyard_outlier_ejections_total",
+                "Endpoints ejected by outlier detection, by cluster.",
+                "cluster",
+            )?,
+            faults: vec(
+                "halyard_fault_injected_total",
+                "Injected faults by kind (delay, abort).",
+                "kind",
+            )?,
+            mirrors: vec(
+                "halyard_mirror_requests_total",
+                "Mirrored requests by result (sent, failed, skipped).",
+                "result",
+            )?,
+        })
+    }
 }
 
 /// Registration failed (a programming error: duplicate names).
@@ -179,7 +236,9 @@ impl Metrics {
             listener: kind.as_str(),
             by_code: (0..600).map(|_| OnceLock::new()).collect(),
         };
+        let traffic = TrafficMetrics::new(&registry)?;
         Ok(Self {
+            traffic,
             outbound: listener(ListenerKind::Outbound),
             inbound: listener(ListenerKind::Inbound),
             registry,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use balance::pick;
+pub use balance::{pick, Avoid};
 pub use pool::{Conn, ConnectError, HttpVersion, PooledH1};
 
 use halyard_certs::SpiffeId;
@@ -68,6 +68,8 @@ pub struct Upstream {
     ip: Option<SocketAddr>,
     /// Requests and connections currently using this endpoint.
     in_flight: AtomicUsize,
+    /// Outlier-detection state (shared by every cluster that uses the endpoint).
+    pub health: outlier::Health,
     pool: Pool,
 }
 
@@ -97,6 +99,7 @@ impl Upstream {
             authority,
             ip,
             in_flight: AtomicUsize::new(0),
+            health: outlier::Health::default(),
         }
     }
 
@@ -159,12 +162,14 @@ impl Upstream {
     }
 
     /// Gets a ready HTTP connection of the given version: pooled, or new.
+    /// `max_uses` caps the requests one connection carries (0 = unlimited).
     pub async fn checkout(
         self: &Arc<Self>,
         version: HttpVersion,
         tls: Option<&MeshTls>,
+        max_uses: usize,
     ) -> Result<Conn, ConnectError> {
-        self.pool.checkout(self, version, tls).await
+        self.pool.checkout(self, version, tls, max_uses).await
     }
 
     /// Drops idle connections older than the idle timeout.

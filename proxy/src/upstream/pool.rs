@@ -60,12 +60,16 @@ pub struct PooledH1 {
     /// The request sender.
     pub sender: http1::SendRequest<ProxyBody>,
     upstream: Arc<Upstream>,
+    /// Requests sent on the connection, this one included.
+    uses: usize,
+    /// Requests allowed per connection (0 = unlimited).
+    max_uses: usize,
 }
 
 impl PooledH1 {
     /// Returns the connection to its endpoint's idle list.
     pub fn release(self) {
-        if self.sender.is_closed() {
+        if self.sender.is_closed() || (self.max_uses != 0 && self.uses >= self.max_uses) {
             return;
         }
         let mut idle = self
@@ -78,6 +82,7 @@ impl PooledH1 {
             idle.push(IdleH1 {
                 sender: self.sender,
                 since: Instant::now(),
+                uses: self.uses,
             });
         }
     }
@@ -86,12 +91,19 @@ impl PooledH1 {
 struct IdleH1 {
     sender: http1::SendRequest<ProxyBody>,
     since: Instant,
+    uses: usize,
+}
+
+/// The shared HTTP/2 connection and the number of requests it has carried.
+struct SharedH2 {
+    sender: http2::SendRequest<ProxyBody>,
+    uses: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The pool of one endpoint.
 pub(super) struct Pool {
     h1: Mutex<Vec<IdleH1>>,
-    h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
+    h2: Mutex<Option<SharedH2>>,
     /// Serialises HTTP/2 connects so concurrent requests share one new connection.
     h2_connecting: tokio::sync::Mutex<()>,
     idle_timeout: Duration,
@@ -125,9 +137,20 @@ impl Pool {
         self.h1.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn current_h2(&self) -> Option<http2::SendRequest<ProxyBody>> {
-        let slot = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
-        slot.as_ref().filter(|s| !s.is_closed()).cloned()
+    /// The shared connection, counting one more request on it; a connection that reaches
+    /// `max_uses` is taken out of the pool (it finishes its streams, then closes).
+    fn current_h2(&self, max_uses: usize) -> Option<http2::SendRequest<ProxyBody>> {
+        let mut slot = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        let shared = slot.as_ref().filter(|s| !s.sender.is_closed())?;
+        let sender = shared.sender.clone();
+        let uses = shared
+            .uses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        if max_uses != 0 && uses >= max_uses {
+            *slot = None;
+        }
+        Some(sender)
     }
 
     pub(super) async fn checkout(
@@ -135,42 +158,47 @@ impl Pool {
         up: &Arc<Upstream>,
         version: HttpVersion,
         tls: Option<&MeshTls>,
+        max_uses: usize,
     ) -> Result<Conn, ConnectError> {
         match version {
             HttpVersion::Http1 => {
-                if let Some(sender) = self.pop_idle_h1() {
-                    return Ok(Conn::H1(PooledH1 {
-                        sender,
-                        upstream: up.clone(),
-                    }));
-                }
-                let sender = self.connect_h1(up, tls).await?;
+                let (sender, uses) = match self.pop_idle_h1() {
+                    Some(idle) => idle,
+                    None => (self.connect_h1(up, tls).await?, 0),
+                };
                 Ok(Conn::H1(PooledH1 {
                     sender,
                     upstream: up.clone(),
+                    uses: uses + 1,
+                    max_uses,
                 }))
             }
             HttpVersion::Http2 => {
-                if let Some(s) = self.current_h2() {
+                if let Some(s) = self.current_h2(max_uses) {
                     return Ok(Conn::H2(s));
                 }
                 let _one_at_a_time = self.h2_connecting.lock().await;
-                if let Some(s) = self.current_h2() {
+                if let Some(s) = self.current_h2(max_uses) {
                     return Ok(Conn::H2(s));
                 }
                 let sender = self.connect_h2(up, tls).await?;
-                *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender.clone());
+                if max_uses != 1 {
+                    *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(SharedH2 {
+                        sender: sender.clone(),
+                        uses: Arc::new(std::sync::atomic::AtomicUsize::new(1)),
+                    });
+                }
                 Ok(Conn::H2(sender))
             }
         }
     }
 
     /// Newest first: recently used connections are the least likely to have been closed.
-    fn pop_idle_h1(&self) -> Option<http1::SendRequest<ProxyBody>> {
+    fn pop_idle_h1(&self) -> Option<(http1::SendRequest<ProxyBody>, usize)> {
         let mut idle = self.lock_h1();
         while let Some(entry) = idle.pop() {
             if entry.since.elapsed() < self.idle_timeout && entry.sender.is_ready() {
-                return Some(entry.sender);
+                return Some((entry.sender, entry.uses));
             }
         }
         None
@@ -223,7 +251,7 @@ impl Pool {
         self.lock_h1()
             .retain(|e| e.since.elapsed() < timeout && !e.sender.is_closed());
         let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
-        if h2.as_ref().is_some_and(|s| s.is_closed()) {
+        if h2.as_ref().is_some_and(|s| s.sender.is_closed()) {
             *h2 = None;
         }
     }

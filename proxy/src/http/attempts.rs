@@ -1,0 +1,391 @@
+//! Sending a request upstream: pick an endpoint, connect, send — and try again on another
+//! endpoint when the route's retry policy says so, within the retry budget, with jittered
+//! backoff; every outcome feeds outlier detection.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use halyard_xds::LoadBalancer;
+use http::header::HeaderValue;
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::http::body::ProxyBody;
+use crate::http::headers;
+use crate::http::local::Local;
+use crate::http::replay::ReplayBody;
+use crate::routes::RetryPolicy;
+use crate::shared::Shared;
+use crate::snapshot::Cluster;
+use crate::telemetry::access_log::Exchange;
+use crate::telemetry::flags::Flags;
+use crate::upstream::hash::Ring;
+use crate::upstream::outlier::{Health, Outcome};
+use crate::upstream::{pick, Avoid, Conn, ConnectError, HttpVersion, PooledH1, Upstream};
+
+/// Sends retried after finding a pooled connection closed (not counted as tries).
+const STALE_RETRIES: u32 = 3;
+
+/// Where and how a request is sent.
+pub struct Call<'a> {
+    /// The cluster, for breakers, outlier detection and metrics (none: passthrough, inbound).
+    pub cluster: Option<&'a Cluster>,
+    /// Candidate endpoints.
+    pub endpoints: &'a [Arc<Upstream>],
+    /// Balancing.
+    pub lb: LoadBalancer,
+    /// Round-robin cursor.
+    pub rr: &'a AtomicUsize,
+    /// Consistent-hash ring and the request's key.
+    pub hash: Option<(&'a Ring, u64)>,
+    /// HTTP version the service wants.
+    pub version: HttpVersion,
+    /// A protocol upgrade (never sent as HTTP/2, never retried).
+    pub upgrade: bool,
+    /// Retry policy.
+    pub retry: &'a RetryPolicy,
+    /// Requests per upstream connection (0 = unlimited).
+    pub max_requests_per_connection: usize,
+}
+
+/// What is needed to build the request again for a retry.
+pub struct Template {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Option<ReplayBody<Incoming>>,
+}
+
+impl Template {
+    /// Keeps a copy of `req`'s head; `body` replays the body (None: the body is empty).
+    pub fn of<B>(req: &Request<B>, body: Option<ReplayBody<Incoming>>) -> Self {
+        Self {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            body,
+        }
+    }
+
+    /// A fresh request for another try, unless the body can no longer be replayed.
+    fn rebuild(&self) -> Option<Request<ProxyBody>> {
+        let body = match &self.body {
+            None => ProxyBody::Empty,
+            Some(b) => ProxyBody::Replay { body: b.replay()? },
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        Some(req)
+    }
+
+    fn replayable(&self) -> bool {
+        self.body.as_ref().is_none_or(|b| b.replayable())
+    }
+}
+
+/// A response and the HTTP/1 connection to return to its pool once the body is read.
+pub type Sent = (Response<Incoming>, Option<PooledH1>);
+
+/// How one try ended when it produced no usable response.
+enum Failed {
+    Connect(ConnectError),
+    Reset { refused: bool },
+    Timeout,
+}
+
+/// Sends `req` per `call`, retrying as the policy allows; `template` rebuilds it for retries
+/// (None: not retried beyond connect failures, e.g. an upgrade).
+pub async fn send(
+    shared: &Shared,
+    call: &Call<'_>,
+    req: Request<ProxyBody>,
+    template: Option<&Template>,
+    ex: &mut Exchange,
+) -> Result<Sent, Local> {
+    let mut next = Some(req);
+    let mut tried: Vec<Arc<Upstream>> = Vec::new();
+    let mut stale = 0;
+    let max_tries = 1 + call.retry.attempts;
+    let mut tries = 0;
+    let mut _retry_slot = None;
+    loop {
+        let now = Instant::now();
+        let up = pick(
+            call.endpoints,
+            call.lb,
+            call.rr,
+            call.hash,
+            Avoid { tried: &tried, now },
+        )
+        .ok_or(Local::NO_HEALTHY)?
+        .clone();
+        tries += 1;
+        ex.attempts = tries;
+        ex.upstream = Some(up.authority.clone());
+        let guard = up.begin();
+        let actual = version_for(&up, call.version, call.upgrade);
+
+        let result = attempt(shared, call, &up, actual, &mut next, &mut stale).await;
+        let can_retry = tries < max_tries
+            && !call.upgrade
+            && (next.is_some() || template.is_some_and(Template::replayable));
+        let (outcome, retry, final_result) = match result {
+            Ok(sent) => {
+                let status = sent.0.status().as_u16();
+                let grpc = grpc_status(sent.0.headers());
+                let retry = call.retry.retry_status(status, grpc);
+                if !(retry && can_retry) {
+                    if retry && tries > 1 {
+                        ex.flags.set(Flags::URX);
+                    }
+                    record(shared, call, &up, Outcome::Status(status), now);
+                    ex.in_flight = Some(guard);
+                    return Ok(sent);
+                }
+                (Outcome::Status(status), true, Ok(sent))
+            }
+            Err(Failed::Connect(e)) => {
+                note_connect_failure(shared, ex, &e);
+                tracing::debug!(upstream = %up.authority, error = %e, attempt = tries, "upstream connect failed");
+                let retried = tries > 1;
+                (
+                    Outcome::ConnectFailure,
+                    call.retry.retry_connect_failure(),
+                    Err(Local::connect_failed(retried)),
+                )
+            }
+            Err(Failed::Reset { refused }) => (
+                Outcome::Reset,
+                call.retry.retry_reset(refused),
+                Err(Local::UPSTREAM_RESET),
+            ),
+            Err(Failed::Timeout) => (
+                Outcome::Timeout,
+                call.retry.retry_timeout(),
+                Err(Local::TIMEOUT),
+            ),
+        };
+        record(shared, call, &up, outcome, now);
+        drop(guard);
+        if !(retry && can_retry) {
+            return match final_result {
+                Ok(sent) => Ok(sent),
+                Err(mut local) => {
+                    if tries > 1 {
+                        local.flags.set(Flags::URX);
+                    }
+                    Err(local)
+                }
+            };
+        }
+        // Retry budget: a retry storm must not multiply the load on a failing service.
+        let slot = match call.cluster {
+            Some(c) => match c.breaker.try_retry(c.limits.max_retries) {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    shared
+                        .metrics
+                        .traffic
+                        .retry_overflow
+                        .with_label_values(&[&c.name])
+                        .inc();
+                    return final_result.map_err(|mut l| {
+                        l.flags.set(Flags::UO);
+                        l
+                    });
+                }
+            },
+            None => None,
+        };
+        _retry_slot = slot;
+        if let Some(c) = call.cluster {
+            shared
+                .metrics
+                .traffic
+                .retries
+                .with_label_values(&[&c.name])
+                .inc();
+        }
+        // The response being retried is dropped unread (its connection is not reused).
+        drop(final_result);
+        tried.push(up);
+        if next.is_none() {
+            next = template.and_then(Template::rebuild);
+            if next.is_none() {
+                return Err(Local::UPSTREAM_RESET);
+            }
+        }
+        tokio::time::sleep(call.retry.backoff(tries)).await;
+    }
+}
+
+/// One try on one endpoint: connect, send, wait for the response head (within the per-try
+/// timeout). `next` is taken when the request is sent and given back if it never left.
+async fn attempt(
+    shared: &Shared,
+    call: &Call<'_>,
+    up: &Arc<Upstream>,
+    actual: HttpVersion,
+    next: &mut Option<Request<ProxyBody>>,
+    stale: &mut u32,
+) -> Result<Sent, Failed> {
+    let work = async {
+        loop {
+            let conn = up
+                .checkout(
+                    actual,
+                    shared.mtls.as_deref(),
+                    call.max_requests_per_connection,
+                )
+                .await
+                .map_err(Failed::Connect)?;
+            let Some(mut r) = next.take() else {
+                return Err(Failed::Reset { refused: false });
+            };
+            if adapt_request(&mut r, call.version, actual).is_err() {
+                return Err(Failed::Reset { refused: false });
+            }
+            let outcome = match conn {
+                Conn::H1(mut pooled) => match pooled.sender.try_send_request(r).await {
+                    Ok(resp) => Ok((resp, Some(pooled))),
+                    Err(mut e) => Err((e.take_message(), e.into_error())),
+                },
+                Conn::H2(mut sender) => match sender.try_send_request(r).await {
+                    Ok(resp) => Ok((resp, None)),
+                    Err(mut e) => Err((e.take_message(), e.into_error())),
+                },
+            };
+            match outcome {
+                Ok(sent) => return Ok(sent),
+                Err((Some(unsent), e)) if *stale < STALE_RETRIES => {
+                    *stale += 1;
+                    tracing::debug!(upstream = %up.authority, error = %e, "pooled connection was closed; retrying");
+                    *next = Some(unsent);
+                }
+                Err((unsent, e)) => {
+                    tracing::debug!(upstream = %up.authority, error = %e, "upstream request failed");
+                    let refused = unsent.is_some();
+                    *next = unsent;
+                    return Err(if e.is_timeout() {
+                        Failed::Timeout
+                    } else {
+                        Failed::Reset { refused }
+                    });
+                }
+            }
+        }
+    };
+    match call.retry.per_try_timeout {
+        Some(t) => tokio::time::timeout(t, work)
+            .await
+            .unwrap_or(Err(Failed::Timeout)),
+        None => work.await,
+    }
+}
+
+/// Feeds an outcome to the cluster's outlier detection.
+fn record(shared: &Shared, call: &Call<'_>, up: &Upstream, outcome: Outcome, now: Instant) {
+    let Some(cluster) = call.cluster else {
+        return;
+    };
+    let Some(cfg) = &cluster.outlier else {
+        return;
+    };
+    // The cluster's state matters only when a failure may eject: successes (the hot path)
+    // pass nothing and allocate nothing.
+    let failed = !matches!(outcome, Outcome::Status(s) if s < 500);
+    let peers: Vec<&Health> = if failed {
+        call.endpoints.iter().map(|u| &u.health).collect()
+    } else {
+        Vec::new()
+    };
+    if up.health.record(cfg, outcome, now, &peers) {
+        shared
+            .metrics
+            .traffic
+            .ejections
+            .with_label_values(&[&cluster.name])
+            .inc();
+        tracing::info!(cluster = %cluster.name, upstream = %up.authority, ejections = up.health.ejections(), "endpoint ejected by outlier detection");
+    }
+}
+
+/// The gRPC status of a trailers-only response (in the headers).
+fn grpc_status(h: &HeaderMap) -> Option<u32> {
+    h.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// The version spoken to one endpoint: sidecars are always reached over HTTP/2 (except for
+/// protocol upgrades, which HTTP/2 cannot carry), so requests share one mTLS connection.
+fn version_for(up: &Upstream, wanted: HttpVersion, upgrade: bool) -> HttpVersion {
+    if up.mtls() && !upgrade {
+        HttpVersion::Http2
+    } else {
+        wanted
+    }
+}
+
+/// Prepares `req` for an endpoint: its HTTP version, and the marker telling the peer sidecar
+/// that an HTTP/1.1 request travels as HTTP/2.
+fn adapt_request<B>(
+    req: &mut Request<B>,
+    wanted: HttpVersion,
+    actual: HttpVersion,
+) -> Result<(), Local> {
+    // Already in the right form (the usual case) when the version matches.
+    if (req.version() == Version::HTTP_2) != (actual == HttpVersion::Http2) {
+        super::proxy::set_uri_for(req, actual)?;
+    }
+    if wanted == HttpVersion::Http1 && actual == HttpVersion::Http2 {
+        req.headers_mut().insert(
+            headers::ORIG_PROTO.clone(),
+            HeaderValue::from_static("HTTP/1.1"),
+        );
+    } else {
+        req.headers_mut().remove(&headers::ORIG_PROTO);
+    }
+    Ok(())
+}
+
+/// Counts a failed connect and keeps a TLS failure's reason for the access log.
+pub fn note_connect_failure(shared: &Shared, ex: &mut Exchange, e: &ConnectError) {
+    crate::listener::count_connect_failure(shared, e);
+    if let ConnectError::Tls(t) = e {
+        ex.transport_failure = Some(t.reason());
+    }
+}
+
+/// Waits for a circuit-breaker slot of `cluster`, failing fast (503 UO) when too many
+/// requests already wait, and giving up after `max_wait`.
+pub async fn admit(
+    shared: &Shared,
+    cluster: &Cluster,
+    http1: bool,
+    max_wait: Duration,
+) -> Result<crate::upstream::breaker::Active, Local> {
+    let overflow = || {
+        shared
+            .metrics
+            .traffic
+            .overflow
+            .with_label_values(&[&cluster.name])
+            .inc();
+        Local::OVERFLOW
+    };
+    let cap = cluster.limits.concurrency(http1);
+    let admitted = tokio::time::timeout(
+        max_wait,
+        cluster.breaker.admit(cap, cluster.limits.max_pending),
+    )
+    .await;
+    match admitted {
+        Ok(Ok(active)) => Ok(active),
+        Ok(Err(_)) | Err(_) => Err(overflow()),
+    }
+}

@@ -1,0 +1,190 @@
+//! Route operations around forwarding: injected faults, redirects, path/authority rewrites,
+//! consistent-hash keys and request copies for mirrors.
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+
+use crate::http::body::ProxyBody;
+use crate::http::local::Local;
+use crate::http::replay::ReplayBody;
+use crate::routes::{Abort, Fault, Redirect, Rewrite, RouteMatch};
+use crate::shared::Shared;
+use crate::snapshot::HashOn;
+use crate::telemetry::access_log::Exchange;
+use crate::telemetry::flags::Flags;
+use crate::upstream::hash::hash_key as hash_bytes;
+
+/// Applies a route's fault: waits for an injected delay, and returns the response of an
+/// injected abort.
+pub async fn inject_fault(
+    shared: &Shared,
+    fault: &Fault,
+    ex: &mut Exchange,
+) -> Option<Response<ProxyBody>> {
+    if let Some((delay, share)) = fault.delay {
+        if Fault::roll(share) {
+            shared
+                .metrics
+                .traffic
+                .faults
+                .with_label_values(&["delay"])
+                .inc();
+            ex.flags.set(Flags::DI);
+            tokio::time::sleep(delay).await;
+        }
+    }
+    let (abort, share) = fault.abort?;
+    if !Fault::roll(share) {
+        return None;
+    }
+    shared
+        .metrics
+        .traffic
+        .faults
+        .with_label_values(&["abort"])
+        .inc();
+    ex.flags.set(Flags::FI);
+    Some(match abort {
+        Abort::Http(status) => {
+            let mut r = Local::new(status, Flags::FI, "fault filter abort").response();
+            *r.status_mut() = status;
+            r
+        }
+        Abort::Grpc(code) => {
+            // A trailers-only gRPC response: HTTP 200 with the status in the headers.
+            let mut r = Response::new(ProxyBody::Empty);
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            h.insert("grpc-status", HeaderValue::from(code));
+            h.insert(
+                "grpc-message",
+                HeaderValue::from_static("fault filter abort"),
+            );
+            r
+        }
+    })
+}
+
+/// The redirect answer for a request to `host`/`port` with `path_and_query`.
+pub fn redirect(
+    r: &Redirect,
+    host: &str,
+    port: Option<u16>,
+    path_and_query: &str,
+) -> Response<ProxyBody> {
+    let location = r.location("http", host, port, path_and_query);
+    let mut resp = Response::new(ProxyBody::Empty);
+    *resp.status_mut() = r.code;
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+        Err(_) => *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR,
+    }
+    resp
+}
+
+/// Rewrites the path (the prefix `by` matched, else the whole path) and the authority.
+pub fn rewrite(rw: &Rewrite, by: Option<&RouteMatch>, parts: &mut Parts) -> Result<(), Local> {
+    let new_path = rw.path(
+        parts.uri.path(),
+        parts.uri.query(),
+        by.and_then(RouteMatch::uri_prefix),
+    );
+    if new_path.is_none() && rw.authority.is_none() {
+        return Ok(());
+    }
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    if let Some(p) = new_path {
+        uri.path_and_query = Some(PathAndQuery::try_from(p).map_err(|_| Local::BAD_REQUEST)?);
+    }
+    if let Some(a) = &rw.authority {
+        if uri.authority.is_some() {
+            uri.authority = Some(
+                a.to_str()
+                    .ok()
+                    .and_then(|a| a.parse().ok())
+                    .ok_or(Local::BAD_REQUEST)?,
+            );
+        }
+        parts.headers.insert(header::HOST, a.clone());
+    }
+    parts.uri = Uri::from_parts(uri).map_err(|_| Local::BAD_REQUEST)?;
+    Ok(())
+}
+
+/// The consistent-hash key of a request; a missing hash cookie with a ttl is generated and
+/// its `Set-Cookie` returned in `set_cookie`. None when the request has no key (the cluster's
+/// balancer then decides).
+pub fn hash_key(
+    on: &HashOn,
+    req: &Request<Incoming>,
+    client: IpAddr,
+    set_cookie: &mut Option<HeaderValue>,
+) -> Option<u64> {
+    match on {
+        HashOn::Header(name) => req.headers().get(name).map(|v| hash_bytes(v.as_bytes())),
+        HashOn::SourceIp => Some(match client {
+            IpAddr::V4(a) => hash_bytes(&a.octets()),
+            IpAddr::V6(a) => hash_bytes(&a.octets()),
+        }),
+        HashOn::Query(name) => {
+            let q = req.uri().query()?;
+            q.split('&').find_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (k == &**name).then(|| hash_bytes(v.as_bytes()))
+            })
+        }
+        HashOn::Cookie { name, path, ttl } => {
+            let found = req
+                .headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|c| {
+                    let (k, v) = c.trim().split_once('=')?;
+                    (k == &**name).then(|| hash_bytes(v.as_bytes()))
+                });
+            if found.is_some() {
+                return found;
+            }
+            let ttl = (*ttl)?;
+            let value = format!("{:016x}", fastrand::u64(..));
+            let mut cookie = format!("{name}={value}; Max-Age={}; HttpOnly", ttl.as_secs().max(1));
+            if !path.is_empty() {
+                cookie.push_str("; Path=");
+                cookie.push_str(path);
+            }
+            *set_cookie = HeaderValue::from_str(&cookie).ok();
+            Some(hash_bytes(value.as_bytes()))
+        }
+    }
+}
+
+/// A copy of `req` for a mirror (None when its body can no longer be replayed).
+pub fn copy_request(
+    req: &Request<ProxyBody>,
+    body: Option<&ReplayBody<Incoming>>,
+) -> Option<Request<ProxyBody>> {
+    let body = match body {
+        Some(b) => ProxyBody::Replay { body: b.replay()? },
+        None if http_body::Body::is_end_stream(req.body()) => ProxyBody::full(Bytes::new()),
+        None => return None,
+    };
+    let mut copy = Request::new(body);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}

@@ -1,0 +1,716 @@
+//! What a matched route does: where it sends the request (weighted destinations), or the
+//! redirect it answers with; the rewrite, header changes, retries, faults and mirrors on
+//! the way.
+
+use std::time::Duration;
+
+use halyard_xds as xds;
+use http::header::{HeaderName, HeaderValue};
+use http::HeaderMap;
+
+/// Why an action could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    /// A header name or value is not valid HTTP.
+    #[error("header `{0}`: not a valid header name or value")]
+    Header(String),
+    /// A destination names an unknown service or subset.
+    #[error("unknown destination `{0}`")]
+    Destination(String),
+}
+
+/// Header changes: set replaces, add appends, remove deletes.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderOps {
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), ActionError> {
+    let n = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+        .map_err(|_| ActionError::Header(name.to_string()))?;
+    let v = HeaderValue::from_str(value).map_err(|_| ActionError::Header(name.to_string()))?;
+    Ok((n, v))
+}
+
+impl HeaderOps {
+    /// Compiles the changes (none when absent).
+    pub fn compile(ops: Option<&xds::HeaderOps>) -> Result<Self, ActionError> {
+        let Some(ops) = ops else {
+            return Ok(Self::default());
+        };
+        let mut out = Self::default();
+        for (k, v) in &ops.set {
+            out.set.push(header(k, v)?);
+        }
+        for (k, v) in &ops.add {
+            out.add.push(header(k, v)?);
+        }
+        for k in &ops.remove {
+            out.remove.push(header(k, "")?.0);
+        }
+        Ok(out)
+    }
+
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Applies the changes: remove, then set, then add (Envoy's order).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for n in &self.remove {
+            headers.remove(n);
+        }
+        for (n, v) in &self.set {
+            headers.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            headers.append(n.clone(), v.clone());
+        }
+    }
+}
+
+/// One weighted destination of a route.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    /// Index of the cluster (service, or service subset) in the snapshot.
+    pub cluster: usize,
+    /// Service port, when the route names one.
+    pub port: Option<u16>,
+    /// Relative weight.
+    pub weight: u32,
+    /// Request header changes for this destination.
+    pub request_headers: HeaderOps,
+    /// Response header changes for this destination.
+    pub response_headers: HeaderOps,
+}
+
+impl Destination {
+    /// Compiles one destination; `cluster_of(service, subset)` finds the cluster.
+    pub fn compile(
+        d: &xds::RouteDestination,
+        cluster_of: &impl Fn(&str, &str) -> Option<usize>,
+    ) -> Result<Self, ActionError> {
+        let cluster = cluster_of(&d.service, &d.subset).ok_or_else(|| {
+            ActionError::Destination(if d.subset.is_empty() {
+                d.service.clone()
+            } else {
+                format!("{} subset {}", d.service, d.subset)
+            })
+        })?;
+        Ok(Self {
+            cluster,
+            port: u16::try_from(d.port).ok().filter(|p| *p != 0),
+            weight: d.weight,
+            request_headers: HeaderOps::compile(d.request_headers.as_ref())?,
+            response_headers: HeaderOps::compile(d.response_headers.as_ref())?,
+        })
+    }
+}
+
+/// Weighted choice among destinations.
+#[derive(Debug, Clone, Default)]
+pub struct Split {
+    /// The destinations.
+    pub destinations: Vec<Destination>,
+    /// Running sums of the weights, for a binary search (empty with one destination).
+    cumulative: Vec<u64>,
+}
+
+impl Split {
+    /// Builds a split; all-zero weights count as equal.
+    pub fn new(destinations: Vec<Destination>) -> Self {
+        let all_zero = destinations.iter().all(|d| d.weight == 0);
+        let mut sum = 0u64;
+        let cumulative = if destinations.len() > 1 {
+            destinations
+                .iter()
+                .map(|d| {
+                    sum += if all_zero { 1 } else { u64::from(d.weight) };
+                    sum
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Self {
+            destinations,
+            cumulative,
+        }
+    }
+
+    /// Picks a destination with probability proportional to its weight.
+    pub fn pick(&self) -> Option<&Destination> {
+        let total = match self.cumulative.last() {
+            None => return self.destinations.first(),
+            Some(&t) => t,
+        };
+        let r = fastrand::u64(..total);
+        let i = self.cumulative.partition_point(|&c| c <= r);
+        self.destinations.get(i)
+    }
+}
+
+/// A redirect answer.
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    /// New path and query, if replaced.
+    pub uri: Option<Box<str>>,
+    /// New host, if replaced.
+    pub authority: Option<Box<str>>,
+    /// New port, if replaced.
+    pub port: Option<u16>,
+    /// New scheme, if replaced.
+    pub scheme: Option<Box<str>>,
+    /// Status code.
+    pub code: http::StatusCode,
+}
+
+impl Redirect {
+    fn compile(r: &xds::Redirect) -> Self {
+        let s = |v: &str| (!v.is_empty()).then(|| Box::<str>::from(v));
+        Self {
+            uri: s(&r.uri),
+            authority: s(&r.authority),
+            port: u16::try_from(r.port).ok().filter(|p| *p != 0),
+            scheme: s(&r.scheme),
+            code: http::StatusCode::from_u16(if r.code == 0 { 301 } else { r.code as u16 })
+                .unwrap_or(http::StatusCode::MOVED_PERMANENTLY),
+        }
+    }
+
+    /// The `Location` for a request: its scheme, host, port and path unless replaced.
+    pub fn location(
+        &self,
+        scheme: &str,
+        host: &str,
+        port: Option<u16>,
+        path_and_query: &str,
+    ) -> String {
+        let scheme = self.scheme.as_deref().unwrap_or(scheme);
+        let host = self.authority.as_deref().unwrap_or(host);
+        let port = self
+            .port
+            .or(port)
+            .filter(|p| !((scheme == "http" && *p == 80) || (scheme == "https" && *p == 443)));
+        let pq = self.uri.as_deref().unwrap_or(path_and_query);
+        match port {
+            Some(p) => format!("{scheme}://{host}:{p}{pq}"),
+            None => format!("{scheme}://{host}{pq}"),
+        }
+    }
+}
+
+/// What a route does with a matching request.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Forward to one of the destinations.
+    Forward(Split),
+    /// Answer with a redirect.
+    Redirect(Redirect),
+}
+
+/// Path and authority rewrite.
+#[derive(Debug, Clone, Default)]
+pub struct Rewrite {
+    /// Replaces the matched prefix (or the whole path without a prefix match).
+    pub uri: Option<Box<str>>,
+    /// Replaces the authority / Host.
+    pub authority: Option<HeaderValue>,
+}
+
+impl Rewrite {
+    /// The new path and query for `path` (`matched_prefix`: the prefix the route matched).
+    pub fn path(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        matched_prefix: Option<&str>,
+    ) -> Option<String> {
+        let new = self.uri.as_deref()?;
+        let rest = match matched_prefix {
+            Some(p) if path.len() >= p.len() => &path[p.len()..],
+            _ => "",
+        };
+        let mut out =
+            String::with_capacity(new.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
+        out.push_str(new);
+        out.push_str(rest);
+        if out.is_empty() {
+            out.push('/');
+        }
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        Some(out)
+    }
+}
+
+/// Retry conditions as bits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn(u32);
+
+impl RetryOn {
+    /// Any 5xx, and failures to get a response at all.
+    pub const FIVE_XX: RetryOn = RetryOn(1);
+    /// 502, 503, 504, and failures to get a response at all.
+    pub const GATEWAY_ERROR: RetryOn = RetryOn(1 << 1);
+    /// Resets and disconnects before the response.
+    pub const RESET: RetryOn = RetryOn(1 << 2);
+    /// Failed connects.
+    pub const CONNECT_FAILURE: RetryOn = RetryOn(1 << 3);
+    /// 409.
+    pub const RETRIABLE_4XX: RetryOn = RetryOn(1 << 4);
+    /// HTTP/2 REFUSED_STREAM.
+    pub const REFUSED_STREAM: RetryOn = RetryOn(1 << 5);
+    /// The listed status codes.
+    pub const STATUS_CODES: RetryOn = RetryOn(1 << 6);
+    /// gRPC CANCELLED (1).
+    pub const GRPC_CANCELLED: RetryOn = RetryOn(1 << 7);
+    /// gRPC DEADLINE_EXCEEDED (4).
+    pub const GRPC_DEADLINE: RetryOn = RetryOn(1 << 8);
+    /// gRPC INTERNAL (13).
+    pub const GRPC_INTERNAL: RetryOn = RetryOn(1 << 9);
+    /// gRPC RESOURCE_EXHAUSTED (8).
+    pub const GRPC_RESOURCE_EXHAUSTED: RetryOn = RetryOn(1 << 10);
+    /// gRPC UNAVAILABLE (14).
+    pub const GRPC_UNAVAILABLE: RetryOn = RetryOn(1 << 11);
+
+    /// Whether any of `other` is set.
+    pub fn any(self, other: RetryOn) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    fn set(&mut self, other: RetryOn) {
+        self.0 |= other.0;
+    }
+
+    fn parse(name: &str) -> Option<RetryOn> {
+        Some(match name {
+            "5xx" => Self::FIVE_XX,
+            "gateway-error" => Self::GATEWAY_ERROR,
+            "reset" => Self::RESET,
+            "connect-failure" => Self::CONNECT_FAILURE,
+            "retriable-4xx" => Self::RETRIABLE_4XX,
+            "refused-stream" => Self::REFUSED_STREAM,
+            "retriable-status-codes" => Self::STATUS_CODES,
+            "cancelled" => Self::GRPC_CANCELLED,
+            "deadline-exceeded" => Self::GRPC_DEADLINE,
+            "internal" => Self::GRPC_INTERNAL,
+            "resource-exhausted" => Self::GRPC_RESOURCE_EXHAUSTED,
+            "unavailable" => Self::GRPC_UNAVAILABLE,
+            _ => return None,
+        })
+    }
+}
+
+/// A route's retry policy.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Retries after the first try.
+    pub attempts: u32,
+    /// Limit per try up to the response headers.
+    pub per_try_timeout: Option<Duration>,
+    /// Conditions.
+    pub on: RetryOn,
+    /// Status codes for `retriable-status-codes`.
+    pub statuses: Vec<u16>,
+    /// First backoff (doubling, at most 10×, jittered).
+    pub backoff: Duration,
+}
+
+/// Envoy's default base backoff.
+const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
+
+impl Default for RetryPolicy {
+    /// Istio's default for routes without `retries`.
+    fn default() -> Self {
+        let mut on = RetryOn::CONNECT_FAILURE;
+        for c in [
+            RetryOn::REFUSED_STREAM,
+            RetryOn::GRPC_UNAVAILABLE,
+            RetryOn::GRPC_CANCELLED,
+            RetryOn::STATUS_CODES,
+        ] {
+            on.set(c);
+        }
+        Self {
+            attempts: 2,
+            per_try_timeout: None,
+            on,
+            statuses: vec![503],
+            backoff: DEFAULT_BACKOFF,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Compiles a policy (Istio's default when absent). Unknown conditions were rejected by
+    /// validation and are ignored here.
+    pub fn compile(p: Option<&xds::RetryPolicy>) -> Self {
+        let Some(p) = p else {
+            return Self::default();
+        };
+        let mut on = RetryOn::default();
+        let mut statuses = Vec::new();
+        for c in &p.retry_on {
+            let c = c.trim();
+            if let Ok(code) = c.parse::<u16>() {
+                statuses.push(code);
+                on.set(RetryOn::STATUS_CODES);
+            } else if let Some(bit) = RetryOn::parse(c) {
+                on.set(bit);
+            }
+        }
+        if p.retry_on.is_empty() {
+            // Istio's default conditions when only attempts are given.
+            on = Self::default().on;
+            statuses = vec![503];
+        }
+        Self {
+            attempts: p.attempts,
+            per_try_timeout: p
+                .per_try_timeout
+                .as_ref()
+                .map(xds::to_std_duration)
+                .filter(|d| !d.is_zero()),
+            on,
+            statuses,
+            backoff: p
+                .backoff
+                .as_ref()
+                .map(xds::to_std_duration)
+                .filter(|d| !d.is_zero())
+                .unwrap_or(DEFAULT_BACKOFF),
+        }
+    }
+
+    /// Whether a response with this status (and gRPC status, if any) should be retried.
+    pub fn retry_status(&self, status: u16, grpc: Option<u32>) -> bool {
+        (self.on.any(RetryOn::FIVE_XX) && (500..600).contains(&status))
+            || (self.on.any(RetryOn::GATEWAY_ERROR) && matches!(status, 502..=504))
+            || (self.on.any(RetryOn::RETRIABLE_4XX) && status == 409)
+            || (self.on.any(RetryOn::STATUS_CODES) && self.statuses.contains(&status))
+            || grpc.is_some_and(|g| {
+                (g == 1 && self.on.any(RetryOn::GRPC_CANCELLED))
+                    || (g == 4 && self.on.any(RetryOn::GRPC_DEADLINE))
+                    || (g == 8 && self.on.any(RetryOn::GRPC_RESOURCE_EXHAUSTED))
+                    || (g == 13 && self.on.any(RetryOn::GRPC_INTERNAL))
+                    || (g == 14 && self.on.any(RetryOn::GRPC_UNAVAILABLE))
+            })
+    }
+
+    /// Whether a failed connect should be retried.
+    pub fn retry_connect_failure(&self) -> bool {
+        self.on.any(RetryOn::CONNECT_FAILURE)
+            || self.on.any(RetryOn::FIVE_XX)
+            || self.on.any(RetryOn::GATEWAY_ERROR)
+    }
+
+    /// Whether a reset/disconnect before the response (or a refused stream) should be retried.
+    pub fn retry_reset(&self, refused: bool) -> bool {
+        self.on.any(RetryOn::RESET)
+            || self.on.any(RetryOn::FIVE_XX)
+            || (refused && self.on.any(RetryOn::REFUSED_STREAM))
+    }
+
+    /// Whether a try that timed out should be retried.
+    pub fn retry_timeout(&self) -> bool {
+        self.on.any(RetryOn::FIVE_XX)
+            || self.on.any(RetryOn::GATEWAY_ERROR)
+            || self.on.any(RetryOn::RESET)
+    }
+
+    /// The wait before retry number `n` (1-based): full jitter over an exponential window.
+    pub fn backoff(&self, n: u32) -> Duration {
+        let base = self.backoff.as_millis().max(1) as u64;
+        let window = base
+            .saturating_mul(1 << n.saturating_sub(1).min(10))
+            .min(base * 10);
+        Duration::from_millis(fastrand::u64(base / 2..=window.max(base / 2 + 1)))
+    }
+}
+
+/// Injected failures.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// Delay and the share of requests (0..=1) it applies to.
+    pub delay: Option<(Duration, f64)>,
+    /// Abort and the share of requests it applies to.
+    pub abort: Option<(Abort, f64)>,
+}
+
+/// How an injected abort answers.
+#[derive(Debug, Clone, Copy)]
+pub enum Abort {
+    /// This HTTP status.
+    Http(http::StatusCode),
+    /// This gRPC status (HTTP 200 with `grpc-status`).
+    Grpc(u32),
+}
+
+fn share(p: Option<f64>) -> f64 {
+    p.map_or(1.0, |p| (p / 100.0).clamp(0.0, 1.0))
+}
+
+impl Fault {
+    fn compile(f: &xds::Fault) -> Option<Self> {
+        let delay = f.delay.as_ref().and_then(|d| {
+            let t = xds::to_std_duration(d.fixed_delay.as_ref()?);
+            Some((t, share(d.percent)))
+        });
+        let abort = f.abort.as_ref().and_then(|a| {
+            let kind = match a.error? {
+                xds::fault::abort::Error::HttpStatus(s) => {
+                    Abort::Http(http::StatusCode::from_u16(s as u16).ok()?)
+                }
+                xds::fault::abort::Error::GrpcStatus(g) => Abort::Grpc(g),
+            };
+            Some((kind, share(a.percent)))
+        });
+        (delay.is_some() || abort.is_some()).then_some(Self { delay, abort })
+    }
+
+    /// Whether an event with probability `p` happens now.
+    pub fn roll(p: f64) -> bool {
+        p >= 1.0 || (p > 0.0 && fastrand::f64() < p)
+    }
+}
+
+/// A mirror target and the share of requests copied to it.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    /// Where copies go.
+    pub destination: Destination,
+    /// Share of requests, 0..=1.
+    pub share: f64,
+}
+
+/// Everything a route does besides matching.
+#[derive(Debug, Clone)]
+pub struct RouteAction {
+    /// Forward or redirect.
+    pub action: Action,
+    /// Whole-request timeout.
+    pub timeout: Option<Duration>,
+    /// Retries.
+    pub retry: RetryPolicy,
+    /// Path/authority rewrite.
+    pub rewrite: Option<Rewrite>,
+    /// Request header changes.
+    pub request_headers: HeaderOps,
+    /// Response header changes.
+    pub response_headers: HeaderOps,
+    /// Injected failures.
+    pub fault: Option<Fault>,
+    /// Copies of the request.
+    pub mirrors: Vec<Mirror>,
+}
+
+impl RouteAction {
+    /// Forwards everything to one cluster with defaults (implicit per-service routes).
+    pub fn to_cluster(cluster: usize) -> Self {
+        Self {
+            action: Action::Forward(Split::new(vec![Destination {
+                cluster,
+                port: None,
+                weight: 1,
+                request_headers: HeaderOps::default(),
+                response_headers: HeaderOps::default(),
+            }])),
+            timeout: None,
+            retry: RetryPolicy::default(),
+            rewrite: None,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+            fault: None,
+            mirrors: Vec::new(),
+        }
+    }
+
+    /// Compiles a route's action.
+    pub fn compile(
+        r: &xds::HttpRoute,
+        cluster_of: &impl Fn(&str, &str) -> Option<usize>,
+    ) -> Result<Self, ActionError> {
+        let action = match &r.redirect {
+            Some(redirect) => Action::Redirect(Redirect::compile(redirect)),
+            None => {
+                let mut dests = Vec::with_capacity(r.destinations.len().max(1));
+                if r.destinations.is_empty() {
+                    if let Some(d) = &r.route {
+                        dests.push(Destination::compile(d, cluster_of)?);
+                    }
+                }
+                for d in &r.destinations {
+                    dests.push(Destination::compile(d, cluster_of)?);
+                }
+                if dests.is_empty() {
+                    return Err(ActionError::Destination("(none)".into()));
+                }
+                Action::Forward(Split::new(dests))
+            }
+        };
+        let rewrite = match &r.rewrite {
+            Some(rw) if !rw.uri.is_empty() || !rw.authority.is_empty() => Some(Rewrite {
+                uri: (!rw.uri.is_empty()).then(|| rw.uri.as_str().into()),
+                authority: if rw.authority.is_empty() {
+                    None
+                } else {
+                    Some(
+                        HeaderValue::from_str(&rw.authority)
+                            .map_err(|_| ActionError::Header("authority".into()))?,
+                    )
+                },
+            }),
+            _ => None,
+        };
+        let mut mirrors = Vec::with_capacity(r.mirrors.len());
+        for m in &r.mirrors {
+            if let Some(d) = &m.destination {
+                mirrors.push(Mirror {
+                    destination: Destination::compile(d, cluster_of)?,
+                    share: share(m.percent),
+                });
+            }
+        }
+        Ok(Self {
+            action,
+            timeout: r
+                .timeout
+                .as_ref()
+                .map(xds::to_std_duration)
+                .filter(|d| !d.is_zero()),
+            retry: RetryPolicy::compile(r.retries.as_ref()),
+            rewrite,
+            request_headers: HeaderOps::compile(r.request_headers.as_ref())?,
+            response_headers: HeaderOps::compile(r.response_headers.as_ref())?,
+            fault: r.fault.as_ref().and_then(Fault::compile),
+            mirrors,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(cluster: usize, weight: u32) -> Destination {
+        Destination {
+            cluster,
+            port: None,
+            weight,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+        }
+    }
+
+    #[test]
+    fn split_follows_weights() {
+        let s = Split::new(vec![dest(0, 90), dest(1, 10)]);
+        let mut counts = [0u32; 2];
+        for _ in 0..100_000 {
+            counts[s.pick().unwrap().cluster] += 1;
+        }
+        let share = f64::from(counts[1]) / 100_000.0;
+        assert!((0.09..0.11).contains(&share), "{counts:?}");
+        let s = Split::new(vec![dest(0, 0), dest(1, 100)]);
+        assert!((0..1000).all(|_| s.pick().unwrap().cluster == 1));
+        let s = Split::new(vec![dest(0, 0), dest(1, 0)]);
+        let ones = (0..10_000)
+            .filter(|_| s.pick().unwrap().cluster == 1)
+            .count();
+        assert!((4000..6000).contains(&ones), "{ones}");
+    }
+
+    #[test]
+    fn retry_conditions() {
+        let d = RetryPolicy::default();
+        assert_eq!(d.attempts, 2);
+        assert!(d.retry_status(503, None) && !d.retry_status(500, None));
+        assert!(d.retry_status(200, Some(14)) && !d.retry_status(200, Some(4)));
+        assert!(d.retry_connect_failure() && !d.retry_timeout());
+        let p = RetryPolicy::compile(Some(&xds::RetryPolicy {
+            attempts: 3,
+            retry_on: vec![
+                "gateway-error".into(),
+                " 418".into(),
+                "deadline-exceeded".into(),
+            ],
+            ..Default::default()
+        }));
+        assert!(p.retry_status(502, None) && p.retry_status(418, None));
+        assert!(!p.retry_status(500, None) && p.retry_status(200, Some(4)));
+        assert!(p.retry_timeout() && p.retry_connect_failure() && !p.retry_reset(false));
+        for n in 1..20 {
+            let b = p.backoff(n);
+            assert!(
+                b >= Duration::from_millis(12) && b <= Duration::from_millis(250),
+                "{b:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn redirect_and_rewrite() {
+        let r = Redirect::compile(&xds::Redirect {
+            uri: "/new".into(),
+            scheme: "https".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            r.location("http", "a.local", Some(8080), "/old?x"),
+            "https://a.local:8080/new"
+        );
+        assert_eq!(r.code, 301);
+        let r = Redirect::compile(&xds::Redirect {
+            authority: "b.local".into(),
+            port: 443,
+            scheme: "https".into(),
+            code: 308,
+            ..Default::default()
+        });
+        assert_eq!(
+            r.location("http", "a.local", None, "/p?q=1"),
+            "https://b.local/p?q=1"
+        );
+        let rw = Rewrite {
+            uri: Some("/v2/".into()),
+            authority: None,
+        };
+        assert_eq!(
+            rw.path("/api/x/y", Some("a=1"), Some("/api/")).unwrap(),
+            "/v2/x/y?a=1"
+        );
+        assert_eq!(rw.path("/whole", None, None).unwrap(), "/v2/");
+        let rw = Rewrite {
+            uri: Some("".into()),
+            authority: None,
+        };
+        assert_eq!(rw.path("/api", None, Some("/api")).unwrap(), "/");
+    }
+
+    #[test]
+    fn header_ops_order() {
+        let mut ops = xds::HeaderOps::default();
+        ops.set.insert("x-a".into(), "1".into());
+        ops.add.insert("x-b".into(), "2".into());
+        ops.remove.push("x-c".into());
+        let ops = HeaderOps::compile(Some(&ops)).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-a", "0".parse().unwrap());
+        h.insert("x-b", "1".parse().unwrap());
+        h.insert("x-c", "1".parse().unwrap());
+        ops.apply(&mut h);
+        assert_eq!(h.get_all("x-a").iter().count(), 1);
+        assert_eq!(h["x-a"], "1");
+        assert_eq!(h.get_all("x-b").iter().count(), 2);
+        assert!(!h.contains_key("x-c"));
+        let mut bad = xds::HeaderOps::default();
+        bad.set.insert("bad header".into(), "x".into());
+        assert!(HeaderOps::compile(Some(&bad)).is_err());
+    }
+}
