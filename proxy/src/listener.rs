@@ -284,6 +284,8 @@ async fn forward_tcp<I: AsyncRead + AsyncWrite + Unpin>(
     let start_wall = SystemTime::now();
     let start = Instant::now();
     let passthrough;
+    // The circuit-breaker slot, held for the life of the connection.
+    let mut _admitted = None;
     let (endpoints, lb, rr, idle, cluster): (&[Arc<Upstream>], _, _, _, Option<Arc<str>>) =
         match info.listener {
             ListenerKind::Inbound => match snap.inbound_target(info.dst_port) {
@@ -322,14 +324,39 @@ async fn forward_tcp<I: AsyncRead + AsyncWrite + Unpin>(
                     )
                 }
             },
-            ListenerKind::Outbound => match info.orig_dst.map(|d| (d, snap.by_addr(d))) {
-                Some((_, Some((c, p)))) => (
-                    &p.endpoints[..],
-                    c.lb,
-                    &c.rr,
-                    c.tcp_idle_timeout,
-                    Some(c.name.clone()),
-                ),
+            ListenerKind::Outbound => match info.orig_dst.map(|d| (d, snap.tcp_target(d))) {
+                Some((_, Some((c, p)))) => {
+                    // maxConnections applies to TCP as a hard cap: no queueing.
+                    match c.breaker.admit(c.limits.max_connections, 0).await {
+                        Ok(slot) => _admitted = Some(slot),
+                        Err(_) => {
+                            shared
+                                .metrics
+                                .traffic
+                                .overflow
+                                .with_label_values(&[&c.name])
+                                .inc();
+                            return log_tcp(
+                                shared,
+                                snap,
+                                info,
+                                start_wall,
+                                start,
+                                None,
+                                Some(&c.name),
+                                Default::default(),
+                                Flags::UO,
+                            );
+                        }
+                    }
+                    (
+                        &p.endpoints[..],
+                        c.lb,
+                        &c.rr,
+                        c.tcp_idle_timeout,
+                        Some(c.name.clone()),
+                    )
+                }
                 Some((dst, None)) if !snap.registry_only => {
                     passthrough = [Arc::new(Upstream::new(UpstreamKey::plain(
                         dst.ip().to_string(),

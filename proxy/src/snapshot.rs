@@ -12,7 +12,7 @@ use halyard_filters::jwt::{Authenticator, JwksStore, JwtError};
 use halyard_filters::rbac::{Engine, RbacError};
 use halyard_xds::{self as xds, duration_or, LoadBalancer, MtlsMode, Protocol, ProxyConfig};
 
-use crate::routes::{compile_vhost, Route, RouteError, RouteTable, Source, VirtualHost};
+use crate::routes::{compile_vhost, L4Route, Route, RouteError, RouteTable, Source, VirtualHost};
 use crate::upstream::breaker::{Breaker, Limits};
 use crate::upstream::hash::Ring;
 use crate::upstream::outlier::OutlierConfig;
@@ -154,6 +154,8 @@ pub struct Snapshot {
     pub routes: RouteTable,
     /// (service VIP, port) → (cluster, port index).
     by_addr: HashMap<SocketAddr, (usize, usize)>,
+    /// A service's cluster index → its TCP routes, in order.
+    tcp_routes: HashMap<usize, Vec<L4Route>>,
     /// Local workload ports.
     pub inbound: Vec<InboundTarget>,
     /// Settings.
@@ -429,8 +431,31 @@ impl Snapshot {
                 .map_or("", |w| w.namespace.as_str()),
         };
         let mut routes = RouteTable::default();
+        let mut tcp_routes: HashMap<usize, Vec<L4Route>> = HashMap::new();
         for vh in &config.virtual_hosts {
             routes.add(&vh.hosts, compile_vhost(vh, source, cluster_of)?);
+            if vh.tcp_routes.is_empty() {
+                continue;
+            }
+            let mut compiled = Vec::with_capacity(vh.tcp_routes.len());
+            for r in &vh.tcp_routes {
+                let route = L4Route::compile(r, source, &cluster_of).map_err(|e| {
+                    BuildError::Route(RouteError::new(
+                        &vh.name,
+                        format!("tcp route `{}`: {e}", r.name),
+                    ))
+                })?;
+                compiled.extend(route);
+            }
+            // The first virtual host naming a service owns its TCP routes (as for HTTP).
+            for h in &vh.hosts {
+                if let Some(ci) = cluster_of(h, "") {
+                    tcp_routes.entry(ci).or_insert_with(|| compiled.clone());
+                }
+            }
+        }
+        if !config.virtual_hosts.iter().all(|v| v.tls_routes.is_empty()) {
+            tracing::warn!("TLS routes (routing by SNI) are not applied yet: TLS connections go to the service of their destination address");
         }
         for (si, svc) in config.services.iter().enumerate() {
             let name: Arc<str> = svc.name.clone().into();
@@ -502,6 +527,7 @@ impl Snapshot {
             clusters,
             routes,
             by_addr,
+            tcp_routes,
             inbound,
             settings,
             registry_only,
@@ -516,6 +542,24 @@ impl Snapshot {
     /// The cluster port a service VIP:port belongs to.
     pub fn by_addr(&self, addr: SocketAddr) -> Option<(&Arc<Cluster>, &ClusterPort)> {
         let (ci, pi) = *self.by_addr.get(&addr)?;
+        let c = self.clusters.get(ci)?;
+        Some((c, c.ports.get(pi)?))
+    }
+
+    /// Where an opaque TCP connection to a service address goes: the service's TCP routes
+    /// first (port, subnet, weights), else the service itself.
+    pub fn tcp_target(&self, dst: SocketAddr) -> Option<(&Arc<Cluster>, &ClusterPort)> {
+        let (ci, pi) = *self.by_addr.get(&dst)?;
+        if let Some(route) = self
+            .tcp_routes
+            .get(&ci)
+            .and_then(|rs| rs.iter().find(|r| r.matches(dst)))
+        {
+            let d = route.split.pick()?;
+            let c = self.clusters.get(d.cluster)?;
+            let p = c.port(d.port.or(Some(dst.port())))?;
+            return Some((c, p));
+        }
         let c = self.clusters.get(ci)?;
         Some((c, c.ports.get(pi)?))
     }

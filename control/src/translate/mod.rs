@@ -5,9 +5,12 @@
 //! and the mesh settings.
 
 mod authz;
+mod l4;
 mod peer;
+mod policy;
 mod routes;
 mod services;
+mod traffic;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,10 +1,10 @@
 //! ServiceEntries (with their WorkloadEntry or inline endpoints) and DestinationRules →
-//! the proxies' services.
+//! the proxies' services, with the policies and subsets of [`super::policy`].
 
-use halyard_xds::{Endpoint, LoadBalancer, Protocol, Service, ServicePort};
+use halyard_xds::{Endpoint, Protocol, Service, ServicePort};
 
-use super::{identity, node_id, Placement};
-use crate::model::networking::{ServiceEntry, SimpleLb, TlsMode, TrafficPolicy};
+use super::{identity, node_id, policy, Placement};
+use crate::model::networking::ServiceEntry;
 use crate::model::{exported_to, resolve_host, selects, DestinationRule, Doc, Model};
 
 /// WorkloadEntry annotation naming its sidecar's inbound listener (`IP:port`) for meshes
@@ -138,14 +138,16 @@ fn entry(
 ) -> Option<Entry> {
     let spec = &se.spec;
     let ns = &se.meta.namespace;
-    let name = spec.hosts.first()?.to_ascii_lowercase();
+    // Short names are the namespace's, as everywhere else in the model.
+    let hosts: Vec<String> = spec
+        .hosts
+        .iter()
+        .map(|h| resolve_host(h, ns).to_ascii_lowercase())
+        .collect();
+    let name = hosts.first()?.clone();
     let td = model.mesh.trust_domain();
     let dr = destination_rule(model, &name, ns);
-    let policy: Option<&TrafficPolicy> = dr.and_then(|d| d.spec.traffic_policy.as_ref());
-    let mtls_off = policy
-        .and_then(|p| p.tls.as_ref())
-        .and_then(|t| t.mode)
-        .is_some_and(|m| m == TlsMode::Disable);
+    let mtls_off = policy::mtls_off(dr.and_then(|d| d.spec.traffic_policy.as_ref()));
 
     let mut endpoints = Vec::new();
     let selected = spec.workload_selector.as_ref().map(|sel| {
@@ -213,41 +215,11 @@ fn entry(
         }
     }
 
-    let lb = policy
-        .and_then(|p| p.load_balancer.as_ref())
-        .map(|lb| {
-            if lb.consistent_hash.is_some() {
-                notes.push(format!("ServiceEntry host {name}: consistentHash is not applied yet (least request is used)"));
-            }
-            match lb.simple {
-                Some(SimpleLb::RoundRobin) => LoadBalancer::RoundRobin,
-                Some(SimpleLb::Random) => LoadBalancer::Random,
-                _ => LoadBalancer::LeastRequest,
-            }
-        })
-        .unwrap_or(LoadBalancer::LeastRequest);
-    let pool = policy.and_then(|p| p.connection_pool.as_ref());
-    let connect_timeout = duration(
-        pool.and_then(|c| c.tcp.as_ref())
-            .and_then(|t| t.connect_timeout.as_ref()),
-    );
-    let idle_timeout = duration(
-        pool.and_then(|c| c.http.as_ref())
-            .and_then(|h| h.idle_timeout.as_ref()),
-    );
-    let tcp_idle_timeout = duration(
-        pool.and_then(|c| c.tcp.as_ref())
-            .and_then(|t| t.idle_timeout.as_ref()),
-    );
-    if policy.is_some_and(|p| p.outlier_detection.is_some()) {
-        notes.push(format!(
-            "DestinationRule for {name}: outlierDetection is not applied yet"
-        ));
-    }
+    let (tp, subsets) = policy::for_rule(dr, &endpoints, notes);
 
     let service = Service {
         name: name.clone(),
-        hosts: spec.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        hosts,
         addresses: spec
             .addresses
             .iter()
@@ -265,10 +237,14 @@ fn entry(
             })
             .collect(),
         endpoints,
-        load_balancer: lb as i32,
-        connect_timeout,
-        idle_timeout,
-        tcp_idle_timeout,
+        load_balancer: tp.load_balancer,
+        connect_timeout: tp.connect_timeout,
+        idle_timeout: tp.idle_timeout,
+        tcp_idle_timeout: tp.tcp_idle_timeout,
+        consistent_hash: tp.consistent_hash,
+        connection_pool: tp.connection_pool,
+        outlier_detection: tp.outlier_detection,
+        subsets,
     };
     Some(Entry {
         namespace: ns.clone(),

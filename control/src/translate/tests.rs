@@ -6,6 +6,10 @@ use halyard_xds::{string_match, LoadBalancer, MtlsMode, Protocol};
 
 use super::*;
 
+mod faults;
+mod policy;
+mod routing;
+
 /// Loads `yaml` as a one-file directory; it must be clean.
 fn model(yaml: &str) -> Model {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -188,13 +192,14 @@ fn services_carry_identities_ports_and_destination_rule_settings() {
 }
 
 #[test]
-fn routes_keep_order_matches_and_timeouts_and_drop_what_they_cannot_evaluate() {
+fn routes_keep_order_matches_and_timeouts() {
     let t = demo(&Placement::default());
     let vh = &t.nodes["demo/frontend"].virtual_hosts[0];
     assert_eq!(vh.name, "demo/backend");
     assert!(vh.hosts.contains(&"backend".to_string()));
     let names: Vec<&str> = vh.routes.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["admin", "backend.demo.2"]);
+    // The regex route is no longer left out: the proxy evaluates regex matches.
+    assert_eq!(names, ["admin", "by-regex", "backend.demo.2"]);
     let admin = &vh.routes[0];
     let m = &admin.r#match[0];
     assert_eq!(
@@ -206,16 +211,21 @@ fn routes_keep_order_matches_and_timeouts_and_drop_what_they_cannot_evaluate() {
         admin.timeout.as_ref().map(|d| (d.seconds, d.nanos)),
         Some((1, 500_000_000))
     );
-    let dest = admin.route.as_ref().unwrap();
+    let dest = &admin.destinations[0];
     assert_eq!(
-        (dest.service.as_str(), dest.port),
-        ("backend.demo.svc.cluster.local", 8080)
+        (dest.service.as_str(), dest.port, dest.weight),
+        ("backend.demo.svc.cluster.local", 8080, 100)
     );
-    assert!(
-        t.notes.iter().any(|n| n.contains("by-regex")),
-        "{:?}",
-        t.notes
+    // A lone destination is also `route`, for proxies that read only that.
+    assert_eq!(admin.route.as_ref(), Some(dest));
+    assert_eq!(
+        vh.routes[1].r#match[0]
+            .uri
+            .as_ref()
+            .and_then(|u| u.match_type.clone()),
+        Some(string_match::MatchType::Regex("/v[0-9]+/.*".into()))
     );
+    assert!(t.notes.is_empty(), "{:?}", t.notes);
 }
 
 #[test]
@@ -239,6 +249,48 @@ fn the_valid_corpus_translates_into_valid_proxy_configs() {
         let errors = halyard_xds::validate(&proxy_config(r));
         assert!(errors.is_empty(), "{node}: {errors:?}");
     }
+    // Every route of the corpus reaches the proxies; the only part left unapplied is the
+    // per-port policy, which the proxy has no place for.
+    let Some(node) = t
+        .nodes
+        .values()
+        .find(|n| n.workload.namespace == "bookinfo")
+    else {
+        panic!("no bookinfo node in {:?}", t.nodes.keys());
+    };
+    for vs in &m.virtual_services {
+        let name = format!("{}/{}", vs.meta.namespace, vs.meta.name);
+        let Some(vh) = node.virtual_hosts.iter().find(|v| v.name == name) else {
+            panic!("{name} is missing");
+        };
+        assert_eq!(
+            (vh.routes.len(), vh.tcp_routes.len(), vh.tls_routes.len()),
+            (vs.spec.http.len(), vs.spec.tcp.len(), vs.spec.tls.len()),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        t.notes,
+        ["DestinationRule bookinfo/details: portLevelSettings not applied yet (the proxy has no per-port policy; the policy for all ports applies)"]
+    );
+}
+
+#[test]
+fn the_quickstart_translates_fully_into_valid_proxy_configs() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+    let (m, _) = crate::model::load_dir(&dir);
+    let t = translate(&m, &Placement::default());
+    assert!(t.notes.is_empty(), "{:?}", t.notes);
+    let r = &t.nodes["demo/frontend"];
+    assert!(halyard_xds::validate(&proxy_config(r)).is_empty());
+    let default = r.virtual_hosts[0]
+        .routes
+        .iter()
+        .find(|r| r.name == "default");
+    let set = default
+        .and_then(|d| d.request_headers.as_ref())
+        .and_then(|h| h.set.get("x-halyard-route"));
+    assert_eq!(set.map(String::as_str), Some("default"));
 }
 
 const POLICIES: &str = r#"

@@ -1,7 +1,10 @@
 //! HTTP route table: authority → virtual host → first matching route.
 
 mod action;
+mod l4;
 mod matcher;
+
+pub use l4::L4Route;
 
 pub use action::{
     Abort, Action, ActionError, Destination, Fault, HeaderOps, Mirror, Redirect, RetryPolicy,
@@ -77,6 +80,16 @@ pub struct RouteTable {
 pub struct RouteError {
     vhost: String,
     message: String,
+}
+
+impl RouteError {
+    /// An error in virtual host `vhost`.
+    pub fn new(vhost: &str, message: String) -> Self {
+        Self {
+            vhost: vhost.to_string(),
+            message,
+        }
+    }
 }
 
 /// Lower-cases a host and drops a `:port` suffix (also for `[v6]:port`).

@@ -1,0 +1,118 @@
+//! TCP routes: connections to a service's address are sent, by port and destination subnet,
+//! to weighted destinations (Istio VirtualService `tcp`).
+
+use std::net::{IpAddr, SocketAddr};
+
+use halyard_xds as xds;
+
+use super::action::{ActionError, Destination, Split};
+use super::{applies_to_source, Source};
+
+/// One compiled TCP route.
+#[derive(Debug, Clone)]
+pub struct L4Route {
+    /// Name for logs.
+    pub name: std::sync::Arc<str>,
+    matches: Vec<L4Match>,
+    /// Where matching connections go.
+    pub split: Split,
+}
+
+#[derive(Debug, Clone)]
+struct L4Match {
+    port: Option<u16>,
+    subnets: Vec<(IpAddr, u8)>,
+}
+
+/// Whether `ip` lies in `net/len`.
+fn in_subnet(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(len.min(128)))
+                .unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+impl L4Match {
+    fn matches(&self, dst: SocketAddr) -> bool {
+        self.port.is_none_or(|p| p == dst.port())
+            && (self.subnets.is_empty() || self.subnets.iter().any(|s| in_subnet(dst.ip(), *s)))
+    }
+}
+
+impl L4Route {
+    /// Compiles a TCP route; None when every match alternative is for other source workloads.
+    pub fn compile(
+        r: &xds::L4Route,
+        source: Source<'_>,
+        cluster_of: &impl Fn(&str, &str) -> Option<usize>,
+    ) -> Result<Option<Self>, ActionError> {
+        let matches: Vec<L4Match> = r
+            .r#match
+            .iter()
+            .filter(|m| {
+                applies_to_source(
+                    source.labels,
+                    source.namespace,
+                    &m.source_labels,
+                    &m.source_namespace,
+                )
+            })
+            .map(|m| L4Match {
+                port: u16::try_from(m.port).ok().filter(|p| *p != 0),
+                subnets: m
+                    .destination_subnets
+                    .iter()
+                    .filter_map(|s| xds::parse_subnet(s))
+                    .collect(),
+            })
+            .collect();
+        if !r.r#match.is_empty() && matches.is_empty() {
+            return Ok(None);
+        }
+        let mut dests = Vec::with_capacity(r.destinations.len());
+        for d in &r.destinations {
+            dests.push(Destination::compile(d, cluster_of)?);
+        }
+        if dests.is_empty() {
+            return Err(ActionError::Destination("(none)".into()));
+        }
+        Ok(Some(Self {
+            name: r.name.as_str().into(),
+            matches,
+            split: Split::new(dests),
+        }))
+    }
+
+    /// Whether a connection to `dst` takes this route.
+    pub fn matches(&self, dst: SocketAddr) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(dst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets() {
+        let net = |s: &str| xds::parse_subnet(s).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(in_subnet(ip("10.1.2.3"), net("10.1.0.0/16")));
+        assert!(!in_subnet(ip("10.2.2.3"), net("10.1.0.0/16")));
+        assert!(in_subnet(ip("10.2.2.3"), net("0.0.0.0/0")));
+        assert!(in_subnet(ip("10.1.2.3"), net("10.1.2.3")));
+        assert!(in_subnet(ip("fd00::1"), net("fd00::/8")));
+        assert!(!in_subnet(ip("10.1.2.3"), net("fd00::/8")));
+    }
+}
