@@ -2,7 +2,8 @@
 //! `0.3s`.
 //!
 //! proto3's JSON mapping only knows seconds (`"1.5s"`); people write Go-style durations.
-//! Values of fields named `*timeout`/`*interval` are rewritten in place before parsing, on
+//! Values of fields named `*timeout`/`*interval` (and `fixedDelay`, `backoff`,
+//! `baseEjectionTime`, `ttl`) are rewritten in place before parsing, on
 //! the same line, so error positions stay right.
 
 use std::time::Duration;
@@ -55,9 +56,12 @@ fn key_before(text: &str, colon: usize) -> bool {
     let key_start = head
         .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .map_or(0, |n| n + 1);
-    let key = head[key_start..].to_ascii_lowercase();
-    key.ends_with("timeout") || key.ends_with("interval")
+    let key = head[key_start..].to_ascii_lowercase().replace('_', "");
+    key.ends_with("timeout") || key.ends_with("interval") || DURATION_FIELDS.contains(&key.as_str())
 }
+
+/// Duration fields whose names do not end in `timeout` or `interval` (lower case, no `_`).
+const DURATION_FIELDS: &[&str] = &["fixeddelay", "backoff", "baseejectiontime", "ttl"];
 
 /// Parses a Go-style duration (`time.ParseDuration` syntax, without a sign) with `d` (24 h)
 /// accepted as an extra unit.
@@ -155,6 +159,10 @@ mod tests {
             "{\"timeout\": \"3600.000000000s\"}"
         );
         assert_eq!(normalize("timeout: soon"), "timeout: soon");
+        assert_eq!(
+            normalize("fault: {delay: {fixedDelay: 100ms}}\nbase_ejection_time: 1m\nbackoff: 25ms\nttl: 1h\n"),
+            "fault: {delay: {fixedDelay: 0.100000000s}}\nbase_ejection_time: 60.000000000s\nbackoff: 0.025000000s\nttl: 3600.000000000s\n"
+        );
         assert_eq!(normalize("timeout: 5"), "timeout: 5");
     }
 }

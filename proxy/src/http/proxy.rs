@@ -35,6 +35,9 @@ use crate::telemetry::ListenerKind;
 use crate::upstream::hash::Ring;
 use crate::upstream::{pick, Avoid, HttpVersion, Upstream, UpstreamKey};
 
+/// The inbound side's policy: one try (connect failures included, as the app is local).
+static NO_RETRIES: RetryPolicy = RetryPolicy::none();
+
 /// Attempts to open a CONNECT tunnel (Istio's default: 2 retries).
 const CONNECT_ATTEMPTS: u32 = 3;
 
@@ -356,6 +359,8 @@ async fn forward(
     let default_retry;
     let retry = match action {
         Some(a) => &a.retry,
+        // Retries belong to the caller's sidecar (Istio): the inbound side sends once.
+        None if conn.listener == ListenerKind::Inbound => &NO_RETRIES,
         None => {
             default_retry = RetryPolicy::default();
             &default_retry

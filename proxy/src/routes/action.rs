@@ -348,6 +348,17 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// No retries at all.
+    pub const fn none() -> Self {
+        Self {
+            attempts: 0,
+            per_try_timeout: None,
+            on: RetryOn(0),
+            statuses: Vec::new(),
+            backoff: DEFAULT_BACKOFF,
+        }
+    }
+
     /// Compiles a policy (Istio's default when absent). Unknown conditions were rejected by
     /// validation and are ignored here.
     pub fn compile(p: Option<&xds::RetryPolicy>) -> Self {
