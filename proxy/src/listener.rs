@@ -151,6 +151,20 @@ async fn connection(
         }
     };
     let (proto, io) = match kind {
+        // TLS from the app is not terminated: its server name routes it (TLS routes, or the
+        // service of that host when the connection was not redirected).
+        ListenerKind::Outbound if proto == Detected::Tls => {
+            match read_client_hello(stream, prefix, HANDSHAKE_TIMEOUT).await {
+                Ok(hello) => {
+                    info.sni = hello.server_name().map(Into::into);
+                    (proto, DownstreamIo::Plain(hello.into_passthrough()))
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "outbound TLS without a readable ClientHello");
+                    return;
+                }
+            }
+        }
         ListenerKind::Outbound => (proto, DownstreamIo::Plain(PrefixedIo::new(prefix, stream))),
         ListenerKind::Inbound => {
             info.dst_port = orig_port;
@@ -324,8 +338,11 @@ async fn forward_tcp<I: AsyncRead + AsyncWrite + Unpin>(
                     )
                 }
             },
-            ListenerKind::Outbound => match info.orig_dst.map(|d| (d, snap.tcp_target(d))) {
-                Some((_, Some((c, p)))) => {
+            ListenerKind::Outbound => match (
+                info.orig_dst,
+                snap.tcp_target(info.orig_dst, info.sni.as_deref()),
+            ) {
+                (_, Some((c, p))) => {
                     // maxConnections applies to TCP as a hard cap: no queueing.
                     match c.breaker.admit(c.limits.max_connections, 0).await {
                         Ok(slot) => _admitted = Some(slot),
@@ -357,7 +374,7 @@ async fn forward_tcp<I: AsyncRead + AsyncWrite + Unpin>(
                         Some(c.name.clone()),
                     )
                 }
-                Some((dst, None)) if !snap.registry_only => {
+                (Some(dst), None) if !snap.registry_only => {
                     passthrough = [Arc::new(Upstream::new(UpstreamKey::plain(
                         dst.ip().to_string(),
                         dst.port(),

@@ -12,7 +12,10 @@ use halyard_filters::jwt::{Authenticator, JwksStore, JwtError};
 use halyard_filters::rbac::{Engine, RbacError};
 use halyard_xds::{self as xds, duration_or, LoadBalancer, MtlsMode, Protocol, ProxyConfig};
 
-use crate::routes::{compile_vhost, L4Route, Route, RouteError, RouteTable, Source, VirtualHost};
+use crate::routes::{
+    compile_vhost, host_matches, L4Route, L4View, Route, RouteError, RouteTable, Source,
+    VirtualHost,
+};
 use crate::upstream::breaker::{Breaker, Limits};
 use crate::upstream::hash::Ring;
 use crate::upstream::outlier::OutlierConfig;
@@ -156,6 +159,8 @@ pub struct Snapshot {
     by_addr: HashMap<SocketAddr, (usize, usize)>,
     /// A service's cluster index → its TCP routes, in order.
     tcp_routes: HashMap<usize, Vec<L4Route>>,
+    /// TLS routes with the (lower-case) hosts of their virtual host, in config order.
+    tls_routes: Vec<(Vec<String>, Vec<L4Route>)>,
     /// Local workload ports.
     pub inbound: Vec<InboundTarget>,
     /// Settings.
@@ -432,8 +437,23 @@ impl Snapshot {
         };
         let mut routes = RouteTable::default();
         let mut tcp_routes: HashMap<usize, Vec<L4Route>> = HashMap::new();
+        let mut tls_routes = Vec::new();
         for vh in &config.virtual_hosts {
             routes.add(&vh.hosts, compile_vhost(vh, source, cluster_of)?);
+            if !vh.tls_routes.is_empty() {
+                let mut compiled = Vec::with_capacity(vh.tls_routes.len());
+                for r in &vh.tls_routes {
+                    let route = L4Route::compile(r, source, &cluster_of).map_err(|e| {
+                        BuildError::Route(RouteError::new(
+                            &vh.name,
+                            format!("tls route `{}`: {e}", r.name),
+                        ))
+                    })?;
+                    compiled.extend(route);
+                }
+                let hosts = vh.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+                tls_routes.push((hosts, compiled));
+            }
             if vh.tcp_routes.is_empty() {
                 continue;
             }
@@ -453,9 +473,6 @@ impl Snapshot {
                     tcp_routes.entry(ci).or_insert_with(|| compiled.clone());
                 }
             }
-        }
-        if !config.virtual_hosts.iter().all(|v| v.tls_routes.is_empty()) {
-            tracing::warn!("TLS routes (routing by SNI) are not applied yet: TLS connections go to the service of their destination address");
         }
         for (si, svc) in config.services.iter().enumerate() {
             let name: Arc<str> = svc.name.clone().into();
@@ -528,6 +545,7 @@ impl Snapshot {
             routes,
             by_addr,
             tcp_routes,
+            tls_routes,
             inbound,
             settings,
             registry_only,
@@ -546,19 +564,47 @@ impl Snapshot {
         Some((c, c.ports.get(pi)?))
     }
 
-    /// Where an opaque TCP connection to a service address goes: the service's TCP routes
-    /// first (port, subnet, weights), else the service itself.
-    pub fn tcp_target(&self, dst: SocketAddr) -> Option<(&Arc<Cluster>, &ClusterPort)> {
+    /// Where an outbound TCP or TLS connection goes: a TLS route for its server name first,
+    /// then the TCP routes of the service at its destination address (port, subnet,
+    /// weights), then that service itself, then — without a redirected address — the
+    /// service whose host is the server name.
+    pub fn tcp_target(
+        &self,
+        dst: Option<SocketAddr>,
+        sni: Option<&str>,
+    ) -> Option<(&Arc<Cluster>, &ClusterPort)> {
+        let view = L4View {
+            port: dst.map(|d| d.port()),
+            ip: dst.map(|d| d.ip()),
+            sni,
+        };
+        let via = |route: &L4Route| {
+            let d = route.split.pick()?;
+            let c = self.clusters.get(d.cluster)?;
+            let p = c.port(d.port.or(view.port))?;
+            Some((c, p))
+        };
+        if let Some(name) = sni {
+            let route = self
+                .tls_routes
+                .iter()
+                .filter(|(hosts, _)| hosts.iter().any(|h| host_matches(h, name)))
+                .find_map(|(_, rs)| rs.iter().find(|r| r.matches(&view)));
+            if let Some(r) = route {
+                return via(r);
+            }
+        }
+        let Some(dst) = dst else {
+            let c = self.cluster_for_host(sni?)?;
+            return Some((c, c.port(None)?));
+        };
         let (ci, pi) = *self.by_addr.get(&dst)?;
         if let Some(route) = self
             .tcp_routes
             .get(&ci)
-            .and_then(|rs| rs.iter().find(|r| r.matches(dst)))
+            .and_then(|rs| rs.iter().find(|r| r.matches(&view)))
         {
-            let d = route.split.pick()?;
-            let c = self.clusters.get(d.cluster)?;
-            let p = c.port(d.port.or(Some(dst.port())))?;
-            return Some((c, p));
+            return via(route);
         }
         let c = self.clusters.get(ci)?;
         Some((c, c.ports.get(pi)?))

@@ -166,9 +166,20 @@ services:
     endpoints: [{address: 127.0.0.1}]
   - name: db.default.svc.cluster.local
     addresses: [10.9.0.2]
+    ports: [{port: 9000, protocol: TCP, targetPort: 7000}, {port: 9001, protocol: TCP, targetPort: 7000}]
+    endpoints: [{address: 127.0.0.1}]
+    tcpIdleTimeout: 1s
+  - name: db-canary
     ports: [{port: 9000, protocol: TCP, targetPort: 7000}]
     endpoints: [{address: 127.0.0.1}]
     tcpIdleTimeout: 1s
+virtualHosts:
+  - name: db
+    hosts: [db.default.svc.cluster.local]
+    tcpRoutes:
+      - name: canary
+        match: [{port: 9000, destinationSubnets: [10.9.0.0/24]}]
+        destinations: [{service: db-canary, port: 9000}]
 outboundTrafficPolicy: {mode: ALLOW_ANY}
 ",
     )
@@ -221,7 +232,14 @@ outboundTrafficPolicy: {mode: ALLOW_ANY}
         String::from_utf8_lossy(&out.stdout).trim().to_string()
             + &String::from_utf8_lossy(&out.stderr)
     };
+    // Port 9000 of the service takes its TCP route to the canary; 9001 has no route.
     assert_eq!(run_client(&["10.9.0.2", "9000"]), "ok");
+    wait_for("TCP log for the canary", || {
+        entries()
+            .into_iter()
+            .find(|e| e["upstream_cluster"] == "db-canary")
+    });
+    assert_eq!(run_client(&["10.9.0.2", "9001"]), "ok");
     wait_for("TCP log for db", || {
         entries()
             .into_iter()

@@ -1132,3 +1132,112 @@ fn inbound_sidecar_does_not_retry_app_errors() {
         "inbound attempts in the access log: {e}"
     );
 }
+
+/// An `openssl s_server` answering TLS with a certificate for `CN=<name>`.
+fn tls_server(dir: &std::path::Path, name: &str) -> (Proc, u16) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+    let port = free_port();
+    let mut cmd = Command::new("openssl");
+    cmd.current_dir(dir).args([
+        "s_server",
+        "-quiet",
+        "-www",
+        "-accept",
+        &port.to_string(),
+        "-cert",
+        &format!("{name}.pem"),
+        "-key",
+        &format!("{name}.key"),
+    ]);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let proc = Proc::spawn(&format!("s_server {name}"), &mut cmd);
+    wait_for("s_server to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(|_| ())
+    });
+    (proc, port)
+}
+
+/// TLS from the app is routed by its server name without being terminated: the subject of
+/// the certificate curl sees tells which backend answered.
+#[test]
+fn tls_routes_pick_the_backend_by_server_name() {
+    let tmp = TempDir::new("tls-routes");
+    let (_a, pa) = tls_server(tmp.path(), "alpha");
+    let (_b, pb) = tls_server(tmp.path(), "beta");
+    let proxy = Proxy::start(&format!(
+        "services:
+  - {{name: alpha, hosts: [alpha.internal], ports: [{{port: 443, protocol: TCP}}], endpoints: [{{address: 127.0.0.1, port: {pa}}}]}}
+  - {{name: beta, hosts: [beta.internal], ports: [{{port: 443, protocol: TCP}}], endpoints: [{{address: 127.0.0.1, port: {pb}}}]}}
+virtualHosts:
+  - name: external
+    hosts: ['*.example.com']
+    tlsRoutes:
+      - name: to-alpha
+        match: [{{sniHosts: [a.example.com]}}]
+        destinations: [{{service: alpha}}]
+      - name: rest
+        match: [{{sniHosts: ['*.example.com']}}]
+        destinations: [{{service: beta}}]
+"
+    ));
+    let out_port = proxy.outbound.port();
+    let subject = |sni: &str| {
+        let target = format!("{sni}:{out_port}:127.0.0.1:{out_port}");
+        let c = curl(&[
+            "-kv",
+            "--connect-to",
+            &target,
+            &format!("https://{sni}:{out_port}/"),
+        ]);
+        assert_eq!(
+            c.status, 200,
+            "curl to {sni} through the outbound listener: {}",
+            c.stderr
+        );
+        c.stderr
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("*  subject: "))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no certificate subject in curl's output: {}", c.stderr))
+    };
+    assert!(
+        subject("a.example.com").contains("CN=alpha"),
+        "a.example.com → alpha"
+    );
+    assert!(
+        subject("b.example.com").contains("CN=beta"),
+        "b.example.com → beta"
+    );
+    assert!(
+        subject("x.example.com").contains("CN=beta"),
+        "x.example.com → beta"
+    );
+    // A server name of a service's own host reaches that service without any route.
+    assert!(
+        subject("alpha.internal").contains("CN=alpha"),
+        "alpha.internal → alpha"
+    );
+}

@@ -1,7 +1,8 @@
-//! TCP routes: connections to a service's address are sent, by port and destination subnet,
-//! to weighted destinations (Istio VirtualService `tcp`).
+//! TCP and TLS routes: connections to a service are sent, by port, destination subnet and
+//! (for TLS, read from the ClientHello without terminating it) server name, to weighted
+//! destinations (Istio VirtualService `tcp` and `tls`).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use halyard_xds as xds;
 
@@ -22,6 +23,28 @@ pub struct L4Route {
 struct L4Match {
     port: Option<u16>,
     subnets: Vec<(IpAddr, u8)>,
+    /// Lower-case server names, `*.suffix` wildcards allowed.
+    sni_hosts: Vec<Box<str>>,
+}
+
+/// What a connection offers to L4 matching.
+#[derive(Debug, Clone, Copy)]
+pub struct L4View<'a> {
+    /// The service port addressed.
+    pub port: Option<u16>,
+    /// The original destination address, when redirected.
+    pub ip: Option<IpAddr>,
+    /// The TLS server name, for TLS connections.
+    pub sni: Option<&'a str>,
+}
+
+/// Whether `name` (lower case) is matched by `pattern` (`*`, `*.suffix` or exact).
+pub fn host_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        Some("") => true,
+        Some(suffix) => name.len() > suffix.len() && name.ends_with(suffix),
+        None => pattern == name,
+    }
 }
 
 /// Whether `ip` lies in `net/len`.
@@ -44,9 +67,14 @@ fn in_subnet(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
 }
 
 impl L4Match {
-    fn matches(&self, dst: SocketAddr) -> bool {
-        self.port.is_none_or(|p| p == dst.port())
-            && (self.subnets.is_empty() || self.subnets.iter().any(|s| in_subnet(dst.ip(), *s)))
+    fn matches(&self, c: &L4View<'_>) -> bool {
+        self.port.is_none_or(|p| c.port == Some(p))
+            && (self.subnets.is_empty()
+                || c.ip
+                    .is_some_and(|ip| self.subnets.iter().any(|s| in_subnet(ip, *s))))
+            && (self.sni_hosts.is_empty()
+                || c.sni
+                    .is_some_and(|n| self.sni_hosts.iter().any(|h| host_matches(h, n))))
     }
 }
 
@@ -75,6 +103,11 @@ impl L4Route {
                     .iter()
                     .filter_map(|s| xds::parse_subnet(s))
                     .collect(),
+                sni_hosts: m
+                    .sni_hosts
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase().into())
+                    .collect(),
             })
             .collect();
         if !r.r#match.is_empty() && matches.is_empty() {
@@ -94,9 +127,9 @@ impl L4Route {
         }))
     }
 
-    /// Whether a connection to `dst` takes this route.
-    pub fn matches(&self, dst: SocketAddr) -> bool {
-        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(dst))
+    /// Whether a connection takes this route.
+    pub fn matches(&self, c: &L4View<'_>) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(c))
     }
 }
 
@@ -114,5 +147,13 @@ mod tests {
         assert!(in_subnet(ip("10.1.2.3"), net("10.1.2.3")));
         assert!(in_subnet(ip("fd00::1"), net("fd00::/8")));
         assert!(!in_subnet(ip("10.1.2.3"), net("fd00::/8")));
+    }
+
+    #[test]
+    fn server_names() {
+        assert!(host_matches("*.example.com", "a.example.com"));
+        assert!(!host_matches("*.example.com", "example.com"));
+        assert!(host_matches("*", "x"));
+        assert!(host_matches("a.b", "a.b") && !host_matches("a.b", "a.c"));
     }
 }

@@ -4,7 +4,7 @@ mod action;
 mod l4;
 mod matcher;
 
-pub use l4::L4Route;
+pub use l4::{host_matches, L4Route, L4View};
 
 pub use action::{
     Abort, Action, ActionError, Destination, Fault, HeaderOps, Mirror, Redirect, RetryPolicy,
