@@ -733,8 +733,8 @@ const RETRY_ON: &[&str] = &[
     "unavailable",
 ];
 
-/// gRPC status names accepted in `fault.abort.grpcStatus`.
-const GRPC_STATUS: &[&str] = &[
+/// gRPC status names accepted in `fault.abort.grpcStatus`, in code order (`OK` = 0).
+pub(crate) const GRPC_STATUS: &[&str] = &[
     "OK",
     "CANCELLED",
     "UNKNOWN",

@@ -18,34 +18,13 @@ pub(super) const ISTIO_DEFAULT_RETRY_ON: [&str; 5] = [
     "503",
 ];
 
-/// gRPC status names in code order (`OK` = 0 … `UNAUTHENTICATED` = 16).
-const GRPC_STATUS: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
 /// The code of a gRPC status given by name (any case) or number.
 pub(super) fn grpc_code(status: &str) -> Option<u32> {
     let status = status.trim();
     if let Ok(n) = status.parse::<u32>() {
         return (n <= 16).then_some(n);
     }
-    GRPC_STATUS
+    crate::model::networking::GRPC_STATUS
         .iter()
         .position(|s| s.eq_ignore_ascii_case(status))
         .and_then(|i| u32::try_from(i).ok())
