@@ -68,28 +68,7 @@ fn write(dir: &Path, name: &str, text: &str) {
 }
 
 fn sidecar(ca: &Control, dir: &Path, name: &str, inbound: &str) -> Proxy {
-    let token = dir.join(format!("{name}.token"));
-    Proxy::start_with(
-        "",
-        &[
-            "--xds-addr",
-            &ca.grpc_tls,
-            "--node-id",
-            &format!("demo/{name}"),
-            "--ca-addr",
-            &ca.grpc_tls,
-            "--ca-root-file",
-            s(&ca.root()),
-            "--ca-token-file",
-            s(&token),
-            "--namespace",
-            "demo",
-            "--service-account",
-            name,
-            "--inbound-addr",
-            inbound,
-        ],
-    )
+    sidecar_as(ca, dir, name, name, inbound)
 }
 
 /// GET `path` from the frontend's app side, to `backend:8080`.
@@ -434,4 +413,171 @@ fn istio_security_resources_are_enforced_and_follow_edits() {
         e["downstream_peer_uri_san"],
         "spiffe://cluster.local/ns/demo/sa/frontend"
     );
+}
+
+/// Istio traffic YAML through the control server: a DestinationRule with subsets and a
+/// VirtualService with a header canary, a 90/10 split and retries, over four sidecars talking
+/// mutual TLS; one v1 instance fails half of its requests and retries hide it.
+#[test]
+fn istio_traffic_yaml_routes_splits_and_retries_through_the_mesh() {
+    let tmp = TempDir::new("mesh-traffic");
+    let cfg = tmp.path().join("mesh");
+    std::fs::create_dir_all(&cfg).expect("config dir");
+    let tokens = "- {token: tok-f, namespace: demo, serviceAccount: frontend}\n\
+                  - {token: tok-b, namespace: demo, serviceAccount: backend}\n";
+    std::fs::write(tmp.path().join("tokens.yaml"), tokens).expect("tokens");
+    let backends = [
+        ("v1a", "v1", false),
+        ("v1b", "v1", true),
+        ("v2", "v2", false),
+    ];
+    let mut yaml = String::from(
+        "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: frontend, namespace: demo}
+spec: {address: 127.0.0.1, serviceAccount: frontend, labels: {app: frontend}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: backend, namespace: demo}
+spec:
+  hosts: [backend.demo.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: backend}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend, namespace: demo}
+spec:
+  host: backend
+  subsets:
+    - {name: v1, labels: {version: v1}}
+    - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend, namespace: demo}
+spec:
+  hosts: [backend]
+  http:
+    - name: canary
+      match: [{headers: {x-canary: {exact: 'yes'}}}]
+      route: [{destination: {host: backend, subset: v2}}]
+    - name: split
+      route:
+        - {destination: {host: backend, subset: v1}, weight: 90}
+        - {destination: {host: backend, subset: v2}, weight: 10}
+      retries: {attempts: 3, retryOn: 5xx}
+",
+    );
+    let mut echoes = Vec::new();
+    let mut sidecars = Vec::new();
+    for (name, version, flaky) in backends {
+        let flags: &[&str] = if flaky {
+            &["--fail-percent", "50"]
+        } else {
+            &[]
+        };
+        let echo = Echo::start_with(&format!("backend-{name}"), "127.0.0.1:0", flags);
+        let sidecar: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        yaml += &format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: backend-{name}
+  namespace: demo
+  annotations: {{halyard.dev/sidecar-address: \"{sidecar}\"}}
+spec: {{address: 127.0.0.1, serviceAccount: backend, ports: {{http: {}}}, labels: {{app: backend, version: {version}}}}}
+",
+            echo.port()
+        );
+        std::fs::write(tmp.path().join(format!("backend-{name}.token")), "tok-b\n").expect("token");
+        sidecars.push((format!("backend-{name}"), sidecar));
+        echoes.push(echo);
+    }
+    std::fs::write(tmp.path().join("frontend.token"), "tok-f\n").expect("token");
+    write(&cfg, "mesh.yaml", &yaml);
+    let ca = Control::start(tmp.path(), &["--config", s(&cfg)]);
+    let _backends: Vec<Proxy> = sidecars
+        .iter()
+        .map(|(name, addr)| sidecar_as(&ca, tmp.path(), name, "backend", &addr.to_string()))
+        .collect();
+    let frontend = sidecar(&ca, tmp.path(), "frontend", "127.0.0.1:0");
+
+    // The header canary goes to v2 only.
+    for _ in 0..20 {
+        let out = curl(&[
+            "-H",
+            "Host: backend:8080",
+            "-H",
+            "x-canary: yes",
+            &url(frontend.outbound, "/canary"),
+        ]);
+        assert_eq!(out.status, 200, "{out:?}");
+        assert_eq!(out.json()["workload"], "backend-v2");
+    }
+
+    // The split, with retries hiding the flaky v1 instance (curl: one connection, 1,000 requests).
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Host: backend:8080",
+            "-w",
+            "%{http_code} %header{x-echo-workload}\\n",
+            &url(frontend.outbound, "/split/[1-1000]"),
+        ])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1000, "curl printed {} lines", lines.len());
+    let ok = lines.iter().filter(|l| l.starts_with("200 ")).count();
+    let v2 = lines.iter().filter(|l| l.ends_with("backend-v2")).count();
+    let v1b = lines.iter().filter(|l| l.ends_with("backend-v1b")).count();
+    eprintln!("split: {ok}/1000 ok, v2 {v2}, v1b answered {v1b}");
+    assert!(
+        ok >= 999,
+        "retries should hide the flaky instance: {ok}/1000 succeeded"
+    );
+    assert!(
+        (60..=140).contains(&v2),
+        "v2 should get about 10 % of 1,000 requests, got {v2}"
+    );
+    assert!(v1b > 0, "the flaky instance still serves some requests");
+    let retried = frontend
+        .metric("halyard_upstream_rq_retry_total")
+        .unwrap_or(0.0);
+    assert!(retried > 50.0, "retries counted: {retried}");
+}
+
+/// A sidecar for workload `name` running as service account `sa`.
+fn sidecar_as(ca: &Control, dir: &Path, name: &str, sa: &str, inbound: &str) -> Proxy {
+    let token = dir.join(format!("{name}.token"));
+    Proxy::start_with(
+        "",
+        &[
+            "--xds-addr",
+            &ca.grpc_tls,
+            "--node-id",
+            &format!("demo/{name}"),
+            "--ca-addr",
+            &ca.grpc_tls,
+            "--ca-root-file",
+            s(&ca.root()),
+            "--ca-token-file",
+            s(&token),
+            "--namespace",
+            "demo",
+            "--service-account",
+            sa,
+            "--inbound-addr",
+            inbound,
+        ],
+    )
 }
