@@ -8,6 +8,10 @@ and writes REPORT.md, latency.svg and results.json. Standard library only.
 Core layout (2 cores): the load generator, the upstream and this script on core 0; the proxy
 under test on core 1, one worker thread. All traffic goes to 127.0.0.1.
 
+Then, with Halyard, routed and retried: a second Halyard proxy with 50 routes that do not
+match before a retried 90/10 subset split, against an upstream path that answers 503 to ~5 %
+of requests (see run_routed).
+
 With --control (halyard-control, the CA), mutual TLS between two Halyard sidecars follows:
 an mTLS hop against a plaintext hop and direct, and new mTLS connections (handshakes) per
 second per core; both sidecars on core 1, one worker thread each (see run_mesh).
@@ -45,6 +49,7 @@ H2_CAPACITY = (10, 5)
 LATENCY_CONNS = 16  # fixed rate: enough workers to never queue at half capacity
 H2_LATENCY = (4, 4)
 ABORTED = "aborted due to deadline"  # oha's word for requests cut off at the end of -z
+FLAKY_PERCENT = 5  # upstream `/flaky` answers 503 to this share of requests (nginx decides)
 
 SCENARIOS = [
     {"key": "h1-0", "title": "HTTP/1.1 keep-alive, 0 B body", "proto": "h1",
@@ -266,12 +271,28 @@ def nginx_http_common(tmp: Path, name: str) -> str:
 """
 
 
+def flaky_split() -> str:
+    """`$bench_flaky` = 1 for about FLAKY_PERCENT % of the requests, decided by nginx from the
+    random `$request_id`: `/flaky` answers 503 then, 200 otherwise (the routed-and-retried
+    scenario). split_clients where nginx has it; else a map on the first two hex digits of
+    the request id (13/256 = 5.1 %)."""
+    try:
+        v = subprocess.run(["nginx", "-V"], capture_output=True, text=True, timeout=10).stderr
+    except (OSError, subprocess.SubprocessError):
+        v = ""
+    if "--without-http_split_clients_module" not in v:
+        return (f'    split_clients "${{request_id}}" $bench_flaky '
+                f'{{ {FLAKY_PERCENT}% 1; * 0; }}')
+    return '    map $request_id $bench_flaky { ~^0[0-9a-c] 1; default 0; }'
+
+
 def upstream_conf(tmp: Path, h1: int, h2: int, tls: int | None = None,
                   cert: tuple[Path, Path] | None = None) -> str:
     locs = f"""
         default_type text/plain;
         location = /0 {{ return 200; }}
         location = /1k {{ return 200 "{BODY_1K}"; }}
+        location = /flaky {{ if ($bench_flaky) {{ return 503; }} return 200; }}
         location / {{ return 404; }}
 """
     # HTTPS for the mesh's opaque-TCP scenario (oha tunnels it through CONNECT); TLS 1.3
@@ -290,6 +311,7 @@ def upstream_conf(tmp: Path, h1: int, h2: int, tls: int | None = None,
     return nginx_common(tmp, "upstream") + f"""
 http {{
 {nginx_http_common(tmp, "upstream")}
+{flaky_split()}
     server {{
         listen 127.0.0.1:{h1} reuseport backlog=4096;
 {locs}
@@ -599,6 +621,8 @@ def main() -> int:
     ap.add_argument("--mesh-skipped", help="why the mutual-TLS scenarios cannot run (a problem)")
     ap.add_argument("--only-mesh", action="store_true",
                     help="skip direct/nginx/haproxy/Halyard scenarios (develop the mesh ones)")
+    ap.add_argument("--only-routed", action="store_true",
+                    help="skip every scenario but routed-and-retried (develop that one)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--state", help="directory for the pid list run.sh cleans up from")
     ap.add_argument("--quick", action="store_true")
@@ -645,6 +669,16 @@ def main() -> int:
                 "tunnel_concurrency": f"{TUNNEL_CONNS} connections, one request each",
                 "cert_ttl": "24h",
                 "trust_domain": TRUST_DOMAIN,
+            },
+            "routed": {
+                "capacity_concurrency": f"{CAPACITY_CONNS} connections",
+                "latency_concurrency": f"{ROUTED_LATENCY_CONNS} connections",
+                "rate": "half of the routed-and-retried path's closed-loop rate",
+                "decoy_routes": ROUTED_DECOYS,
+                "flaky_percent": FLAKY_PERCENT,
+                "retries": "attempts: 3, retryOn: [5xx]",
+                "max_retries_lifted": ROUTED_MAX_RETRIES_NB,
+                "split": "v1 90 / v2 10",
             },
         },
         "targets": {},
@@ -696,6 +730,9 @@ def run(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int, results: d
     if args.only_mesh:
         if mesh:
             run_mesh(args, tmp, procs, oha, dur, warm, results, up_h1, up_tls)
+        return
+    if args.only_routed:
+        run_routed(args, tmp, procs, oha, dur, warm, results, up_h1)
         return
 
     targets: list[Target] = [Target(
@@ -900,6 +937,9 @@ def run(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int, results: d
                 results["problems"].append(
                     f"Halyard wrote {len(lines)} line(s) to stderr at level warn; last: "
                     + " | ".join(lines[-3:])[:1500])
+
+    # ---- routed and retried (Halyard only; its own proxy, stopped before the mesh)
+    run_routed(args, tmp, procs, oha, dur, warm, results, up_h1)
 
     # ---- mutual TLS between two Halyard sidecars (after the others: they stay idle)
     if mesh:
@@ -1502,6 +1542,332 @@ def mesh_handshakes(oha: Oha, dur: int, warm: int, mesh: dict, problem, a: Sidec
     if p and m:
         res["handshake_us"] = {side: m[side] - p[side] for side in ("a", "b", "both")}
 
+
+
+# --------------------------------------------------------------------------- routed and retried
+
+# A second Halyard proxy (the same binary and flags as the plain one: core 1, one worker,
+# access log off) whose host has a virtual host of ROUTED_DECOYS routes that never match the
+# benchmark's requests, then one route with retries and a 90/10 split over two subsets of a
+# service whose two endpoint entries are both the upstream nginx (labels version v1 / v2).
+# The upstream's `/flaky` answers 503 to about FLAKY_PERCENT % of requests (nginx decides,
+# from its random request id), `/0` always 200. Its own process, so that the plain Halyard
+# numbers stay exactly as they were; stopped before the mesh scenarios.
+HOST_ROUTED = "bench-routed.local"
+ROUTED_SERVICE = "bench-routed"
+# The same service and routes with the retry budget lifted (connectionPool.maxRetries).
+HOST_ROUTED_NB = "bench-routed-nobudget.local"
+ROUTED_SERVICE_NB = "bench-routed-nobudget"
+ROUTED_MAX_RETRIES_NB = 4294967295
+ROUTED_DECOYS = 50
+ROUTED_LATENCY_CONNS = 32  # a retried request holds its connection through the backoff
+ROUTED_RETRY = "{attempts: 3, retryOn: [5xx]}"
+
+
+def routed_decoy(i: int) -> str:
+    """Match conditions of decoy route i: a third each prefix, regex, header (with a prefix
+    that does match, so that the header is looked at), none of them matching a benchmark
+    request (no x-tenant header; paths /flaky and /0)."""
+    if i % 3 == 0:
+        return f"{{uri: {{prefix: '/flaky/v{i}/'}}}}"
+    if i % 3 == 1:
+        return f"{{uri: {{regex: '/(flaky|0|api)-{i}(/[a-z0-9]+)*'}}}}"
+    return f"{{uri: {{prefix: /}}, headers: {{x-tenant: {{exact: tenant-{i}}}}}}}"
+
+
+def routed_conf(up_h1: int) -> str:
+    """Two copies of the service and its virtual host: ROUTED_SERVICE with the default retry
+    budget (no connectionPool) and ROUTED_SERVICE_NB with maxRetries 2^32-1 (Istio's
+    documented default), which lifts it."""
+    def service(name: str, host: str, pool: str) -> str:
+        return f"""  - name: {name}
+    hosts: [{host}]
+    ports: [{{port: 80, protocol: HTTP, targetPort: {up_h1}}}]
+    endpoints:
+      - {{address: 127.0.0.1, labels: {{version: v1}}}}
+      - {{address: 127.0.0.1, labels: {{version: v2}}}}
+    subsets:
+      - {{name: v1, labels: {{version: v1}}}}
+      - {{name: v2, labels: {{version: v2}}}}
+{pool}"""
+
+    def vhost(name: str, host: str) -> str:
+        decoys = "".join(
+            f"      - name: decoy-{i:02d}\n"
+            f"        match: [{routed_decoy(i)}]\n"
+            f"        route: {{service: {name}, subset: v{1 + i % 2}}}\n"
+            for i in range(ROUTED_DECOYS))
+        return f"""  - name: {name}
+    hosts: [{host}]
+    routes:
+{decoys}      - name: split
+        # /flaky: retried; /0: the same route, never fails, so never retried
+        match: [{{uri: {{exact: /flaky}}}}, {{uri: {{exact: /0}}}}]
+        retries: {ROUTED_RETRY}
+        destinations:
+          - {{service: {name}, subset: v1, weight: 90}}
+          - {{service: {name}, subset: v2, weight: 10}}
+"""
+    services = (service(ROUTED_SERVICE, HOST_ROUTED, "")
+                + service(ROUTED_SERVICE_NB, HOST_ROUTED_NB,
+                          f"    connectionPool: {{maxRetries: {ROUTED_MAX_RETRIES_NB}}}\n"))
+    vhosts = vhost(ROUTED_SERVICE, HOST_ROUTED) + vhost(ROUTED_SERVICE_NB, HOST_ROUTED_NB)
+    return f"""# Written by benches/load/harness.py: the routed-and-retried scenario.
+version: load-bench-routed
+services:
+{services}virtualHosts:
+{vhosts}outboundTrafficPolicy:
+  mode: REGISTRY_ONLY
+settings:
+  accessLog: false
+"""
+
+
+def by_cluster(m: dict, name: str) -> dict[str, float]:
+    """Samples of `name` by their cluster label."""
+    out = {}
+    for k, v in m.items():
+        if isinstance(v, float) and k.startswith(name + "{"):
+            c = re.search(r'cluster="([^"]*)"', k)
+            out[c.group(1) if c else k] = out.get(c.group(1) if c else k, 0.0) + v
+    return out
+
+
+def outcome(o: dict) -> dict:
+    """Adds to an oha summary: requests answered or failed (not the ones cut at the -z
+    deadline), the success rate (2xx share) and the 503s."""
+    answered = sum(o["status"].values())
+    errs = sum(v for k, v in o["errors"].items() if k != ABORTED)
+    o["requests"] = answered + errs
+    o["other_errors"] = errs
+    o["success_rate"] = o["ok"] / o["requests"] if o["requests"] else None
+    o["status_503"] = o["status"].get("503", 0)
+    o["rps_all"] = o["requests"] / o["duration_s"] if o["duration_s"] > 0 else 0.0
+    return o
+
+
+def run_routed(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int, results: dict,
+               up_h1: int) -> None:
+    """Routed and retried: direct to the flaky upstream, through 50 decoy routes + a retried
+    90/10 split to it, and the same route on a path that never fails."""
+    res: dict = {"load_before": loadavg(), "host": HOST_ROUTED, "decoys": ROUTED_DECOYS,
+                 "retries": ROUTED_RETRY, "targets": {}, "order": []}
+    results["routed"] = res
+
+    def problem(msg: str) -> None:
+        results["problems"].append(f"routed: {msg}")
+        log(results["problems"][-1])
+
+    if not args.halyard:
+        res["skipped"] = "no Halyard binary (--no-halyard)"
+        return
+    out, admin, inb = free_ports(3)
+    cfg = tmp / "halyard-routed.yaml"
+    cfg.write_text(routed_conf(up_h1))
+    px = Sidecar("halyard-routed", "", (out, admin, inb))
+    px.proc = procs.start("halyard-routed", [
+        args.halyard, "--config", str(cfg), "--outbound-addr", f"127.0.0.1:{out}",
+        "--admin-addr", f"127.0.0.1:{admin}", "--inbound-addr", f"127.0.0.1:{inb}",
+        "--concurrency", "1", "--log-level", "warn"], PROXY_CORE, str(tmp), tmp)
+    try:
+        wait_http_ok(f"http://127.0.0.1:{admin}/ready", px.proc)
+        wait_port(out, px.proc)
+    except RuntimeError as e:
+        res["error"] = f"the routed Halyard did not start: {e}"
+        problem(res["error"])
+        procs.stop(px.proc)
+        return
+    log(f"routed Halyard on 127.0.0.1:{out} (admin :{admin}), {ROUTED_DECOYS} decoy routes")
+    res["rss_idle_kib"] = mem_kib([px.proc.pid])["rss_kib"]
+    try:
+        routed_measure(oha, dur, warm, res, problem, up_h1, px)
+        # CPU per 2xx request against the plain Halyard's (HTTP/1.1, 0 B) from this run.
+        plain = (results["scenarios"].get("h1-0", {}).get("targets", {}).get("halyard", {})
+                 .get("capacity", {}).get("cpu_us_per_req"))
+        res["plain_h1_cpu_us_per_req"] = plain
+        tg = res["targets"]
+        b = tg.get("routed-flaky", {}).get("capacity", {}).get("cpu_us_per_ok")
+        bn = tg.get("routed-flaky-nb", {}).get("capacity", {}).get("cpu_us_per_ok")
+        c = tg.get("routed-0", {}).get("capacity", {}).get("cpu_us_per_ok")
+        res["cpu_ratios"] = {
+            "retried_vs_plain": b / plain if b and plain else None,
+            "retried_nobudget_vs_plain": bn / plain if bn and plain else None,
+            "routed_vs_plain": c / plain if c and plain else None,
+            "retried_vs_routed": b / c if b and c else None,
+            "retried_nobudget_vs_routed": bn / c if bn and c else None,
+        }
+    except RuntimeError as e:
+        problem(str(e))
+    finally:
+        res["alive_at_end"] = px.alive()
+        if px.alive():
+            m = px.metrics()
+            res["stats_end"] = {
+                "halyard_upstream_rq_retry_total": by_cluster(
+                    m, "halyard_upstream_rq_retry_total"),
+                "halyard_upstream_rq_retry_overflow_total": by_cluster(
+                    m, "halyard_upstream_rq_retry_overflow_total"),
+            }
+            res["rss_end_kib"] = mem_kib([px.proc.pid])["rss_kib"]
+            text = px.stderr()
+            if text.strip():
+                lines = text.strip().splitlines()
+                problem(f"the routed Halyard wrote {len(lines)} line(s) to stderr at level "
+                        "warn; last: " + " | ".join(lines[-3:])[:1000])
+        else:
+            problem(f"the routed Halyard exited with {px.proc.returncode}: {px.stderr()}")
+        procs.stop(px.proc)
+        res["load_after"] = loadavg()
+
+
+def routed_measure(oha: Oha, dur: int, warm: int, res: dict, problem, up_h1: int,
+                   px: Sidecar) -> None:
+    def sc(path: str) -> dict:
+        return {"key": "routed", "proto": "h1", "path": path, "host": HOST_ROUTED, "body": 0}
+    cases = [
+        (mesh_target("direct-flaky", "(a) direct, /flaky", up_h1, HOST_ROUTED, [],
+                     f"client straight to the upstream, which answers 503 to "
+                     f"~{FLAKY_PERCENT} %"), "/flaky", "h1"),
+        (mesh_target("routed-flaky", "(b) Halyard routed + retried, /flaky", px.outbound,
+                     HOST_ROUTED, [px], f"{ROUTED_DECOYS} decoy routes, then the split "
+                     f"route with retries {ROUTED_RETRY}; default retry budget"),
+         "/flaky", "h1 → h1"),
+        (mesh_target("routed-flaky-nb", "(b′) the same, maxRetries lifted", px.outbound,
+                     HOST_ROUTED_NB, [px], f"as (b), the service with connectionPool "
+                     f"maxRetries {ROUTED_MAX_RETRIES_NB} (no retry budget)"),
+         "/flaky", "h1 → h1"),
+        (mesh_target("direct-0", "direct, /0", up_h1, HOST_ROUTED, [],
+                     "the baseline of (c): client straight to the upstream"), "/0", "h1"),
+        (mesh_target("routed-0", "(c) Halyard routed, /0", px.outbound, HOST_ROUTED, [px],
+                     "the same decoys and split route as (b); /0 never fails, so never "
+                     "retried"), "/0", "h1 → h1"),
+    ]
+    usable = []
+    for t, path, legs in cases:
+        r: dict = {"label": t.label, "path": path, "legs": legs, "notes": t.notes,
+                   "proxy": bool(t.sidecars)}
+        res["targets"][t.key] = r
+        res["order"].append(t.key)
+        try:
+            if path == "/0":
+                s = outcome(oha.run(t, sc(path), requests=20, conns=(1, 1), timeout=30))
+                if s["ok"] != 20:
+                    raise RuntimeError(f"status {s['status']} errors {s['errors']}")
+            elif not t.sidecars:
+                # The upstream must fail now and then, with 503 and nothing else.
+                s = outcome(oha.run(t, sc(path), requests=400, conns=(1, 1), timeout=30))
+                if set(s["status"]) - {"200", "503"} or s["other_errors"] or not s["status_503"]:
+                    raise RuntimeError(f"want 200s and some 503s: status {s['status']} "
+                                       f"errors {s['errors']}")
+            else:
+                m0 = px.metrics()
+                s = outcome(oha.run(t, sc(path), requests=200, conns=(1, 1), timeout=60))
+                retried = metric_delta(m0, px.metrics(), "halyard_upstream_rq_retry_total")
+                if s["ok"] < 198 or not retried:
+                    raise RuntimeError(f"want ~all 200 after retries: status {s['status']} "
+                                       f"errors {s['errors']}, {retried:.0f} retries")
+            r["sanity"] = {"status": s["status"], "errors": s["errors"]}
+        except RuntimeError as e:
+            r["error"] = f"sanity check failed: {e}"
+            problem(f"{t.label}: {r['error']}")
+            continue
+        usable.append((t, path))
+
+    def measure(t: Target, path: str, **kw) -> dict:
+        # Scrape the stats outside the CPU window: the admin port shares the worker.
+        m0 = px.metrics() if t.sidecars else {}
+        c0 = px.cpu() if t.sidecars else 0.0
+        o = outcome(oha.run(t, sc(path), **kw))
+        if t.sidecars:
+            cpu = px.cpu() - c0
+            m1 = px.metrics()
+            o["cpu_s"] = cpu
+            o["proxy_core_busy"] = cpu / o["duration_s"] if o["duration_s"] > 0 else None
+            o["cpu_us_per_ok"] = cpu / o["ok"] * 1e6 if o["ok"] else None
+            o["cpu_us_per_req"] = cpu / o["requests"] * 1e6 if o["requests"] else None
+            for name, key in (("halyard_upstream_rq_retry_total", "retries"),
+                              ("halyard_upstream_rq_retry_overflow_total", "retry_overflows")):
+                b0, b1 = by_cluster(m0, name), by_cluster(m1, name)
+                o[key] = metric_delta(m0, m1, name)
+                o[key + "_by_cluster"] = {c: b1[c] - b0.get(c, 0.0) for c in b1}
+            o["retries_per_req"] = o["retries"] / o["requests"] if o["requests"] else None
+        return o
+
+    def check(t: Target, path: str, o: dict, what: str) -> None:
+        if o["other_errors"]:
+            problem(f"{t.label} {what}: {o['other_errors']} requests failed without a "
+                    f"response: {o['errors']}")
+        if not t.sidecars and path == "/flaky":
+            share = o["status_503"] / o["requests"] * 100 if o["requests"] else 0
+            if set(o["status"]) - {"200", "503"} or not 0.5 * FLAKY_PERCENT <= share <= 1.5 * FLAKY_PERCENT:
+                problem(f"{t.label} {what}: the upstream answered {o['status']}, "
+                        f"want ~{FLAKY_PERCENT} % 503")
+        elif o["requests"] and o["ok"] < o["requests"]:
+            failed = o["requests"] - o["ok"]
+            extra = ""
+            if t.sidecars:
+                extra = (f"; {o['retries']:.0f} retries sent, {o['retry_overflows']:.0f} "
+                         "refused by the retry budget (halyard_upstream_rq_retry_overflow_total)")
+            problem(f"{t.label} {what}: {failed} of {o['requests']} requests not 2xx "
+                    f"(success {100 * o['success_rate']:.2f} %): status {o['status']}{extra}")
+
+    for t, path in usable:
+        r = res["targets"][t.key]
+        try:
+            oha.run(t, sc(path), duration=f"{warm}s", conns=(CAPACITY_CONNS, 1),
+                    timeout=warm + 60)
+            c = measure(t, path, duration=f"{dur}s", conns=(CAPACITY_CONNS, 1), timeout=dur + 60)
+            r["capacity"] = c
+            log(f"routed {t.label}: {c['rps']:.0f} rps 2xx of {c['rps_all']:.0f}, success "
+                f"{100 * (c['success_rate'] or 0):.2f} %"
+                + (f", {c['cpu_us_per_ok']:.1f} CPU-us per 2xx req, core "
+                   f"{100 * c['proxy_core_busy']:.0f}%, retries/req "
+                   f"{c['retries_per_req'] or 0:.4f}, overflows {c['retry_overflows']:.0f}"
+                   if t.sidecars and c.get("cpu_us_per_ok") else ""))
+            check(t, path, c, "capacity run")
+        except RuntimeError as e:
+            r["error"] = str(e)
+            problem(f"{t.label} capacity: {e}")
+    # The slower of the two retried paths (else direct), so that every path keeps up.
+    caps = {k: res["targets"].get(k, {}).get("capacity", {}).get("rps_all")
+            for k in ("routed-flaky", "routed-flaky-nb")}
+    caps = {k: v for k, v in caps.items() if v}
+    if caps:
+        basis = min(caps, key=caps.get)
+        cap = caps[basis]
+    else:
+        basis = "direct-flaky"
+        cap = res["targets"].get(basis, {}).get("capacity", {}).get("rps_all") or 0
+    rate = max(100, int(round(cap / 2 / 100.0)) * 100)
+    res["rate"], res["rate_basis"] = rate, basis
+    log(f"routed: fixed rate {rate} req/s (half of {basis})")
+    for t, path in usable:
+        r = res["targets"][t.key]
+        try:
+            lr = measure(t, path, duration=f"{dur}s", conns=(ROUTED_LATENCY_CONNS, 1),
+                         rate=rate, timeout=dur + 60)
+            r["latency"] = lr
+            lat = lr["latency_us"]
+            log(f"routed {t.label} @ {rate}/s: p50 {lat['p50']:.0f} us, p99 {lat['p99']:.0f} us, "
+                f"success {100 * (lr['success_rate'] or 0):.2f} %"
+                + (f", retries/req {lr['retries_per_req'] or 0:.4f}, overflows "
+                   f"{lr['retry_overflows']:.0f}" if t.sidecars else ""))
+            check(t, path, lr, "fixed-rate run")
+            if lr["rps_all"] < 0.9 * rate:
+                problem(f"{t.label} fixed-rate run reached only {lr['rps_all']:.0f} of "
+                        f"{rate} req/s")
+        except RuntimeError as e:
+            r["error"] = str(e)
+            problem(f"{t.label} fixed rate: {e}")
+    for k, d in (("routed-flaky", "direct-flaky"), ("routed-flaky-nb", "direct-flaky"),
+                 ("routed-0", "direct-0")):
+        dl = res["targets"].get(d, {}).get("latency", {}).get("latency_us")
+        r = res["targets"].get(k, {})
+        if dl and r.get("latency"):
+            rl = r["latency"]["latency_us"]
+            r["added_us"] = {p: rl[p] - dl[p] if rl[p] is not None and dl[p] is not None
+                             else None for p in dl}
+            r["added_over"] = d
 
 
 if __name__ == "__main__":

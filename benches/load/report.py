@@ -352,6 +352,162 @@ def mesh_sections(results: dict) -> list[str]:
     return L
 
 
+# --------------------------------------------------------------------------- routed and retried
+
+def _pct(v, fmt="{:.2f} %"):
+    return "n/a" if v is None else fmt.format(100 * v)
+
+
+def _tag(label: str) -> str:
+    """"(b) Halyard routed ..." → "(b)"."""
+    return label.split(" ", 1)[0] if label.startswith("(") else label
+
+
+def routed_section(results: dict) -> list[str]:
+    rt = results["routed"]
+    rs = results["settings"].get("routed", {})
+    cores = results["settings"]["cores"]
+    L = ["## Routed and retried (Halyard only)", ""]
+    if rt.get("skipped"):
+        return L + [f"Not run: {rt['skipped']}."]
+    tg = rt.get("targets", {})
+    if not tg:
+        return L + ["Not run (see Problems)."]
+    plain = rt.get("plain_h1_cpu_us_per_req")
+    L.append(
+        f"A second Halyard proxy (same binary and flags as above: core {cores['proxy']}, "
+        f"`--concurrency 1`, access log off) for `Host: {rt.get('host')}`: a virtual host with "
+        f"**{rt.get('decoys', '?')} routes that do not match** (a third each `uri: {{prefix}}`, "
+        "`uri: {regex}`, and `uri: {prefix: /}` + `headers: {x-tenant: {exact}}`), then one "
+        f"route for `/flaky` and `/0` with `retries: {rt.get('retries', '?')}` (default backoff "
+        "25 ms, jittered) and weighted `destinations` over two subsets, `v1` 90 / `v2` 10, of a "
+        "service whose two endpoint entries (labels `version: v1` / `v2`) are both the upstream "
+        "nginx; no `connectionPool`, so retries run under the default retry budget (20 % of "
+        "the subset's requests in flight, at least 3). The row *maxRetries lifted* is the same "
+        f"service, routes and proxy under a second host, with `connectionPool: {{maxRetries: "
+        f"{rs.get('max_retries_lifted', '4294967295')}}}` (Istio's documented default). "
+        f"The upstream's `/flaky` answers 503 to ~{rs.get('flaky_percent', 5)} % of "
+        "requests (nginx decides per request: `split_clients` on `$request_id`) and 200 "
+        "otherwise; `/0` always 200, so on that path the same route never retries. "
+        f"Capacity: closed loop, {rs.get('capacity_concurrency', '?')}; latency: open loop at "
+        f"**{rt.get('rate', 0):,} req/s** (half of "
+        f"{_tag(tg.get(rt.get('rate_basis'), {}).get('label', rt.get('rate_basis')))}"
+        f"'s closed-loop rate, the slower retried path), {rs.get('latency_concurrency', '?')} (a retried request holds "
+        "its connection through the backoff), the same rate for every row; *added* = row minus "
+        "direct on the same path, same rate. *rps* counts 2xx answers; *success* = 2xx / all "
+        "answered or failed requests; CPU is the proxy's utime+stime over the measured run "
+        "divided by the 2xx answers; *retries/req* = the increase of "
+        "`halyard_upstream_rq_retry_total` (admin `/stats/prometheus`, scraped outside the CPU "
+        "window) / requests; *refused* = `halyard_upstream_rq_retry_overflow_total` (retries "
+        "the retry budget did not allow).")
+    L.append("")
+    L.append("| path | legs | rps (2xx) | all req/s | success | 503 | retries/req | refused "
+             "| CPU-µs per 2xx req | × plain Halyard h1 0 B | core busy "
+             "| success at fixed rate | retries/req at fixed rate | CPU-µs per 2xx req at fixed rate "
+             "| added p50 µs | added p99 µs | added p99.9 µs |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for k in rt.get("order", list(tg)):
+        r = tg[k]
+        c, lr = r.get("capacity", {}), r.get("latency", {})
+        if r.get("error") and not c:
+            L.append(f"| {r['label']} | {r.get('legs', '')} | error (see Problems) "
+                     "| | | | | | | | | | | | | | |")
+            continue
+        if not r.get("proxy"):
+            L.append(f"| {r['label']} | {r.get('legs', '')} | {_num(c.get('rps'))} "
+                     f"| {_num(c.get('rps_all'))} | {_pct(c.get('success_rate'))} "
+                     f"| {_num(c.get('status_503'))} | — | — | — | — | — "
+                     f"| {_pct(lr.get('success_rate'))} | — | — | 0 | 0 | 0 |")
+            continue
+        added = r.get("added_us", {})
+        busy = c.get("proxy_core_busy")
+        L.append(
+            f"| {r['label']} | {r.get('legs', '')} | {_num(c.get('rps'))} "
+            f"| {_num(c.get('rps_all'))} | {_pct(c.get('success_rate'))} "
+            f"| {_num(c.get('status_503'))} | {_num(c.get('retries_per_req'), '{:.4f}')} "
+            f"| {_num(c.get('retry_overflows'))} | {_num(c.get('cpu_us_per_ok'), '{:.1f}')} "
+            f"| {_ratio(c.get('cpu_us_per_ok'), plain)} "
+            f"| {_num(busy * 100 if busy is not None else None, '{:.0f}%')} "
+            f"| {_pct(lr.get('success_rate'))} | {_num(lr.get('retries_per_req'), '{:.4f}')} "
+            f"| {_num(lr.get('cpu_us_per_ok'), '{:.1f}')} "
+            f"| {_signed(added.get('p50'))} | {_signed(added.get('p99'))} "
+            f"| {_signed(added.get('p99.9'))} |")
+    L.append("")
+    ratios = rt.get("cpu_ratios") or {}
+    b = tg.get("routed-flaky", {})
+    c0 = tg.get("routed-0", {})
+    parts = []
+    bn = tg.get("routed-flaky-nb", {})
+    x = lambda k: _num(ratios.get(k), "{:.2f}")  # noqa: E731
+    if plain:
+        parts.append(f"CPU per 2xx request against the plain Halyard (HTTP/1.1 keep-alive, 0 B, "
+                     f"{plain:.1f} µs, same run): (c) routed `/0` **×{x('routed_vs_plain')}** "
+                     f"({ROUTED_COST_NOTE.format(n=rt.get('decoys', '?'))}); routed + retried "
+                     f"`/flaky` **×{x('retried_vs_plain')}** (b) with the default retry budget "
+                     f"and **×{x('retried_nobudget_vs_plain')}** (b′) with maxRetries lifted; "
+                     f"against (c): ×{x('retried_vs_routed')} and "
+                     f"×{x('retried_nobudget_vs_routed')}.")
+    else:
+        parts.append("No plain Halyard HTTP/1.1 0 B figure in this run to compare with; "
+                     f"routed + retried `/flaky` against routed `/0`, CPU per 2xx request: "
+                     f"×{x('retried_vs_routed')} (default budget), "
+                     f"×{x('retried_nobudget_vs_routed')} (maxRetries lifted).")
+    a = tg.get("direct-flaky", {})
+    succ = [f"direct {_pct(a.get('capacity', {}).get('success_rate'))} / "
+            f"{_pct(a.get('latency', {}).get('success_rate'))}"]
+    for r, name in ((b, "through Halyard, default retry budget"),
+                    (bn, "maxRetries lifted")):
+        rc, rl = r.get("capacity", {}), r.get("latency", {})
+        if rc:
+            succ.append(f"{name} {_pct(rc.get('success_rate'))} / "
+                        f"{_pct(rl.get('success_rate'))} with "
+                        f"{_num(rc.get('retries_per_req'), '{:.4f}')} / "
+                        f"{_num(rl.get('retries_per_req'), '{:.4f}')} retries per request and "
+                        f"{_num(rc.get('retry_overflows'))} / {_num(rl.get('retry_overflows'))} "
+                        "refused")
+    parts.append(f"Success on `/flaky` (closed loop / at {rt.get('rate', 0):,} req/s): "
+                 + "; ".join(succ) + ".")
+    ba, bna, ca = b.get("added_us", {}), bn.get("added_us", {}), c0.get("added_us", {})
+    if ba or bna or ca:
+        parts.append(f"Added latency at {rt.get('rate', 0):,} req/s (p50 / p99): routed `/0` "
+                     f"{_signed(ca.get('p50'))} / {_signed(ca.get('p99'))} µs; routed + retried "
+                     f"`/flaky` {_signed(ba.get('p50'))} / {_signed(ba.get('p99'))} µs (default "
+                     f"budget), {_signed(bna.get('p50'))} / {_signed(bna.get('p99'))} µs "
+                     "(maxRetries lifted). A retried request waits the backoff, 12–25 ms before "
+                     "the first retry, and ~5 % of requests need one, so the p99 of a retried "
+                     "path is a retried request.")
+    end = rt.get("stats_end") or {}
+    rt_tot = end.get("halyard_upstream_rq_retry_total") or {}
+    of_tot = end.get("halyard_upstream_rq_retry_overflow_total") or {}
+    if rt_tot or of_tot:
+        shares = []
+        for svc in sorted({k.split("|")[0] for k in rt_tot}):
+            tot = sum(v for k, v in rt_tot.items() if k.split("|")[0] == svc)
+            if tot:
+                shares.append(f"`{svc}` {rt_tot.get(svc + '|v2', 0) / tot:.1%}")
+        parts.append("`halyard_upstream_rq_retry_total` after the section (all runs, warm-ups "
+                     "and sanity checks included): "
+                     + (", ".join(f"`{k}` {v:,.0f}" for k, v in sorted(rt_tot.items())) or "0")
+                     + (" (share of the `v2` subset, which gets 10 % of the requests: "
+                        + ", ".join(shares) + "; the default budget, at least 3 retries in "
+                        "flight per subset, lets a larger share of the small subset's retries "
+                        "through)" if shares else "")
+                     + "; `halyard_upstream_rq_retry_overflow_total`: "
+                     + (", ".join(f"`{k}` {v:,.0f}" for k, v in sorted(of_tot.items())) or "0")
+                     + ".")
+    if rt.get("rss_idle_kib"):
+        parts.append(f"RSS of the routed proxy: {_mib(rt['rss_idle_kib'])} MiB idle, "
+                     f"{_mib(rt.get('rss_end_kib'))} MiB at the end. Load average before / "
+                     f"after this section: {rt.get('load_before', '?')} / "
+                     f"{rt.get('load_after', '?')}.")
+    for line in parts:
+        L += [line, ""]
+    return L
+
+
+ROUTED_COST_NOTE = "{n} decoy routes evaluated and a weighted split, no retries"
+
+
 
 def write_markdown(results: dict, out: Path) -> None:
     m, t, s = results["machine"], results["tools"], results["settings"]
@@ -405,6 +561,8 @@ def write_markdown(results: dict, out: Path) -> None:
         L += [f"### {sc['title']}", ""]
         L += scenario_table(key, sc, results)
         L.append("")
+    if results.get("routed"):
+        L += routed_section(results)
     if results.get("mesh"):
         L += mesh_sections(results)
         L.append("")

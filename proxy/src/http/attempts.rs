@@ -184,10 +184,16 @@ pub async fn send(
                 }
             };
         }
-        // Retry budget: a retry storm must not multiply the load on a failing service.
-        let slot = match call.cluster {
-            Some(c) => match c.breaker.try_retry(c.limits.max_retries) {
-                Ok(slot) => Some(slot),
+        // The retry just made (if any) is over: its budget slot is free again.
+        _retry_slot = None;
+        // Back off first, keeping the answer being retried: if the budget refuses the retry,
+        // that answer is what the client gets.
+        tokio::time::sleep(call.retry.backoff(tries)).await;
+        // The budget counts retries in flight, not waiting ones: occasional failures are
+        // always retried, while in an outage retries cannot multiply the load.
+        if let Some(c) = call.cluster {
+            match c.breaker.try_retry(c.limits.max_retries) {
+                Ok(slot) => _retry_slot = Some(slot),
                 Err(_) => {
                     shared
                         .metrics
@@ -200,11 +206,7 @@ pub async fn send(
                         l
                     });
                 }
-            },
-            None => None,
-        };
-        _retry_slot = slot;
-        if let Some(c) = call.cluster {
+            }
             shared
                 .metrics
                 .traffic
@@ -221,7 +223,6 @@ pub async fn send(
                 return Err(Local::UPSTREAM_RESET);
             }
         }
-        tokio::time::sleep(call.retry.backoff(tries)).await;
     }
 }
 
