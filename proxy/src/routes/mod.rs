@@ -3,14 +3,16 @@
 mod action;
 mod l4;
 mod matcher;
+mod retry;
 
 pub use l4::{host_matches, L4Route, L4View};
 
 pub use action::{
-    Abort, Action, ActionError, Destination, Fault, HeaderOps, Mirror, Redirect, RetryPolicy,
-    Rewrite, RouteAction, Split,
+    Abort, Action, ActionError, Destination, Fault, HeaderOps, Mirror, Redirect, Rewrite,
+    RouteAction, Split,
 };
 pub use matcher::{applies_to_source, MatchError, RequestView, RouteMatch, StrMatch};
+pub use retry::{RetryOn, RetryPolicy};
 
 use std::collections::HashMap;
 use std::sync::Arc;
