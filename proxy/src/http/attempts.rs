@@ -21,7 +21,7 @@ use crate::snapshot::Cluster;
 use crate::telemetry::access_log::Exchange;
 use crate::telemetry::flags::Flags;
 use crate::upstream::hash::Ring;
-use crate::upstream::outlier::{Health, Outcome};
+use crate::upstream::outlier::Outcome;
 use crate::upstream::{pick, Avoid, Conn, ConnectError, HttpVersion, PooledH1, Upstream};
 
 /// Sends retried after finding a pooled connection closed (not counted as tries).
@@ -298,15 +298,8 @@ fn record(shared: &Shared, call: &Call<'_>, up: &Upstream, outcome: Outcome, now
     let Some(cfg) = &cluster.outlier else {
         return;
     };
-    // The cluster's state matters only when a failure may eject: successes (the hot path)
-    // pass nothing and allocate nothing.
-    let failed = !matches!(outcome, Outcome::Status(s) if s < 500);
-    let peers: Vec<&Health> = if failed {
-        call.endpoints.iter().map(|u| &u.health).collect()
-    } else {
-        Vec::new()
-    };
-    if up.health.record(cfg, outcome, now, &peers) {
+    let peers = call.endpoints.iter().map(|u| &u.health);
+    if up.health.record(cfg, outcome, now, peers) {
         shared
             .metrics
             .traffic
@@ -324,7 +317,7 @@ fn grpc_status(h: &HeaderMap) -> Option<u32> {
 
 /// The version spoken to one endpoint: sidecars are always reached over HTTP/2 (except for
 /// protocol upgrades, which HTTP/2 cannot carry), so requests share one mTLS connection.
-fn version_for(up: &Upstream, wanted: HttpVersion, upgrade: bool) -> HttpVersion {
+pub fn version_for(up: &Upstream, wanted: HttpVersion, upgrade: bool) -> HttpVersion {
     if up.mtls() && !upgrade {
         HttpVersion::Http2
     } else {
@@ -334,7 +327,7 @@ fn version_for(up: &Upstream, wanted: HttpVersion, upgrade: bool) -> HttpVersion
 
 /// Prepares `req` for an endpoint: its HTTP version, and the marker telling the peer sidecar
 /// that an HTTP/1.1 request travels as HTTP/2.
-fn adapt_request<B>(
+pub fn adapt_request<B>(
     req: &mut Request<B>,
     wanted: HttpVersion,
     actual: HttpVersion,

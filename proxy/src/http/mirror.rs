@@ -9,11 +9,13 @@ use http::header::{self, HeaderValue};
 use http::Request;
 use http_body_util::BodyExt;
 
+use crate::http::attempts::{adapt_request, version_for};
 use crate::http::body::ProxyBody;
-use crate::http::proxy::set_uri_for;
+use crate::routes::normalize_host;
 use crate::shared::Shared;
 use crate::snapshot::Cluster;
 use crate::upstream::{pick, Avoid, Conn, HttpVersion};
+use halyard_xds::Protocol;
 
 /// Longest a mirrored request may take, response body included.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(15);
@@ -51,28 +53,17 @@ pub fn spawn(
 }
 
 fn shadow_host(req: &mut Request<ProxyBody>) {
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        });
-    let Some(host) = host else {
+    let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    });
+    let Some(authority) = authority else {
         return;
     };
-    let (name, port) = match host.rsplit_once(':') {
-        Some((n, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !n.contains(':') => {
-            (n.to_string(), Some(p.to_string()))
-        }
-        _ => (host.clone(), None),
-    };
-    let shadow = match port {
-        Some(p) => format!("{name}-shadow:{p}"),
-        None => format!("{name}-shadow"),
+    let shadow = match normalize_host(authority) {
+        (name, Some(port)) => format!("{name}-shadow:{port}"),
+        (name, None) => format!("{name}-shadow"),
     };
     if let Ok(v) = HeaderValue::from_str(&shadow) {
         req.headers_mut().insert(header::HOST, v);
@@ -108,28 +99,15 @@ async fn send(
         return false;
     };
     let _guard = up.begin();
-    let version = if up.mtls()
-        || matches!(
-            cp.protocol,
-            halyard_xds::Protocol::Http2 | halyard_xds::Protocol::Grpc
-        ) {
-        HttpVersion::Http2
-    } else {
-        HttpVersion::Http1
+    let wanted = match (cp.protocol, req.version()) {
+        (Protocol::Http2 | Protocol::Grpc, _) => HttpVersion::Http2,
+        (Protocol::Http, _) => HttpVersion::Http1,
+        (_, http::Version::HTTP_2) => HttpVersion::Http2,
+        _ => HttpVersion::Http1,
     };
-    if set_uri_for(&mut req, version).is_err() {
+    let version = version_for(up, wanted, false);
+    if adapt_request(&mut req, wanted, version).is_err() {
         return false;
-    }
-    if version == HttpVersion::Http2
-        && !matches!(
-            cp.protocol,
-            halyard_xds::Protocol::Http2 | halyard_xds::Protocol::Grpc
-        )
-    {
-        req.headers_mut().insert(
-            crate::http::headers::ORIG_PROTO.clone(),
-            HeaderValue::from_static("HTTP/1.1"),
-        );
     }
     let conn = match up.checkout(version, shared.mtls.as_deref(), 0).await {
         Ok(c) => c,

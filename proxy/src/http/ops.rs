@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use crate::http::body::ProxyBody;
 use crate::http::local::Local;
 use crate::http::replay::ReplayBody;
-use crate::routes::{Abort, Fault, Redirect, Rewrite, RouteMatch};
+use crate::routes::{query_value, Abort, Fault, Redirect, Rewrite, RouteMatch};
 use crate::shared::Shared;
 use crate::snapshot::HashOn;
 use crate::telemetry::access_log::Exchange;
@@ -138,11 +138,7 @@ pub fn hash_key(
             IpAddr::V6(a) => hash_bytes(&a.octets()),
         }),
         HashOn::Query(name) => {
-            let q = req.uri().query()?;
-            q.split('&').find_map(|pair| {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                (k == &**name).then(|| hash_bytes(v.as_bytes()))
-            })
+            query_value(req.uri().query(), name).map(|v| hash_bytes(v.as_bytes()))
         }
         HashOn::Cookie { name, path, ttl } => {
             let found = req

@@ -7,13 +7,11 @@ use std::net::IpAddr;
 use halyard_xds as xds;
 
 use super::action::{ActionError, Destination, Split};
-use super::{applies_to_source, Source};
+use super::{applies_to_source, RouteError, Source};
 
 /// One compiled TCP route.
 #[derive(Debug, Clone)]
 pub struct L4Route {
-    /// Name for logs.
-    pub name: std::sync::Arc<str>,
     matches: Vec<L4Match>,
     /// Where matching connections go.
     pub split: Split,
@@ -121,10 +119,27 @@ impl L4Route {
             return Err(ActionError::Destination("(none)".into()));
         }
         Ok(Some(Self {
-            name: r.name.as_str().into(),
             matches,
             split: Split::new(dests),
         }))
+    }
+
+    /// Compiles a virtual host's `kind` ("tcp" or "tls") routes, in order, leaving out those
+    /// meant only for other source workloads.
+    pub fn compile_all(
+        vhost: &str,
+        kind: &str,
+        routes: &[xds::L4Route],
+        source: Source<'_>,
+        cluster_of: &impl Fn(&str, &str) -> Option<usize>,
+    ) -> Result<Vec<Self>, RouteError> {
+        let mut out = Vec::with_capacity(routes.len());
+        for r in routes {
+            let route = Self::compile(r, source, cluster_of)
+                .map_err(|e| RouteError::new(vhost, format!("{kind} route `{}`: {e}", r.name)))?;
+            out.extend(route);
+        }
+        Ok(out)
     }
 
     /// Whether a connection takes this route.

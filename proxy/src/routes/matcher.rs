@@ -129,7 +129,7 @@ fn header_matches(headers: &HeaderMap, name: &HeaderName, m: &StrMatch) -> bool 
 }
 
 /// The first value of `name` in a query string (undecoded, as Envoy compares it).
-fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+pub fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then_some(v)

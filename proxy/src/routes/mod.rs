@@ -11,7 +11,7 @@ pub use action::{
     Abort, Action, ActionError, Destination, Fault, HeaderOps, Mirror, Redirect, Rewrite,
     RouteAction, Split,
 };
-pub use matcher::{applies_to_source, MatchError, RequestView, RouteMatch, StrMatch};
+pub use matcher::{applies_to_source, query_value, MatchError, RequestView, RouteMatch, StrMatch};
 pub use retry::{RetryOn, RetryPolicy};
 
 use std::collections::HashMap;

@@ -133,8 +133,9 @@ impl RetryPolicy {
         }
         if p.retry_on.is_empty() {
             // Istio's default conditions when only attempts are given.
-            on = Self::default().on;
-            statuses = vec![503];
+            let istio = Self::default();
+            on = istio.on;
+            statuses = istio.statuses;
         }
         Self {
             attempts: p.attempts,

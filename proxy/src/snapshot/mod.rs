@@ -297,32 +297,16 @@ impl Snapshot {
         for vh in &config.virtual_hosts {
             routes.add(&vh.hosts, compile_vhost(vh, source, cluster_of)?);
             if !vh.tls_routes.is_empty() {
-                let mut compiled = Vec::with_capacity(vh.tls_routes.len());
-                for r in &vh.tls_routes {
-                    let route = L4Route::compile(r, source, &cluster_of).map_err(|e| {
-                        BuildError::Route(RouteError::new(
-                            &vh.name,
-                            format!("tls route `{}`: {e}", r.name),
-                        ))
-                    })?;
-                    compiled.extend(route);
-                }
+                let compiled =
+                    L4Route::compile_all(&vh.name, "tls", &vh.tls_routes, source, &cluster_of)?;
                 let hosts = vh.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
                 tls_routes.push((hosts, compiled));
             }
             if vh.tcp_routes.is_empty() {
                 continue;
             }
-            let mut compiled = Vec::with_capacity(vh.tcp_routes.len());
-            for r in &vh.tcp_routes {
-                let route = L4Route::compile(r, source, &cluster_of).map_err(|e| {
-                    BuildError::Route(RouteError::new(
-                        &vh.name,
-                        format!("tcp route `{}`: {e}", r.name),
-                    ))
-                })?;
-                compiled.extend(route);
-            }
+            let compiled =
+                L4Route::compile_all(&vh.name, "tcp", &vh.tcp_routes, source, &cluster_of)?;
             // The first virtual host naming a service owns its TCP routes (as for HTTP).
             for h in &vh.hosts {
                 if let Some(ci) = cluster_of(h, "") {

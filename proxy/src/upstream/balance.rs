@@ -182,7 +182,9 @@ mod tests {
         });
         let now = Instant::now();
         let all: Vec<_> = e.iter().map(|u| &u.health).collect();
-        assert!(e[2].health.record(&cfg, Outcome::Status(503), now, &all));
+        assert!(e[2]
+            .health
+            .record(&cfg, Outcome::Status(503), now, all.iter().copied()));
         let rr = AtomicUsize::new(0);
         for lb in [
             LoadBalancer::RoundRobin,
@@ -194,8 +196,12 @@ mod tests {
             }
         }
         // All ejected: panic mode still picks one.
-        assert!(e[0].health.record(&cfg, Outcome::Status(503), now, &all));
-        assert!(e[1].health.record(&cfg, Outcome::Status(503), now, &all));
+        assert!(e[0]
+            .health
+            .record(&cfg, Outcome::Status(503), now, all.iter().copied()));
+        assert!(e[1]
+            .health
+            .record(&cfg, Outcome::Status(503), now, all.iter().copied()));
         assert!(pick(&e, LoadBalancer::RoundRobin, &rr, None, Avoid::none(now)).is_some());
     }
 

@@ -154,12 +154,12 @@ impl Health {
     /// Records an outcome; returns true when this call ejected the endpoint. `cluster` lists
     /// every endpoint health of the cluster, this one included (to enforce
     /// max_ejection_percent / min_health_percent).
-    pub fn record(
+    pub fn record<'h>(
         &self,
         cfg: &OutlierConfig,
         outcome: Outcome,
         now: Instant,
-        cluster: &[&Health],
+        cluster: impl IntoIterator<Item = &'h Health>,
     ) -> bool {
         if !cfg.enabled() {
             return false;
@@ -246,12 +246,21 @@ impl Health {
     }
 
     /// Ejects this endpoint if the cluster's guards allow it; true when this call did.
-    fn try_eject(&self, cfg: &OutlierConfig, now_ms: u64, cluster: &[&Health]) -> bool {
-        let total = cluster.len().max(1);
-        let ejected = cluster
-            .iter()
-            .filter(|h| !std::ptr::eq(**h, self) && h.ejected_at(now_ms))
-            .count();
+    fn try_eject<'h>(
+        &self,
+        cfg: &OutlierConfig,
+        now_ms: u64,
+        cluster: impl IntoIterator<Item = &'h Health>,
+    ) -> bool {
+        // One pass over the cluster, and only when a detector tripped (rare).
+        let (mut total, mut ejected) = (0usize, 0usize);
+        for h in cluster {
+            total += 1;
+            if !std::ptr::eq(h, self) && h.ejected_at(now_ms) {
+                ejected += 1;
+            }
+        }
+        let total = total.max(1);
         // Envoy's rule, with the proto's promise that one endpoint may always be ejected
         // (otherwise the default 10 % would never eject anything in clusters under 10).
         let max_percent = cfg.max_ejection_percent as usize;
@@ -324,10 +333,6 @@ mod tests {
         (0..n).map(|_| Health::default()).collect()
     }
 
-    fn refs(c: &[Health]) -> Vec<&Health> {
-        c.iter().collect()
-    }
-
     /// Records `n` outcomes; returns whether the last one ejected.
     fn fail(
         h: &Health,
@@ -335,7 +340,7 @@ mod tests {
         o: Outcome,
         n: u32,
         now: Instant,
-        c: &[&Health],
+        c: &[Health],
     ) -> bool {
         (0..n).fold(false, |_, _| h.record(cfg, o, now, c))
     }
@@ -376,10 +381,10 @@ mod tests {
         let c = cluster(2);
         let h = &c[0];
         let t = t0();
-        assert!(!h.record(&cfg, Outcome::Status(500), t, &refs(&c)));
-        assert!(!h.record(&cfg, Outcome::ConnectFailure, t, &refs(&c)));
+        assert!(!h.record(&cfg, Outcome::Status(500), t, c.iter()));
+        assert!(!h.record(&cfg, Outcome::ConnectFailure, t, c.iter()));
         assert!(!h.is_ejected(t));
-        assert!(h.record(&cfg, Outcome::Status(503), t, &refs(&c)));
+        assert!(h.record(&cfg, Outcome::Status(503), t, c.iter()));
         assert!(h.is_ejected(t));
         assert_eq!(h.ejections(), 1);
         assert!(h.is_ejected(secs(t, 29)));
@@ -393,14 +398,14 @@ mod tests {
         let h = &c[0];
         let t = t0();
         for _ in 0..5 {
-            assert!(!fail(h, &cfg, Outcome::Status(502), 2, t, &refs(&c)));
-            assert!(!h.record(&cfg, Outcome::Status(200), t, &refs(&c)));
+            assert!(!fail(h, &cfg, Outcome::Status(502), 2, t, &c));
+            assert!(!h.record(&cfg, Outcome::Status(200), t, c.iter()));
             // A 4xx is the endpoint working, too.
-            assert!(!fail(h, &cfg, Outcome::Reset, 2, t, &refs(&c)));
-            assert!(!h.record(&cfg, Outcome::Status(404), t, &refs(&c)));
+            assert!(!fail(h, &cfg, Outcome::Reset, 2, t, &c));
+            assert!(!h.record(&cfg, Outcome::Status(404), t, c.iter()));
         }
         assert!(!h.is_ejected(t));
-        assert!(fail(h, &cfg, Outcome::Timeout, 3, t, &refs(&c)));
+        assert!(fail(h, &cfg, Outcome::Timeout, 3, t, &c));
     }
 
     #[test]
@@ -411,7 +416,7 @@ mod tests {
         let mut t = t0();
         for n in 1..=12u64 {
             assert!(
-                h.record(&cfg, Outcome::Status(500), t, &refs(&c)),
+                h.record(&cfg, Outcome::Status(500), t, c.iter()),
                 "ejection {n}"
             );
             let expected = (30 * n).min(300);
@@ -430,18 +435,18 @@ mod tests {
         let c = cluster(1);
         let h = &c[0];
         let t = t0();
-        assert!(h.record(&cfg, Outcome::Status(500), t, &refs(&c)));
-        assert!(h.record(&cfg, Outcome::Status(500), secs(t, 30), &refs(&c)));
+        assert!(h.record(&cfg, Outcome::Status(500), t, c.iter()));
+        assert!(h.record(&cfg, Outcome::Status(500), secs(t, 30), c.iter()));
         assert_eq!(h.ejections(), 2);
         // Ejected until t+90; two full intervals later (t+110) the multiplier is down by 2.
         let later = secs(t, 90 + 19);
-        assert!(!h.record(&cfg, Outcome::Status(200), later, &refs(&c)));
+        assert!(!h.record(&cfg, Outcome::Status(200), later, c.iter()));
         assert_eq!(h.ejections(), 1);
         let later = secs(t, 90 + 20);
-        assert!(!h.record(&cfg, Outcome::Status(200), later, &refs(&c)));
+        assert!(!h.record(&cfg, Outcome::Status(200), later, c.iter()));
         assert_eq!(h.ejections(), 0);
         // Back to the base time.
-        assert!(h.record(&cfg, Outcome::Status(500), later, &refs(&c)));
+        assert!(h.record(&cfg, Outcome::Status(500), later, c.iter()));
         assert!(!h.is_ejected(secs(later, 30)));
     }
 
@@ -451,15 +456,8 @@ mod tests {
         let c = cluster(1);
         let h = &c[0];
         let t = t0();
-        assert!(fail(h, &cfg, Outcome::Status(500), 2, t, &refs(&c)));
-        assert!(!fail(
-            h,
-            &cfg,
-            Outcome::Status(500),
-            5,
-            secs(t, 1),
-            &refs(&c)
-        ));
+        assert!(fail(h, &cfg, Outcome::Status(500), 2, t, &c));
+        assert!(!fail(h, &cfg, Outcome::Status(500), 5, secs(t, 1), &c));
         assert_eq!(h.ejections(), 1);
         assert!(!h.is_ejected(secs(t, 30)));
     }
@@ -471,14 +469,14 @@ mod tests {
         let h = &c[0];
         let t = t0();
         // Plain 500s are not gateway errors and the 5xx detector is off.
-        assert!(!fail(h, &cfg, Outcome::Status(500), 10, t, &refs(&c)));
+        assert!(!fail(h, &cfg, Outcome::Status(500), 10, t, &c));
         // A success or a non-gateway 5xx breaks a run of gateway errors.
-        assert!(!h.record(&cfg, Outcome::Status(502), t, &refs(&c)));
-        assert!(!h.record(&cfg, Outcome::Status(200), t, &refs(&c)));
-        assert!(!h.record(&cfg, Outcome::Status(504), t, &refs(&c)));
-        assert!(!h.record(&cfg, Outcome::Status(500), t, &refs(&c)));
-        assert!(!h.record(&cfg, Outcome::Status(503), t, &refs(&c)));
-        assert!(h.record(&cfg, Outcome::ConnectFailure, t, &refs(&c)));
+        assert!(!h.record(&cfg, Outcome::Status(502), t, c.iter()));
+        assert!(!h.record(&cfg, Outcome::Status(200), t, c.iter()));
+        assert!(!h.record(&cfg, Outcome::Status(504), t, c.iter()));
+        assert!(!h.record(&cfg, Outcome::Status(500), t, c.iter()));
+        assert!(!h.record(&cfg, Outcome::Status(503), t, c.iter()));
+        assert!(h.record(&cfg, Outcome::ConnectFailure, t, c.iter()));
         assert!(h.is_ejected(t));
         assert_eq!(h.ejections(), 1);
     }
@@ -487,14 +485,7 @@ mod tests {
     fn disabled_detectors_never_eject() {
         let cfg = cfg(0, 0);
         let c = cluster(1);
-        assert!(!fail(
-            &c[0],
-            &cfg,
-            Outcome::ConnectFailure,
-            100,
-            t0(),
-            &refs(&c)
-        ));
+        assert!(!fail(&c[0], &cfg, Outcome::ConnectFailure, 100, t0(), &c));
     }
 
     /// Fails every endpoint `threshold` times; returns how many got ejected.
@@ -506,7 +497,7 @@ mod tests {
         let c = cluster(n);
         let t = t0();
         c.iter()
-            .filter(|h| h.record(&cfg, Outcome::Status(500), t, &refs(&c)))
+            .filter(|h| h.record(&cfg, Outcome::Status(500), t, c.iter()))
             .count()
     }
 
@@ -530,12 +521,12 @@ mod tests {
         let cfg = cfg(2, 0);
         let c = cluster(2);
         let t = t0();
-        assert!(fail(&c[0], &cfg, Outcome::Status(500), 2, t, &refs(&c)));
-        assert!(!fail(&c[1], &cfg, Outcome::Status(500), 2, t, &refs(&c)));
+        assert!(fail(&c[0], &cfg, Outcome::Status(500), 2, t, &c));
+        assert!(!fail(&c[1], &cfg, Outcome::Status(500), 2, t, &c));
         // Once the first returns, the second's next run of failures ejects it.
         let later = secs(t, 30);
-        assert!(!c[1].record(&cfg, Outcome::Status(500), later, &refs(&c)));
-        assert!(c[1].record(&cfg, Outcome::Status(500), later, &refs(&c)));
+        assert!(!c[1].record(&cfg, Outcome::Status(500), later, c.iter()));
+        assert!(c[1].record(&cfg, Outcome::Status(500), later, c.iter()));
     }
 
     #[test]
@@ -549,7 +540,7 @@ mod tests {
         let t = t0();
         let ejected = c
             .iter()
-            .filter(|h| h.record(&cfg, Outcome::Status(500), t, &refs(&c)))
+            .filter(|h| h.record(&cfg, Outcome::Status(500), t, c.iter()))
             .count();
         // 100 %, 80 %, 60 % healthy allow one more ejection each; at 40 % nothing is ejected.
         assert_eq!(ejected, 3);
@@ -564,9 +555,9 @@ mod tests {
             .map(|_| {
                 let (cfg, c) = (cfg.clone(), c.clone());
                 std::thread::spawn(move || {
-                    let r = refs(&c);
+                    let r = c.iter();
                     (0..1000)
-                        .filter(|i| c[i % 10].record(&cfg, Outcome::Status(503), t, &r))
+                        .filter(|i| c[i % 10].record(&cfg, Outcome::Status(503), t, r.clone()))
                         .count()
                 })
             })
