@@ -2,8 +2,11 @@
 
 pub mod access_log;
 pub mod flags;
+pub mod istio;
 pub mod logging;
 pub mod metrics;
+pub mod peer;
+pub mod trace;
 
 /// Which listener handled a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

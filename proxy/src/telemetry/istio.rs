@@ -1,0 +1,1 @@
+//! Istio-compatible request and TCP metrics with bounded label sets.
