@@ -745,7 +745,7 @@ def run(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int, results: d
         hlog = tmp / "halyard.stderr"
         hy = procs.start("halyard", [args.halyard, "--config", str(tmp / "halyard.yaml"),
                                      "--outbound-addr", f"127.0.0.1:{hy_out}",
-                                     "--admin-addr", f"127.0.0.1:{hy_admin}",
+                                     "--admin-addr", f"127.0.0.1:{hy_admin}", "--stats-addr", "127.0.0.1:0",
                                      "--inbound-addr", f"127.0.0.1:{hy_in}",
                                      "--concurrency", "1", "--log-level", "warn"],
                          PROXY_CORE, marker, tmp)
@@ -1032,7 +1032,7 @@ class Sidecar:
         self.proc = procs.start(self.name, [
             halyard, "--config", str(path),
             "--outbound-addr", f"127.0.0.1:{self.outbound}",
-            "--admin-addr", f"127.0.0.1:{self.admin}",
+            "--admin-addr", f"127.0.0.1:{self.admin}", "--stats-addr", "127.0.0.1:0",
             "--inbound-addr", f"127.0.0.1:{self.inbound}",
             "--concurrency", "1", "--log-level", "warn",
             "--ca-addr", ca["grpc_tls"], "--ca-root-file", str(ca["root"]),
@@ -1667,7 +1667,7 @@ def run_routed(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int, res
     px = Sidecar("halyard-routed", "", (out, admin, inb))
     px.proc = procs.start("halyard-routed", [
         args.halyard, "--config", str(cfg), "--outbound-addr", f"127.0.0.1:{out}",
-        "--admin-addr", f"127.0.0.1:{admin}", "--inbound-addr", f"127.0.0.1:{inb}",
+        "--admin-addr", f"127.0.0.1:{admin}", "--stats-addr", "127.0.0.1:0", "--inbound-addr", f"127.0.0.1:{inb}",
         "--concurrency", "1", "--log-level", "warn"], PROXY_CORE, str(tmp), tmp)
     try:
         wait_http_ok(f"http://127.0.0.1:{admin}/ready", px.proc)

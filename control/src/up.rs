@@ -51,6 +51,7 @@ struct Workload {
     outbound: SocketAddr,
     inbound: SocketAddr,
     admin: SocketAddr,
+    stats: SocketAddr,
     echo: bool,
 }
 
@@ -205,6 +206,7 @@ async fn up(args: UpArgs) -> Result<u8, String> {
             outbound: addr()?,
             inbound: addr()?,
             admin: addr()?,
+            stats: addr()?,
             echo: is_demo_app(we),
         });
     }
@@ -281,7 +283,8 @@ async fn up(args: UpArgs) -> Result<u8, String> {
             .args(["--service-account", &w.service_account])
             .args(["--outbound-addr", &w.outbound.to_string()])
             .args(["--inbound-addr", &w.inbound.to_string()])
-            .args(["--admin-addr", &w.admin.to_string()]);
+            .args(["--admin-addr", &w.admin.to_string()])
+            .args(["--stats-addr", &w.stats.to_string()]);
         children.push((name.clone(), spawn(&name, &mut cmd)?));
     }
 
@@ -313,7 +316,7 @@ async fn up(args: UpArgs) -> Result<u8, String> {
             "outbound": w.outbound.to_string(),
             "inbound": w.inbound.to_string(),
             "admin": w.admin.to_string(),
-            "metrics": format!("http://{}/stats/prometheus", w.admin),
+            "metrics": format!("http://{}/stats/prometheus", w.stats),
         })).collect::<Vec<_>>(),
     });
     if let Some(path) = &args.state_file {

@@ -33,6 +33,17 @@ pub struct Admin {
     pub inbound: SocketAddr,
     /// Bound addresses.
     pub admin: SocketAddr,
+    /// Bound addresses.
+    pub stats: SocketAddr,
+}
+
+/// What a listener of the admin server exposes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything (the admin port, loopback by default).
+    Admin,
+    /// Metrics and readiness only (the Prometheus scrape port, reachable from outside).
+    Stats,
 }
 
 fn reply(
@@ -63,8 +74,16 @@ fn query_param<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
 }
 
 impl Admin {
-    fn route(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+    fn route(&self, req: &Request<Incoming>, scope: Scope) -> Response<ProxyBody> {
         let (method, path) = (req.method(), req.uri().path());
+        if scope == Scope::Stats
+            && !matches!(path, "/stats/prometheus" | "/metrics" | "/healthz/ready")
+        {
+            return text(
+                StatusCode::NOT_FOUND,
+                "endpoints: /stats/prometheus /healthz/ready",
+            );
+        }
         match (method, path) {
             (&Method::GET, "/ready") | (&Method::GET, "/healthz/ready") => {
                 if self.shared.shutdown.is_cancelled() {
@@ -91,6 +110,7 @@ impl Admin {
                     "outbound": self.outbound.to_string(),
                     "inbound": self.inbound.to_string(),
                     "admin": self.admin.to_string(),
+                    "stats": self.stats.to_string(),
                 });
                 reply(StatusCode::OK, "application/json", body.to_string())
             }
@@ -112,11 +132,19 @@ impl Admin {
                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render config: {e}")),
                 }
             }
-            (&Method::GET, "/stats/prometheus") | (&Method::GET, "/metrics") => reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.shared.metrics.render(),
-            ),
+            (&Method::GET, "/stats/prometheus") | (&Method::GET, "/metrics") => {
+                let snap = self.shared.live.load();
+                let xds = self.shared.xds_status.get().map(|s| s.borrow().clone());
+                self.shared
+                    .metrics
+                    .health
+                    .refresh(xds.as_ref(), &snap.version, snap.applied_at);
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    self.shared.metrics.render(),
+                )
+            }
             (&Method::GET, "/logging") => text(StatusCode::OK, format!("level: {}", self.log.current())),
             (&Method::POST, "/logging") => match query_param(req, "level") {
                 None => text(StatusCode::BAD_REQUEST, "usage: POST /logging?level=<filter>"),
@@ -138,10 +166,11 @@ impl Admin {
         }
     }
 
-    /// Serves the admin port until `stop` is cancelled.
+    /// Serves the endpoints of `scope` on `listener` until `stop` is cancelled.
     pub async fn run(
         self: Arc<Self>,
         listener: TcpListener,
+        scope: Scope,
         stop: tokio_util::sync::CancellationToken,
     ) {
         loop {
@@ -161,7 +190,7 @@ impl Admin {
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.route(&req)) }
+                    async move { Ok::<_, Infallible>(admin.route(&req, scope)) }
                 });
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())

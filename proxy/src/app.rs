@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::Admin;
+use crate::admin::{Admin, Scope};
 use crate::live::Live;
 use crate::shared::Shared;
 use crate::telemetry::access_log::{AccessLog, AccessLogWriter};
@@ -27,6 +27,8 @@ pub struct Options {
     pub inbound: Option<SocketAddr>,
     /// Admin listener address.
     pub admin: Option<SocketAddr>,
+    /// Prometheus scrape listener address.
+    pub stats: Option<SocketAddr>,
     /// Where to write the bound admin address.
     pub admin_address_path: Option<PathBuf>,
     /// How long to wait for in-flight work on shutdown.
@@ -121,6 +123,11 @@ pub async fn run(
         pick_addr(opts.admin, &listeners.admin, "127.0.0.1:15000"),
     )
     .await?;
+    let stats_l = bind(
+        "stats",
+        pick_addr(opts.stats, &listeners.stats, "0.0.0.0:15020"),
+    )
+    .await?;
 
     let identity = match opts.identity.clone() {
         Some(o) => Some(crate::identity::Identity::new(o)?),
@@ -151,11 +158,13 @@ pub async fn run(
         outbound: outbound.local_addr()?,
         inbound: inbound.local_addr()?,
         admin: admin_l.local_addr()?,
+        stats: stats_l.local_addr()?,
     });
-    tracing::info!(outbound = %admin.outbound, inbound = %admin.inbound, admin = %admin.admin, "listening");
+    tracing::info!(outbound = %admin.outbound, inbound = %admin.inbound, admin = %admin.admin, stats = %admin.stats, "listening");
 
     let admin_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(admin.clone().run(admin_l, admin_stop.clone()));
+    let admin_task = tokio::spawn(admin.clone().run(admin_l, Scope::Admin, admin_stop.clone()));
+    let stats_task = tokio::spawn(admin.clone().run(stats_l, Scope::Stats, admin_stop.clone()));
     let out_task = tokio::spawn(crate::listener::run(
         shared.clone(),
         ListenerKind::Outbound,
@@ -214,7 +223,7 @@ pub async fn run(
         );
     }
     admin_stop.cancel();
-    let _ = admin_task.await;
+    let _ = tokio::join!(admin_task, stats_task);
     tracing::info!("stopped");
     Ok(writer)
 }

@@ -505,9 +505,9 @@ fn log_tcp(
     moved: crate::tcp::Transferred,
     flags: Flags,
 ) {
-    if !snap.settings.access_log {
+    let Some(fields) = &snap.settings.access_log else {
         return;
-    }
+    };
     if let Some(log) = &shared.access_log {
         let rec = TcpRecord {
             listener: info.listener,
@@ -520,6 +520,6 @@ fn log_tcp(
             sent: moved.server_to_client,
             flags,
         };
-        log.write(rec.line());
+        log.write(rec.line(fields));
     }
 }

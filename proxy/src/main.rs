@@ -45,6 +45,9 @@ struct Args {
     /// Admin listener (default 127.0.0.1:15000).
     #[arg(long)]
     admin_addr: Option<SocketAddr>,
+    /// Prometheus scrape listener, `/stats/prometheus` (default 0.0.0.0:15020).
+    #[arg(long)]
+    stats_addr: Option<SocketAddr>,
     /// Write the bound admin address to this file once listening.
     #[arg(long)]
     admin_address_path: Option<PathBuf>,
@@ -198,6 +201,7 @@ fn main() -> ExitCode {
         outbound: args.outbound_addr,
         inbound: args.inbound_addr,
         admin: args.admin_addr,
+        stats: args.stats_addr,
         admin_address_path: args.admin_address_path,
         drain_timeout: args.drain_timeout,
         identity,

@@ -260,6 +260,8 @@ pub struct Proxy {
     pub inbound: SocketAddr,
     /// The admin listener's address.
     pub admin: SocketAddr,
+    /// The Prometheus scrape listener's address.
+    pub stats: SocketAddr,
     dir: TempDir,
 }
 
@@ -291,6 +293,8 @@ impl Proxy {
                 "--inbound-addr",
                 "127.0.0.1:0",
                 "--admin-addr",
+                "127.0.0.1:0",
+                "--stats-addr",
                 "127.0.0.1:0",
                 "--concurrency",
                 "2",
@@ -334,6 +338,7 @@ impl Proxy {
         let proxy = Proxy {
             outbound: get("outbound"),
             inbound: get("inbound"),
+            stats: get("stats"),
             admin,
             proc,
             dir,

@@ -50,7 +50,7 @@ fn http1_through_outbound_adds_mesh_headers_and_logs() {
     assert_eq!(e["upstream_cluster"], "echo.default.svc.cluster.local");
     assert_eq!(e["upstream_host"], format!("127.0.0.1:{}", echo.port()));
     assert!(e["bytes_sent"].as_u64().unwrap_or(0) > 0, "{e}");
-    let id = e["x_request_id"].as_str().unwrap_or_default();
+    let id = e["request_id"].as_str().unwrap_or_default();
     assert_eq!(doc["headers"]["x-request-id"].as_str(), Some(id));
 }
 

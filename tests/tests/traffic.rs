@@ -499,7 +499,7 @@ virtualHosts:
         retried.len()
     );
     for e in &retried {
-        let ms = e["duration_ms"].as_u64().unwrap_or(0);
+        let ms = e["duration"].as_u64().unwrap_or(0);
         assert!(
             (190..2000).contains(&ms),
             "a retried request took {ms} ms (want about 200 ms per hung try): {e}"
@@ -914,7 +914,7 @@ virtualHosts:
     let e = client.wait_log("the delayed request", |e| e["path"] == "/delay");
     assert_eq!(e["response_flags"], "DI", "access log line: {e}");
     assert!(
-        e["duration_ms"].as_u64().unwrap_or(0) >= 100,
+        e["duration"].as_u64().unwrap_or(0) >= 100,
         "logged duration of the delayed request: {e}"
     );
 

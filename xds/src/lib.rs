@@ -12,7 +12,9 @@ mod validate;
 
 pub use load::{load_file, parse_str, LoadError};
 pub use locate::{line_of, Segment};
-pub use validate::{find_service, parse_subnet, validate, ValidationError, RETRY_CONDITIONS};
+pub use validate::{
+    find_service, parse_subnet, validate, ValidationError, ACCESS_LOG_FIELDS, RETRY_CONDITIONS,
+};
 
 /// Generated protobuf types (`halyard.config.v1`).
 #[allow(clippy::all, missing_docs)]

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use crate::locate::Segment;
 use crate::{
     consistent_hash, fault, ConsistentHash, HttpRoute, L4Route, OutlierDetection, ProxyConfig,
-    RouteDestination, Service,
+    RouteDestination, Service, Settings,
 };
 
 /// One rule broken by a configuration, with the path of the offending field.
@@ -98,6 +98,7 @@ pub fn validate(cfg: &ProxyConfig) -> Vec<ValidationError> {
             c.socket_addr("outbound", &l.outbound);
             c.socket_addr("inbound", &l.inbound);
             c.socket_addr("admin", &l.admin);
+            c.socket_addr("stats", &l.stats);
         });
     }
     if let Some(w) = &cfg.workload {
@@ -115,6 +116,9 @@ pub fn validate(cfg: &ProxyConfig) -> Vec<ValidationError> {
                 });
             }
         });
+    }
+    if let Some(st) = &cfg.settings {
+        c.field("settings", |c| check_settings(c, st));
     }
     let mut names = HashSet::new();
     for (i, svc) in cfg.services.iter().enumerate() {
@@ -156,6 +160,75 @@ pub fn validate(cfg: &ProxyConfig) -> Vec<ValidationError> {
         });
     }
     c.errors
+}
+
+/// Fields a JSON access-log line may carry (Envoy's and Istio's names), in the order written
+/// when the config names none.
+pub const ACCESS_LOG_FIELDS: &[&str] = &[
+    "start_time",
+    "listener",
+    "route_name",
+    "method",
+    "path",
+    "protocol",
+    "response_code",
+    "response_flags",
+    "upstream_transport_failure_reason",
+    "bytes_received",
+    "bytes_sent",
+    "duration",
+    "upstream_request_attempt_count",
+    "x_forwarded_for",
+    "user_agent",
+    "request_id",
+    "authority",
+    "upstream_host",
+    "upstream_cluster",
+    "downstream_local_address",
+    "downstream_remote_address",
+    "requested_server_name",
+    "downstream_peer_uri_san",
+    "upstream_peer_uri_san",
+    "request_principal",
+    "rbac_policy",
+    "trace_id",
+];
+
+fn check_settings(c: &mut Checker, st: &Settings) {
+    for (i, f) in st.access_log_fields.iter().enumerate() {
+        if !ACCESS_LOG_FIELDS.contains(&f.as_str()) {
+            c.field("accessLogFields", |c| {
+                c.at(Segment::Index(i), |c| {
+                    c.fail(
+                        "",
+                        format!(
+                            "unknown access log field `{f}` (one of {})",
+                            ACCESS_LOG_FIELDS.join(", ")
+                        ),
+                    )
+                })
+            });
+        }
+    }
+    if let Some(t) = &st.tracing {
+        c.field("tracing", |c| {
+            if let Some(p) = t.sampling {
+                if !(0.0..=100.0).contains(&p) {
+                    c.fail("sampling", format!("{p} is not a percentage (0-100)"));
+                }
+            }
+            match t.otlp_endpoint.strip_prefix("http://") {
+                Some(rest) if !rest.is_empty() && !rest.starts_with('/') => {}
+                _ => c.fail(
+                    "otlpEndpoint",
+                    format!(
+                        "`{}` is not an http://host:port collector address",
+                        t.otlp_endpoint
+                    ),
+                ),
+            }
+        });
+    }
 }
 
 /// Retry conditions a route may name (besides HTTP status codes such as `503`).

@@ -14,9 +14,9 @@
 //!   defaultTracingSampling: 1.0       # percent of requests traced, 0-100
 //!   accessLogging:
 //!     enabled: true                   # JSON lines on stdout
-//!     fields: [start_time, method, path, response_code, duration_ms]   # default: all
+//!     fields: [start_time, method, path, response_code, duration]   # default: all
 //!   tracing:
-//!     otlpEndpoint: http://127.0.0.1:4317
+//!     otlpEndpoint: http://127.0.0.1:4317   # plain http: a local collector relays further
 //!     protocol: grpc                  # or http (OTLP/HTTP protobuf)
 //! ```
 
@@ -30,28 +30,8 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 /// The default root namespace.
 pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 
-/// Fields the proxy writes in a JSON access log line, in order.
-pub const ACCESS_LOG_FIELDS: &[&str] = &[
-    "start_time",
-    "listener",
-    "method",
-    "path",
-    "protocol",
-    "response_code",
-    "response_flags",
-    "bytes_received",
-    "bytes_sent",
-    "duration_ms",
-    "upstream_host",
-    "upstream_cluster",
-    "route_name",
-    "x_request_id",
-    "authority",
-    "user_agent",
-    "downstream_remote_address",
-    "downstream_peer_uri_san",
-    "upstream_transport_failure_reason",
-];
+/// Fields the proxy can write in a JSON access log line.
+pub use halyard_xds::ACCESS_LOG_FIELDS;
 
 /// `MeshConfig.spec`. Every field is optional; see the module docs for defaults.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -201,13 +181,16 @@ impl MeshConfig {
     }
 }
 
-/// Checks `scheme://host:port[/path]` with scheme http or https.
+/// Checks `http://host:port[/path]`.
 fn check_endpoint(e: &str) -> Result<(), String> {
     let bad = || format!("`{e}` is not an endpoint like http://collector:4317");
-    let rest = e
-        .strip_prefix("http://")
-        .or_else(|| e.strip_prefix("https://"))
-        .ok_or_else(bad)?;
+    if e.starts_with("https://") {
+        // Proxies have no trust roots for collectors yet; a local collector relays further.
+        return Err(format!(
+            "`{e}`: https collectors are not supported yet; export to a collector over http://"
+        ));
+    }
+    let rest = e.strip_prefix("http://").ok_or_else(bad)?;
     let authority = rest.split('/').next().unwrap_or_default();
     let (host, port) = authority.rsplit_once(':').ok_or_else(bad)?;
     let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
@@ -232,7 +215,8 @@ mod tests {
     #[test]
     fn endpoints() {
         assert!(check_endpoint("http://127.0.0.1:4317").is_ok());
-        assert!(check_endpoint("https://otel.example.com:4318/v1/traces").is_ok());
+        assert!(check_endpoint("http://otel.example.com:4318/v1/traces").is_ok());
+        assert!(check_endpoint("https://otel.example.com:4318/v1/traces").is_err());
         assert!(check_endpoint("[::1]:4317").is_err());
         assert!(check_endpoint("http://collector").is_err());
         assert!(check_endpoint("grpc://collector:4317").is_err());

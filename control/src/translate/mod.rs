@@ -18,10 +18,10 @@ use std::sync::Arc;
 
 use halyard_xds::{
     outbound_traffic_policy, AuthorizationPolicy, MeshSettings, OutboundTrafficPolicy,
-    RequestAuthentication, Service, Settings, VirtualHost, Workload,
+    RequestAuthentication, Service, Settings, Tracing, VirtualHost, Workload,
 };
 
-use crate::model::mesh::OutboundMode;
+use crate::model::mesh::{OtlpProtocol, OutboundMode};
 use crate::model::{Doc, Model, WorkloadEntry};
 
 /// Where sidecars run when there is no iptables capture (a mesh on one host): the inbound
@@ -100,7 +100,7 @@ pub fn translate(model: &Model, placement: &Placement) -> Translation {
                 workload: peer::workload(model, we, &registry),
                 services,
                 virtual_hosts,
-                mesh,
+                mesh: mesh.clone(),
                 authorization: authz::authorization(model, we),
                 authentication: authz::authentication(model, we),
             },
@@ -127,6 +127,20 @@ fn mesh_settings(model: &Model) -> MeshSettings {
                     .and_then(|a| a.enabled)
                     .unwrap_or(true),
             ),
+            access_log_fields: model
+                .mesh
+                .access_logging
+                .as_ref()
+                .and_then(|a| a.fields.clone())
+                .unwrap_or_default(),
+            tracing: model.mesh.tracing.as_ref().map(|t| Tracing {
+                sampling: Some(model.mesh.tracing_sampling()),
+                otlp_endpoint: t.otlp_endpoint.clone().unwrap_or_default(),
+                protocol: match t.protocol {
+                    Some(OtlpProtocol::Http) => halyard_xds::tracing::Protocol::Http,
+                    _ => halyard_xds::tracing::Protocol::Grpc,
+                } as i32,
+            }),
             ..Default::default()
         }),
     }

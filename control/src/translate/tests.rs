@@ -113,7 +113,7 @@ fn proxy_config(r: &NodeResources) -> halyard_xds::ProxyConfig {
         workload: Some(r.workload.clone()),
         services: (*r.services).clone(),
         virtual_hosts: (*r.virtual_hosts).clone(),
-        settings: r.mesh.settings,
+        settings: r.mesh.settings.clone(),
         outbound_traffic_policy: r.mesh.outbound_traffic_policy,
         authorization_policies: r.authorization.clone(),
         request_authentications: r.authentication.clone(),

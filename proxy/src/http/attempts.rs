@@ -128,6 +128,7 @@ pub async fn send(
         tries += 1;
         ex.attempts = tries;
         ex.upstream = Some(up.authority.clone());
+        ex.upstream_identity = up.identity.clone();
         let guard = up.begin();
         let actual = version_for(&up, call.version, call.upgrade);
 

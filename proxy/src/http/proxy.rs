@@ -139,7 +139,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ResponseBody<Option<Exchange>>> {
     let snap = shared.live.load();
-    let mut ex = Exchange::start(&shared, &conn, &req, snap.settings.access_log);
+    let mut ex = Exchange::start(&shared, &conn, &req, snap.settings.access_log.clone());
     let mut tunnel = None;
     let result = forward(&shared, &snap, &conn, req, &mut ex, &mut tunnel).await;
     let resp = match result {
@@ -580,6 +580,7 @@ async fn connect_tunnel(
         };
         let up = pick(endpoints, lb, rr, None, avoid).ok_or(Local::NO_HEALTHY)?;
         ex.upstream = Some(up.authority.clone());
+        ex.upstream_identity = up.identity.clone();
         let guard = up.begin();
         match up.connect(shared.mtls.as_deref(), Alpn::Opaque).await {
             Ok(s) => break (s, guard),

@@ -16,6 +16,7 @@ use crate::routes::{
     compile_vhost, host_matches, L4Route, L4View, Route, RouteError, RouteTable, Source,
     VirtualHost,
 };
+use crate::telemetry::access_log::LogFields;
 use crate::upstream::breaker::Breaker;
 use crate::upstream::hash::Ring;
 use crate::upstream::{Upstream, UpstreamKey};
@@ -75,8 +76,8 @@ pub struct Settings {
     pub max_request_headers: usize,
     /// Idle downstream HTTP connections.
     pub downstream_idle_timeout: Duration,
-    /// Whether to write access logs.
-    pub access_log: bool,
+    /// The access-log fields, when access logs are on.
+    pub access_log: Option<LogFields>,
     /// Per-listener connection cap.
     pub max_connections: usize,
 }
@@ -354,7 +355,7 @@ impl Snapshot {
             })
             .collect();
 
-        let s = config.settings.unwrap_or_default();
+        let s = config.settings.clone().unwrap_or_default();
         let settings = Settings {
             detection_timeout: duration_or(
                 s.protocol_detection_timeout.as_ref(),
@@ -368,7 +369,10 @@ impl Snapshot {
                 s.downstream_idle_timeout.as_ref(),
                 defaults::DOWNSTREAM_IDLE_TIMEOUT,
             ),
-            access_log: s.access_log.unwrap_or(true),
+            access_log: s
+                .access_log
+                .unwrap_or(true)
+                .then(|| LogFields::from_names(&s.access_log_fields)),
             max_connections: match s.max_connections {
                 0 => defaults::MAX_CONNECTIONS,
                 n => n as usize,

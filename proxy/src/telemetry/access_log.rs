@@ -64,8 +64,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use halyard_xds::ACCESS_LOG_FIELDS;
 use http::{HeaderValue, Method, Request, Uri, Version};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::flags::Flags;
 use super::ListenerKind;
@@ -120,7 +121,7 @@ fn header_str(v: &Option<HeaderValue>) -> Value {
 pub struct Exchange {
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
-    log: bool,
+    log: Option<LogFields>,
     start_wall: SystemTime,
     start: Instant,
     method: Method,
@@ -128,6 +129,7 @@ pub struct Exchange {
     version: Version,
     authority: Option<HeaderValue>,
     user_agent: Option<HeaderValue>,
+    forwarded_for: Option<HeaderValue>,
     /// Status code sent downstream.
     pub code: u16,
     /// Response flags.
@@ -136,6 +138,8 @@ pub struct Exchange {
     pub request_id: Option<HeaderValue>,
     /// Endpoint used.
     pub upstream: Option<Arc<str>>,
+    /// SPIFFE ID the endpoint proved (mutual TLS), when it did.
+    pub upstream_identity: Option<Arc<str>>,
     /// Service used.
     pub cluster: Option<Arc<str>>,
     /// Route used.
@@ -164,7 +168,7 @@ impl Exchange {
         shared: &Arc<Shared>,
         conn: &Arc<ConnInfo>,
         req: &Request<B>,
-        log: bool,
+        log: Option<LogFields>,
     ) -> Self {
         conn.request_started();
         let authority = req
@@ -183,10 +187,12 @@ impl Exchange {
             version: req.version(),
             authority,
             user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
+            forwarded_for: req.headers().get("x-forwarded-for").cloned(),
             code: 0,
             flags: Flags::default(),
             request_id: None,
             upstream: None,
+            upstream_identity: None,
             cluster: None,
             route: None,
             request_bytes: None,
@@ -206,61 +212,105 @@ impl Exchange {
         self.uri = uri.clone();
     }
 
-    fn line(&self, bytes_sent: u64) -> String {
-        let mut m = Map::with_capacity(16);
-        m.insert("start_time".into(), rfc3339(self.start_wall).into());
-        m.insert("listener".into(), self.conn.listener.as_str().into());
-        m.insert("method".into(), self.method.as_str().into());
-        m.insert(
-            "path".into(),
-            self.uri
+    /// The value of one access-log field (indices of [`ACCESS_LOG_FIELDS`]).
+    fn field(&self, name: &str, bytes_sent: u64) -> Value {
+        let s = |v: Option<&str>| v.map_or(Value::Null, |v| Value::String(v.to_string()));
+        match name {
+            "start_time" => rfc3339(self.start_wall).into(),
+            "listener" => self.conn.listener.as_str().into(),
+            "route_name" => s(self.route.as_deref()),
+            "method" => self.method.as_str().into(),
+            "path" => self
+                .uri
                 .path_and_query()
                 .map_or_else(|| self.uri.to_string(), |p| p.to_string())
                 .into(),
-        );
-        m.insert("protocol".into(), protocol_name(self.version).into());
-        m.insert("response_code".into(), self.code.into());
-        m.insert("response_flags".into(), self.flags.to_string().into());
-        let received = self
-            .request_bytes
-            .as_ref()
-            .map_or(0, |c| c.load(Ordering::Relaxed));
-        m.insert("bytes_received".into(), received.into());
-        m.insert("bytes_sent".into(), bytes_sent.into());
-        m.insert(
-            "duration_ms".into(),
-            (self.start.elapsed().as_millis() as u64).into(),
-        );
-        m.insert("upstream_host".into(), json!(self.upstream.as_deref()));
-        m.insert("upstream_cluster".into(), json!(self.cluster.as_deref()));
-        m.insert("route_name".into(), json!(self.route.as_deref()));
-        m.insert(
-            "upstream_request_attempt_count".into(),
-            self.attempts.into(),
-        );
-        m.insert("x_request_id".into(), header_str(&self.request_id));
-        m.insert("authority".into(), header_str(&self.authority));
-        m.insert("user_agent".into(), header_str(&self.user_agent));
-        m.insert(
-            "downstream_remote_address".into(),
-            self.conn.peer.to_string().into(),
-        );
-        m.insert(
-            "downstream_peer_uri_san".into(),
-            json!(self.conn.peer_cert.as_ref().map(|p| p.identity.to_string())),
-        );
-        m.insert(
-            "upstream_transport_failure_reason".into(),
-            json!(self.transport_failure),
-        );
-        m.insert(
-            "request_principal".into(),
-            json!(self.request_principal.as_deref()),
-        );
-        if let Some(p) = &self.denied_by {
-            m.insert("rbac_policy".into(), p.as_ref().into());
+            "protocol" => protocol_name(self.version).into(),
+            "response_code" => self.code.into(),
+            "response_flags" => self.flags.to_string().into(),
+            "upstream_transport_failure_reason" => s(self.transport_failure),
+            "bytes_received" => self
+                .request_bytes
+                .as_ref()
+                .map_or(0, |c| c.load(Ordering::Relaxed))
+                .into(),
+            "bytes_sent" => bytes_sent.into(),
+            "duration" => (self.start.elapsed().as_millis() as u64).into(),
+            "upstream_request_attempt_count" => self.attempts.into(),
+            "x_forwarded_for" => header_str(&self.forwarded_for),
+            "user_agent" => header_str(&self.user_agent),
+            "request_id" => header_str(&self.request_id),
+            "authority" => header_str(&self.authority),
+            "upstream_host" => s(self.upstream.as_deref()),
+            "upstream_cluster" => s(self.cluster.as_deref()),
+            "downstream_local_address" => self
+                .conn
+                .local
+                .map_or(Value::Null, |a| a.to_string().into()),
+            "downstream_remote_address" => self.conn.peer.to_string().into(),
+            "requested_server_name" => s(self.conn.sni.as_deref()),
+            "downstream_peer_uri_san" => s(self
+                .conn
+                .peer_cert
+                .as_ref()
+                .map(|p| p.identity.to_string())
+                .as_deref()),
+            "upstream_peer_uri_san" => s(self.upstream_identity.as_deref()),
+            "request_principal" => s(self.request_principal.as_deref()),
+            "rbac_policy" => s(self.denied_by.as_deref()),
+            _ => Value::Null,
         }
-        Value::Object(m).to_string()
+    }
+
+    fn line(&self, fields: &LogFields, bytes_sent: u64) -> String {
+        fields.render(|name| Some(self.field(name, bytes_sent)))
+    }
+}
+
+/// Which access-log fields are written, in order.
+#[derive(Debug, Clone)]
+pub struct LogFields(Arc<[u8]>);
+
+impl LogFields {
+    /// Every field, in the order of [`ACCESS_LOG_FIELDS`].
+    pub fn all() -> Self {
+        Self((0..ACCESS_LOG_FIELDS.len() as u8).collect())
+    }
+
+    /// The named fields in the given order; an empty list means all. Unknown names (already
+    /// refused by validation) are skipped.
+    pub fn from_names(names: &[String]) -> Self {
+        if names.is_empty() {
+            return Self::all();
+        }
+        Self(
+            names
+                .iter()
+                .filter_map(|n| ACCESS_LOG_FIELDS.iter().position(|f| f == n))
+                .map(|i| i as u8)
+                .collect(),
+        )
+    }
+
+    /// Renders one JSON object with the fields `value` knows (`None`: not applicable here).
+    pub fn render(&self, value: impl Fn(&str) -> Option<Value>) -> String {
+        let mut out = String::with_capacity(512);
+        out.push('{');
+        for &i in self.0.iter() {
+            let Some(name) = ACCESS_LOG_FIELDS.get(i as usize) else {
+                continue;
+            };
+            let Some(v) = value(name) else { continue };
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push('"');
+            out.push_str(name);
+            out.push_str("\":");
+            out.push_str(&v.to_string());
+        }
+        out.push('}');
+        out
     }
 }
 
@@ -281,10 +331,8 @@ impl OnFinish for Exchange {
             .metrics
             .listener(self.conn.listener)
             .request(self.code);
-        if self.log {
-            if let Some(log) = &self.shared.access_log {
-                log.write(self.line(bytes_sent));
-            }
+        if let (Some(fields), Some(log)) = (&self.log, &self.shared.access_log) {
+            log.write(self.line(fields, bytes_sent));
         }
     }
 }
@@ -312,21 +360,23 @@ pub struct TcpRecord<'a> {
 }
 
 impl TcpRecord<'_> {
-    /// The JSON line.
-    pub fn line(&self) -> String {
-        json!({
-            "start_time": rfc3339(self.start_wall),
-            "listener": self.listener.as_str(),
-            "protocol": "TCP",
-            "response_flags": self.flags.to_string(),
-            "bytes_received": self.received,
-            "bytes_sent": self.sent,
-            "duration_ms": self.duration.as_millis() as u64,
-            "upstream_host": self.upstream,
-            "upstream_cluster": self.cluster,
-            "downstream_remote_address": self.peer.to_string(),
+    /// The JSON line with the configured fields that apply to a TCP connection.
+    pub fn line(&self, fields: &LogFields) -> String {
+        fields.render(|name| {
+            Some(match name {
+                "start_time" => rfc3339(self.start_wall).into(),
+                "listener" => self.listener.as_str().into(),
+                "protocol" => "TCP".into(),
+                "response_flags" => self.flags.to_string().into(),
+                "bytes_received" => self.received.into(),
+                "bytes_sent" => self.sent.into(),
+                "duration" => (self.duration.as_millis() as u64).into(),
+                "upstream_host" => json!(self.upstream),
+                "upstream_cluster" => json!(self.cluster),
+                "downstream_remote_address" => self.peer.to_string().into(),
+                _ => return None,
+            })
         })
-        .to_string()
     }
 }
 

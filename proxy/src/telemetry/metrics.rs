@@ -67,6 +67,81 @@ pub struct Metrics {
     pub jwt_authn: IntCounterVec,
     /// Traffic-management events per cluster.
     pub traffic: TrafficMetrics,
+    /// Control-plane connection and configuration state.
+    pub health: HealthMetrics,
+}
+
+/// Gauges of the proxy's own state, refreshed when metrics are scraped.
+pub struct HealthMetrics {
+    xds_connected: IntGauge,
+    xds_resources: IntGaugeVec,
+    config_info: IntGaugeVec,
+    config_applied: Gauge,
+}
+
+impl HealthMetrics {
+    fn new(registry: &Registry) -> Result<Self, MetricsError> {
+        let xds_connected = IntGauge::new(
+            "halyard_xds_connected",
+            "1 while a stream to the control server is open (0 without one, or with a config file).",
+        )?;
+        let xds_resources = IntGaugeVec::new(
+            Opts::new(
+                "halyard_xds_resources",
+                "Resources held from the control server, by type.",
+            ),
+            &["type"],
+        )?;
+        let config_info = IntGaugeVec::new(
+            Opts::new(
+                "halyard_config_info",
+                "The configuration version in force (value 1).",
+            ),
+            &["version"],
+        )?;
+        let config_applied = Gauge::new(
+            "halyard_config_applied_timestamp_seconds",
+            "When the configuration in force was applied (Unix seconds).",
+        )?;
+        registry.register(Box::new(xds_connected.clone()))?;
+        registry.register(Box::new(xds_resources.clone()))?;
+        registry.register(Box::new(config_info.clone()))?;
+        registry.register(Box::new(config_applied.clone()))?;
+        // CPU, memory, file descriptors and start time as `process_*`, read from /proc.
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(Self {
+            xds_connected,
+            xds_resources,
+            config_info,
+            config_applied,
+        })
+    }
+
+    /// Sets the gauges from the current xDS status and configuration.
+    pub fn refresh(
+        &self,
+        xds: Option<&halyard_xds::ads::ClientStatus>,
+        version: &str,
+        applied: std::time::SystemTime,
+    ) {
+        self.xds_connected
+            .set(i64::from(xds.is_some_and(|s| s.connected)));
+        self.xds_resources.reset();
+        for (type_url, t) in xds.map(|s| &s.types).into_iter().flatten() {
+            let short = type_url.rsplit(['/', '.']).next().unwrap_or(type_url);
+            self.xds_resources
+                .with_label_values(&[short])
+                .set(t.resources as i64);
+        }
+        self.config_info.reset();
+        self.config_info.with_label_values(&[version]).set(1);
+        let secs = applied
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.config_applied.set(secs);
+    }
 }
 
 /// Counters of retries, circuit breakers, outlier detection, faults and mirrors.
@@ -237,8 +312,10 @@ impl Metrics {
             by_code: (0..600).map(|_| OnceLock::new()).collect(),
         };
         let traffic = TrafficMetrics::new(&registry)?;
+        let health = HealthMetrics::new(&registry)?;
         Ok(Self {
             traffic,
+            health,
             outbound: listener(ListenerKind::Outbound),
             inbound: listener(ListenerKind::Inbound),
             registry,

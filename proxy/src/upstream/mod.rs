@@ -64,6 +64,8 @@ pub struct Upstream {
     key: UpstreamKey,
     /// `host:port`, as shown in logs.
     pub authority: Arc<str>,
+    /// The SPIFFE ID its sidecar must prove, as shown in logs and metrics.
+    pub identity: Option<Arc<str>>,
     /// Resolved address when the host is an IP literal.
     ip: Option<SocketAddr>,
     /// Requests and connections currently using this endpoint.
@@ -95,6 +97,7 @@ impl Upstream {
         };
         Self {
             pool: Pool::new(key.idle_timeout),
+            identity: key.identity.as_ref().map(|i| i.to_string().into()),
             key,
             authority,
             ip,
