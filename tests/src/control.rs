@@ -106,6 +106,33 @@ impl Control {
         self.dir.join("data").join("root-cert.pem")
     }
 
+    /// A sidecar configured and certified by this control server: workload `demo/{name}`
+    /// running as service account `sa`, its token in `dir/{name}.token`.
+    pub fn sidecar(&self, dir: &Path, name: &str, sa: &str, inbound: &str) -> crate::Proxy {
+        let token = dir.join(format!("{name}.token"));
+        crate::Proxy::start_with(
+            "",
+            &[
+                "--xds-addr",
+                &self.grpc_tls,
+                "--node-id",
+                &format!("demo/{name}"),
+                "--ca-addr",
+                &self.grpc_tls,
+                "--ca-root-file",
+                s(&self.root()),
+                "--ca-token-file",
+                s(&token),
+                "--namespace",
+                "demo",
+                "--service-account",
+                sa,
+                "--inbound-addr",
+                inbound,
+            ],
+        )
+    }
+
     /// SIGTERM, then the exit code.
     pub fn stop(mut self) -> Option<i32> {
         self.proc.signal("TERM");

@@ -551,6 +551,62 @@ fn curl_with(cmd: &mut Command, args: &[&str]) -> CurlOut {
     }
 }
 
+/// Runs curl with `args` (plus `-s` and a 120 s cap) and returns its stdout's lines, e.g. one
+/// `--write-out` line per URL of a `[1-N]` range.
+pub fn curl_lines(args: &[String]) -> Vec<String> {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "120"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Asks `host` through the outbound listener once per key (header `header: key`; one curl
+/// process, one connection) and returns key → the answering workload (`x-echo-workload`).
+pub fn workload_per_key(
+    outbound: SocketAddr,
+    host: &str,
+    header: &str,
+    keys: &[String],
+) -> std::collections::HashMap<String, String> {
+    let dir = TempDir::new("per-key");
+    let cfg_path = dir.path().join("curl.cfg");
+    let mut cfg = String::new();
+    for (i, k) in keys.iter().enumerate() {
+        if i > 0 {
+            cfg.push_str("next\n");
+        }
+        cfg.push_str(&format!(
+            "url = \"{}\"\nheader = \"Host: {host}\"\nheader = \"{header}: {k}\"\n\
+             output = \"/dev/null\"\nwrite-out = \"%header{{x-echo-workload}}\\n\"\n",
+            url(outbound, "/who")
+        ));
+    }
+    std::fs::write(&cfg_path, cfg).expect("curl config");
+    let lines = curl_lines(&["-K".into(), cfg_path.display().to_string()]);
+    assert_eq!(
+        lines.len(),
+        keys.len(),
+        "curl printed {} lines for {} keys",
+        lines.len(),
+        keys.len()
+    );
+    keys.iter().cloned().zip(lines).collect()
+}
+
+/// Counts equal lines.
+pub fn tally(lines: &[String]) -> std::collections::HashMap<String, usize> {
+    let mut m = std::collections::HashMap::new();
+    for l in lines {
+        *m.entry(l.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
 /// A config with one HTTP service `echo.local` → `echo_port`, plus `extra` YAML appended.
 pub fn echo_config(echo_port: u16, extra: &str) -> String {
     format!(

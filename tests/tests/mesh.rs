@@ -68,7 +68,7 @@ fn write(dir: &Path, name: &str, text: &str) {
 }
 
 fn sidecar(ca: &Control, dir: &Path, name: &str, inbound: &str) -> Proxy {
-    sidecar_as(ca, dir, name, name, inbound)
+    ca.sidecar(dir, name, name, inbound)
 }
 
 /// GET `path` from the frontend's app side, to `backend:8080`.
@@ -506,7 +506,7 @@ spec: {{address: 127.0.0.1, serviceAccount: backend, ports: {{http: {}}}, labels
     let ca = Control::start(tmp.path(), &["--config", s(&cfg)]);
     let _backends: Vec<Proxy> = sidecars
         .iter()
-        .map(|(name, addr)| sidecar_as(&ca, tmp.path(), name, "backend", &addr.to_string()))
+        .map(|(name, addr)| ca.sidecar(tmp.path(), name, "backend", &addr.to_string()))
         .collect();
     let frontend = sidecar(&ca, tmp.path(), "frontend", "127.0.0.1:0");
 
@@ -569,30 +569,4 @@ spec: {{address: 127.0.0.1, serviceAccount: backend, ports: {{http: {}}}, labels
         retried >= 1.0,
         "retries before the ejection counted: {retried}"
     );
-}
-
-/// A sidecar for workload `name` running as service account `sa`.
-fn sidecar_as(ca: &Control, dir: &Path, name: &str, sa: &str, inbound: &str) -> Proxy {
-    let token = dir.join(format!("{name}.token"));
-    Proxy::start_with(
-        "",
-        &[
-            "--xds-addr",
-            &ca.grpc_tls,
-            "--node-id",
-            &format!("demo/{name}"),
-            "--ca-addr",
-            &ca.grpc_tls,
-            "--ca-root-file",
-            s(&ca.root()),
-            "--ca-token-file",
-            s(&token),
-            "--namespace",
-            "demo",
-            "--service-account",
-            sa,
-            "--inbound-addr",
-            inbound,
-        ],
-    )
 }

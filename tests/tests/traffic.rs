@@ -54,19 +54,6 @@ fn direct(echo: &Echo) -> String {
     format!("{{address: 127.0.0.1, port: {}}}", echo.port())
 }
 
-/// Runs curl with `args` and returns its stdout lines (the `-w` output of each transfer).
-fn curl_lines(args: &[String]) -> Vec<String> {
-    let out = Command::new("curl")
-        .args(["-s", "--max-time", "120"])
-        .args(args)
-        .output()
-        .expect("run curl");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 /// Sends `n` requests `http://addr{path}/{i}` with `Host: host_name`, split over `procs` curl
 /// processes running at once (each one keep-alive connection), and returns one `-w fmt` line per
 /// request.
@@ -108,15 +95,6 @@ fn blast(
         lines.len()
     );
     lines
-}
-
-/// Counts lines by their text.
-fn tally(lines: &[String]) -> HashMap<String, usize> {
-    let mut m = HashMap::new();
-    for l in lines {
-        *m.entry(l.clone()).or_insert(0) += 1;
-    }
-    m
 }
 
 /// `x-echo-served` of an echo app, asked directly (this request counts too).
@@ -619,31 +597,9 @@ services:
     );
 }
 
-/// Asks for each user key once (one curl process, one connection); returns key → workload.
+/// Asks `sticky` for each user key once; returns key → workload.
 fn endpoint_per_key(proxy: &Proxy, keys: &[String]) -> HashMap<String, String> {
-    let dir = TempDir::new("hash");
-    let cfg_path = dir.path().join("curl.cfg");
-    let mut cfg = String::new();
-    for (i, k) in keys.iter().enumerate() {
-        if i > 0 {
-            cfg.push_str("next\n");
-        }
-        cfg.push_str(&format!(
-            "url = \"{}\"\nheader = \"Host: sticky\"\nheader = \"x-user: {k}\"\n\
-             output = \"/dev/null\"\nwrite-out = \"%header{{x-echo-workload}}\\n\"\n",
-            url(proxy.outbound, "/who")
-        ));
-    }
-    std::fs::write(&cfg_path, cfg).unwrap();
-    let lines = curl_lines(&["-K".into(), cfg_path.display().to_string()]);
-    assert_eq!(
-        lines.len(),
-        keys.len(),
-        "curl printed {} lines for {} keys",
-        lines.len(),
-        keys.len()
-    );
-    keys.iter().cloned().zip(lines).collect()
+    workload_per_key(proxy.outbound, "sticky", "x-user", keys)
 }
 
 #[test]
