@@ -138,6 +138,10 @@ pub async fn run(
         None => None,
     };
     let shared = Arc::new(Shared {
+        tracers: crate::telemetry::tracers::Tracers::new(metrics.trace.clone()),
+        principal: identity
+            .as_ref()
+            .map(|i| i.options.identity.to_string().into()),
         identity,
         mtls,
         xds_status: std::sync::OnceLock::new(),
@@ -222,6 +226,8 @@ pub async fn run(
             "drain timeout: closing remaining connections"
         );
     }
+    // Spans of the drained requests reach the collector before the process exits.
+    shared.tracers.shutdown(Duration::from_secs(2)).await;
     admin_stop.cancel();
     let _ = tokio::join!(admin_task, stats_task);
     tracing::info!("stopped");

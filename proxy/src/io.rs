@@ -164,3 +164,62 @@ mod tests {
         assert_eq!(out, "hello world");
     }
 }
+
+pin_project_lite::pin_project! {
+    /// An upstream connection that counts its bytes into a TCP connection's Istio metrics as
+    /// they move, so long-lived connections show up before they close.
+    pub struct Counted<S> {
+        #[pin]
+        inner: S,
+        conn: crate::telemetry::istio::TcpConn,
+    }
+}
+
+impl<S> Counted<S> {
+    /// Wraps `inner`; dropping the wrapper counts the connection closed.
+    pub fn new(inner: S, conn: crate::telemetry::istio::TcpConn) -> Self {
+        Self { inner, conn }
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for Counted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.inner.poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            // Read from the server: sent to the client.
+            this.conn.sent(n as u64);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for Counted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = &r {
+            // Written to the server: received from the client.
+            this.conn.received(*n as u64);
+        }
+        r
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}

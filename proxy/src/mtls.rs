@@ -276,6 +276,8 @@ where
 pub struct PeerCert {
     /// The peer's SPIFFE ID.
     pub identity: SpiffeId,
+    /// The same as text, for logs and metric labels.
+    pub principal: std::sync::Arc<str>,
     /// `x-forwarded-client-cert` value for requests of this connection (Envoy's format).
     pub xfcc: HeaderValue,
 }
@@ -289,7 +291,12 @@ impl PeerCert {
         let xfcc =
             HeaderValue::try_from(format!("By={own};Hash={hash};Subject=\"\";URI={identity}"))
                 .ok()?;
-        Some(Self { identity, xfcc })
+        let principal = identity.to_string().into();
+        Some(Self {
+            identity,
+            principal,
+            xfcc,
+        })
     }
 }
 

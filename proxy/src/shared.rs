@@ -26,6 +26,8 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// The workload's identity, when the proxy has one (`--ca-addr`).
     pub identity: Option<Arc<Identity>>,
+    /// That identity's SPIFFE ID as text, for metric labels and spans.
+    pub principal: Option<Arc<str>>,
     /// Mutual TLS contexts built on that identity.
     pub mtls: Option<Arc<MeshTls>>,
     /// The control-server connection's state, when configuration comes over xDS.
@@ -33,6 +35,8 @@ pub struct Shared {
         std::sync::OnceLock<tokio::sync::watch::Receiver<halyard_xds::ads::ClientStatus>>,
     /// Round-robin cursor for single-target picks (inbound, passthrough).
     pub inbound_rr: AtomicUsize,
+    /// The tracer of the configuration in force.
+    pub tracers: crate::telemetry::tracers::Tracers,
     /// Mirrored requests in flight at most; more are skipped.
     pub mirror_slots: Arc<tokio::sync::Semaphore>,
 }

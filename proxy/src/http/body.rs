@@ -96,6 +96,9 @@ impl Body for ProxyBody {
 pub trait OnFinish: Send + 'static {
     /// Called exactly once with the response bytes sent.
     fn finish(self, completed: bool, bytes_sent: u64);
+
+    /// Sees the response trailers as they pass (gRPC puts its status there).
+    fn trailers(&mut self, _trailers: &http::HeaderMap) {}
 }
 
 /// No-op when absent: a response whose exchange is recorded elsewhere (a tunnel).
@@ -103,6 +106,12 @@ impl<F: OnFinish> OnFinish for Option<F> {
     fn finish(self, completed: bool, bytes_sent: u64) {
         if let Some(f) = self {
             f.finish(completed, bytes_sent);
+        }
+    }
+
+    fn trailers(&mut self, trailers: &http::HeaderMap) {
+        if let Some(f) = self {
+            f.trailers(trailers);
         }
     }
 }
@@ -158,6 +167,8 @@ impl<F: OnFinish> Body for ResponseBody<F> {
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
                     *this.sent += d.len() as u64;
+                } else if let (Some(t), Some(fin)) = (f.trailers_ref(), this.finish.as_mut()) {
+                    fin.trailers(t);
                 }
                 // Servers stop polling once a sized body says it is done; finish now.
                 if this.inner.is_end_stream() {

@@ -29,8 +29,10 @@ use crate::mtls::{Alpn, PeerCert};
 use crate::routes::{normalize_host, Action, Fault, RequestView, RetryPolicy};
 use crate::shared::Shared;
 use crate::snapshot::{defaults, Cluster, Snapshot};
-use crate::telemetry::access_log::Exchange;
+use crate::telemetry::access_log::{grpc_status_of, Exchange};
 use crate::telemetry::flags::Flags;
+use crate::telemetry::peer::{self, PEER_METADATA, PEER_METADATA_ID};
+use crate::telemetry::trace::SpanKind;
 use crate::telemetry::ListenerKind;
 use crate::upstream::hash::Ring;
 use crate::upstream::{pick, Avoid, HttpVersion, Upstream, UpstreamKey};
@@ -136,10 +138,28 @@ enum TunnelEnd {
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<ResponseBody<Option<Exchange>>> {
     let snap = shared.live.load();
-    let mut ex = Exchange::start(&shared, &conn, &req, snap.settings.access_log.clone());
+    let mut ex = Exchange::start(
+        &shared,
+        &conn,
+        &req,
+        snap.settings.access_log.clone(),
+        &snap.local,
+    );
+    if let Some(slot) = shared.tracers.get(snap.local.tracing.as_ref()) {
+        if let Some(tracer) = &slot.tracer {
+            let kind = match conn.listener {
+                ListenerKind::Inbound => SpanKind::Server,
+                ListenerKind::Outbound => SpanKind::Client,
+            };
+            // Rewritten before anything else, so that local replies are traced too.
+            ex.span = tracer
+                .begin(kind, req.headers_mut())
+                .map(|span| (span, slot.clone()));
+        }
+    }
     let mut tunnel = None;
     let result = forward(&shared, &snap, &conn, req, &mut ex, &mut tunnel).await;
     let resp = match result {
@@ -150,6 +170,10 @@ pub async fn handle(
         }
     };
     ex.code = resp.status().as_u16();
+    if ex.grpc {
+        // A trailers-only gRPC response carries its status in the headers.
+        ex.grpc_status = grpc_status_of(resp.headers());
+    }
     let (parts, body) = resp.into_parts();
     match tunnel {
         // The exchange ends with the tunnel, not with this (empty) response.
@@ -224,12 +248,22 @@ async fn forward(
     let orig_h1 = req.headers_mut().remove(&headers::ORIG_PROTO).is_some()
         && conn.listener == ListenerKind::Inbound
         && conn.peer_cert.is_some();
+    // Peer metadata is ours to add and read; an app's copy is never passed on.
+    let meta = req.headers_mut().remove(&PEER_METADATA);
+    req.headers_mut().remove(&PEER_METADATA_ID);
     if conn.listener == ListenerKind::Inbound {
         // Only what this proxy verified may reach the app as the client certificate.
         let xfcc = req.headers_mut();
         xfcc.remove(&headers::XFCC);
         if let Some(peer) = &conn.peer_cert {
             xfcc.insert(headers::XFCC.clone(), peer.xfcc.clone());
+            // Only an authenticated mesh peer may say which workload it is.
+            ex.peer_meta = meta.as_ref().and_then(peer::decode);
+        }
+        if let Some(host) = authority_of(&req).map(|a| normalize_host(a).0) {
+            ex.service = snap
+                .cluster_for_host(&host.to_ascii_lowercase())
+                .map(|c| c.service.clone());
         }
     }
     if conn.listener == ListenerKind::Inbound && !(snap.rbac.is_empty() && snap.authn.is_empty()) {
@@ -354,6 +388,7 @@ async fn forward(
     };
     if let Some(c) = target.cluster {
         ex.cluster = Some(c.name.clone());
+        ex.service = Some(c.service.clone());
     }
     let action = matched.map(|m| &m.route.action);
     let default_retry;
@@ -400,6 +435,15 @@ async fn forward(
         if let Some(rw) = &a.rewrite {
             ops::rewrite(rw, matched.and_then(|m| m.by), &mut parts)?;
         }
+    }
+    if conn.listener == ListenerKind::Outbound && target.endpoints.iter().any(|e| e.mtls()) {
+        // Tell mesh peers who is calling (Istio's metadata exchange); never external hosts.
+        parts
+            .headers
+            .insert(PEER_METADATA, snap.local.headers.metadata.clone());
+        parts
+            .headers
+            .insert(PEER_METADATA_ID, snap.local.headers.id.clone());
     }
     let counter = Arc::new(AtomicU64::new(0));
     ex.request_bytes = Some(counter.clone());
@@ -483,6 +527,19 @@ async fn forward(
     }
     if let Some(c) = set_cookie {
         resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    let meta = resp.headers_mut().remove(&PEER_METADATA);
+    resp.headers_mut().remove(&PEER_METADATA_ID);
+    match conn.listener {
+        ListenerKind::Outbound if ex.upstream_identity.is_some() => {
+            ex.peer_meta = meta.as_ref().and_then(peer::decode);
+        }
+        ListenerKind::Inbound if conn.peer_cert.is_some() => {
+            let h = resp.headers_mut();
+            h.insert(PEER_METADATA, snap.local.headers.metadata.clone());
+            h.insert(PEER_METADATA_ID, snap.local.headers.id.clone());
+        }
+        _ => {}
     }
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(parts, ProxyBody::streamed(body, None)))

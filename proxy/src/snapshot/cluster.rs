@@ -51,6 +51,8 @@ pub enum HashOn {
 pub struct Cluster {
     /// Service name, with `|subset` for a subset.
     pub name: Arc<str>,
+    /// Service name alone (metric labels).
+    pub service: Arc<str>,
     /// Ports, in config order.
     pub ports: Vec<ClusterPort>,
     /// Endpoint selection.

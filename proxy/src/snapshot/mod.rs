@@ -17,6 +17,8 @@ use crate::routes::{
     VirtualHost,
 };
 use crate::telemetry::access_log::LogFields;
+use crate::telemetry::peer::{PeerHeaders, WorkloadMeta};
+use crate::telemetry::trace::{OtlpProtocol, TraceConfig, DEFAULT_FLUSH_INTERVAL};
 use crate::upstream::breaker::Breaker;
 use crate::upstream::hash::Ring;
 use crate::upstream::{Upstream, UpstreamKey};
@@ -107,6 +109,8 @@ pub struct Snapshot {
     pub settings: Settings,
     /// Outbound policy for unknown destinations.
     pub registry_only: bool,
+    /// Who this proxy's workload is, for metrics and peer metadata exchange.
+    pub local: Arc<LocalWorkload>,
     /// Authorization policies of the workload (inbound).
     pub rbac: Engine,
     /// JWT authentication of the workload (inbound).
@@ -115,6 +119,56 @@ pub struct Snapshot {
     upstreams: HashMap<UpstreamKey, Arc<Upstream>>,
     /// Circuit-breaker counters by cluster name, for reuse by the next snapshot.
     breakers: HashMap<Arc<str>, Arc<Breaker>>,
+}
+
+/// The local workload as telemetry names it.
+#[derive(Debug)]
+pub struct LocalWorkload {
+    /// Metric labels.
+    pub meta: WorkloadMeta,
+    /// The metadata-exchange headers this proxy sends to mesh peers.
+    pub headers: PeerHeaders,
+    /// Resolved tracing settings (`None`: tracing off).
+    pub tracing: Option<Arc<TraceConfig>>,
+}
+
+impl LocalWorkload {
+    fn new(config: &ProxyConfig, settings: &xds::Settings) -> Self {
+        let w = config.workload.clone().unwrap_or_default();
+        let ns = if w.namespace.is_empty() {
+            "default"
+        } else {
+            &w.namespace
+        };
+        let meta = WorkloadMeta::from_labels(&w.name, ns, &w.labels);
+        let tracing = settings.tracing.as_ref().map(|t| {
+            // Istio names a workload's traces after its canonical service and namespace.
+            let mut resource = vec![("k8s.namespace.name".to_string(), ns.to_string())];
+            if !w.name.is_empty() {
+                resource.push(("k8s.workload.name".to_string(), w.name.clone()));
+            }
+            resource.push((
+                "service.version".to_string(),
+                meta.canonical_revision.to_string(),
+            ));
+            Arc::new(TraceConfig {
+                sampling_percent: t.sampling.unwrap_or(1.0),
+                endpoint: t.otlp_endpoint.clone(),
+                protocol: match t.protocol() {
+                    xds::tracing::Protocol::Http => OtlpProtocol::Http,
+                    xds::tracing::Protocol::Grpc => OtlpProtocol::Grpc,
+                },
+                service_name: format!("{}.{ns}", meta.canonical_service),
+                resource,
+                flush_interval: DEFAULT_FLUSH_INTERVAL,
+            })
+        });
+        Self {
+            headers: PeerHeaders::new(&meta, &w.labels, None),
+            meta,
+            tracing,
+        }
+    }
 }
 
 /// Why a validated config could still not be compiled.
@@ -176,9 +230,10 @@ impl Snapshot {
                         .map_or_else(|| base.clone(), Policy::of);
                     (sub.name.as_str(), Some(&sub.labels), policy)
                 }));
+            let svc_name: Arc<str> = svc.name.as_str().into();
             for (subset, labels, policy) in groups {
                 let name: Arc<str> = if subset.is_empty() {
-                    svc.name.clone().into()
+                    svc_name.clone()
                 } else {
                     format!("{}|{subset}", svc.name).into()
                 };
@@ -258,6 +313,7 @@ impl Snapshot {
                 breakers.insert(name.clone(), breaker.clone());
                 cluster_index.insert((si, subset), clusters.len());
                 clusters.push(Arc::new(Cluster {
+                    service: svc_name.clone(),
                     name,
                     ports,
                     lb: policy.lb,
@@ -383,6 +439,7 @@ impl Snapshot {
             .as_ref()
             .is_some_and(|p| p.mode() == xds::outbound_traffic_policy::Mode::RegistryOnly);
         Ok(Self {
+            local: Arc::new(LocalWorkload::new(&config, &s)),
             version: config.version.clone(),
             applied_at: SystemTime::now(),
             clusters,

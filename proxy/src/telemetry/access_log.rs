@@ -73,6 +73,10 @@ use super::ListenerKind;
 use crate::http::body::OnFinish;
 use crate::http::proxy::ConnInfo;
 use crate::shared::Shared;
+use crate::snapshot::LocalWorkload;
+use crate::telemetry::peer::WorkloadMeta;
+use crate::telemetry::trace::ActiveSpan;
+use crate::telemetry::tracers::TracerSlot;
 use crate::upstream::{InFlight, PooledH1};
 
 /// Formats a time as RFC 3339 UTC with milliseconds.
@@ -119,17 +123,25 @@ fn header_str(v: &Option<HeaderValue>) -> Value {
 /// One HTTP request/response as it is being proxied; reports metrics and the access log when
 /// the response body ends, and returns the upstream connection to its pool if it completed.
 pub struct Exchange {
-    shared: Arc<Shared>,
-    conn: Arc<ConnInfo>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) conn: Arc<ConnInfo>,
     log: Option<LogFields>,
-    start_wall: SystemTime,
-    start: Instant,
-    method: Method,
-    uri: Uri,
-    version: Version,
-    authority: Option<HeaderValue>,
-    user_agent: Option<HeaderValue>,
+    pub(crate) start_wall: SystemTime,
+    pub(crate) start: Instant,
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+    pub(crate) version: Version,
+    pub(crate) authority: Option<HeaderValue>,
+    pub(crate) user_agent: Option<HeaderValue>,
     forwarded_for: Option<HeaderValue>,
+    /// Who this proxy's workload is, as of the config the request started with.
+    pub(crate) local: Arc<LocalWorkload>,
+    /// The workload on the other side, from the metadata exchange (mesh peers only).
+    pub peer_meta: Option<WorkloadMeta>,
+    /// The span of this request, when it is sampled, with the tracer that finishes it.
+    pub span: Option<(ActiveSpan, Arc<TracerSlot>)>,
+    /// The service the request addressed (inbound: resolved from its authority).
+    pub service: Option<Arc<str>>,
     /// Status code sent downstream.
     pub code: u16,
     /// Response flags.
@@ -160,6 +172,18 @@ pub struct Exchange {
     pub attempts: u32,
     /// The circuit-breaker slot, held until the response ends.
     pub admitted: Option<crate::upstream::breaker::Active>,
+    /// The request is gRPC (`content-type: application/grpc...`).
+    pub grpc: bool,
+    /// `grpc-status` of the response (headers or trailers).
+    pub grpc_status: Option<u32>,
+}
+
+/// `grpc-status` as a number, when present and numeric.
+pub fn grpc_status_of(headers: &http::HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 impl Exchange {
@@ -169,6 +193,7 @@ impl Exchange {
         conn: &Arc<ConnInfo>,
         req: &Request<B>,
         log: Option<LogFields>,
+        local: &Arc<LocalWorkload>,
     ) -> Self {
         conn.request_started();
         let authority = req
@@ -188,6 +213,10 @@ impl Exchange {
             authority,
             user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
             forwarded_for: req.headers().get("x-forwarded-for").cloned(),
+            local: local.clone(),
+            peer_meta: None,
+            span: None,
+            service: None,
             code: 0,
             flags: Flags::default(),
             request_id: None,
@@ -203,6 +232,11 @@ impl Exchange {
             request_principal: None,
             attempts: 0,
             admitted: None,
+            grpc: req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
+            grpc_status: None,
         }
     }
 
@@ -258,6 +292,10 @@ impl Exchange {
             "upstream_peer_uri_san" => s(self.upstream_identity.as_deref()),
             "request_principal" => s(self.request_principal.as_deref()),
             "rbac_policy" => s(self.denied_by.as_deref()),
+            "trace_id" => self
+                .span
+                .as_ref()
+                .map_or(Value::Null, |(span, _)| span.trace_id_hex().into()),
             _ => Value::Null,
         }
     }
@@ -315,6 +353,14 @@ impl LogFields {
 }
 
 impl OnFinish for Exchange {
+    fn trailers(&mut self, trailers: &http::HeaderMap) {
+        if self.grpc {
+            if let Some(s) = grpc_status_of(trailers) {
+                self.grpc_status = Some(s);
+            }
+        }
+    }
+
     fn finish(mut self, completed: bool, bytes_sent: u64) {
         if let Some(p) = self.pooled.take() {
             if completed {
@@ -331,8 +377,12 @@ impl OnFinish for Exchange {
             .metrics
             .listener(self.conn.listener)
             .request(self.code);
+        self.report(bytes_sent);
         if let (Some(fields), Some(log)) = (&self.log, &self.shared.access_log) {
             log.write(self.line(fields, bytes_sent));
+        }
+        if let Some((span, slot)) = self.span.take() {
+            self.finish_span(span, &slot);
         }
     }
 }

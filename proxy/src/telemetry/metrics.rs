@@ -69,6 +69,10 @@ pub struct Metrics {
     pub traffic: TrafficMetrics,
     /// Control-plane connection and configuration state.
     pub health: HealthMetrics,
+    /// Istio's standard request and TCP metrics.
+    pub istio: super::istio::IstioMetrics,
+    /// Span export counters.
+    pub trace: std::sync::Arc<super::trace::TraceMetrics>,
 }
 
 /// Gauges of the proxy's own state, refreshed when metrics are scraped.
@@ -313,7 +317,12 @@ impl Metrics {
         };
         let traffic = TrafficMetrics::new(&registry)?;
         let health = HealthMetrics::new(&registry)?;
+        let istio =
+            super::istio::IstioMetrics::new(&registry, super::istio::DEFAULT_MAX_LABEL_SETS)?;
+        let trace = std::sync::Arc::new(super::trace::TraceMetrics::new(&registry)?);
         Ok(Self {
+            trace,
+            istio,
             traffic,
             health,
             outbound: listener(ListenerKind::Outbound),

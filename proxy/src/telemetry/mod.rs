@@ -6,7 +6,9 @@ pub mod istio;
 pub mod logging;
 pub mod metrics;
 pub mod peer;
+pub mod report;
 pub mod trace;
+pub mod tracers;
 
 /// Which listener handled a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,140 @@
+//! Istio standard metrics and peer metadata on the request path: `IstioMetrics::record_request`
+//! with a warm per-thread cache (one label set, and 64 label sets in turn), a TCP connection's
+//! open/bytes/close, and `peer::decode` of an Istio-sized metadata header when cached and when
+//! every lookup misses.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use halyard_proxy::telemetry::istio::{
+    IstioMetrics, Reporter, RequestLabels, TcpLabels, DEFAULT_MAX_LABEL_SETS,
+};
+use halyard_proxy::telemetry::peer::{self, PeerHeaders, WorkloadMeta};
+
+fn workload(name: &str, app: &str, version: &str) -> WorkloadMeta {
+    let labels: HashMap<String, String> = [
+        ("app", app),
+        ("version", version),
+        ("service.istio.io/canonical-name", app),
+        ("service.istio.io/canonical-revision", version),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    WorkloadMeta::from_labels(name, "default", &labels)
+}
+
+fn request<'a>(src: &'a WorkloadMeta, dst: &'a WorkloadMeta) -> RequestLabels<'a> {
+    RequestLabels {
+        reporter: Reporter::Destination,
+        source: src,
+        source_principal: "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
+        destination: dst,
+        destination_principal: "spiffe://cluster.local/ns/default/sa/bookinfo-reviews",
+        destination_service: "reviews.default.svc.cluster.local",
+        destination_service_name: "reviews",
+        destination_service_namespace: "default",
+        grpc: false,
+        response_code: 200,
+        grpc_status: None,
+        response_flags: "-",
+        mutual_tls: true,
+    }
+}
+
+fn metrics(c: &mut Criterion) {
+    // The registry's type comes from `IstioMetrics::new`'s signature.
+    let registry = Default::default();
+    let m = IstioMetrics::new(&registry, DEFAULT_MAX_LABEL_SETS).expect("register");
+    let src = workload("productpage-v1", "productpage", "v1");
+    let dst = workload("reviews-v2", "reviews", "v2");
+    let mut g = c.benchmark_group("istio");
+
+    let labels = request(&src, &dst);
+    m.record_request(&labels, Duration::from_millis(3), 512, 2048);
+    g.bench_function("record_request_warm", |b| {
+        b.iter(|| {
+            m.record_request(
+                black_box(&labels),
+                black_box(Duration::from_micros(3_200)),
+                black_box(512),
+                black_box(2048),
+            )
+        })
+    });
+
+    let codes: Vec<u16> = (0..64).map(|i| 200 + i).collect();
+    let sets: Vec<RequestLabels<'_>> = codes
+        .iter()
+        .map(|&response_code| RequestLabels {
+            response_code,
+            ..request(&src, &dst)
+        })
+        .collect();
+    for l in &sets {
+        m.record_request(l, Duration::from_millis(1), 1, 1);
+    }
+    let mut i = 0;
+    g.bench_function("record_request_warm_64_sets", |b| {
+        b.iter(|| {
+            i = (i + 1) % sets.len();
+            m.record_request(black_box(&sets[i]), Duration::from_micros(800), 100, 200)
+        })
+    });
+
+    let tcp = TcpLabels {
+        reporter: Reporter::Destination,
+        source: &src,
+        source_principal: "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
+        destination: &dst,
+        destination_principal: "spiffe://cluster.local/ns/default/sa/bookinfo-reviews",
+        destination_service: "mysql.default.svc.cluster.local",
+        destination_service_name: "mysql",
+        destination_service_namespace: "default",
+        response_flags: "-",
+        mutual_tls: true,
+    };
+    drop(m.tcp_open(&tcp));
+    g.bench_function("tcp_open_bytes_close_warm", |b| {
+        b.iter(|| {
+            let conn = m.tcp_open(black_box(&tcp));
+            conn.sent(black_box(1_000));
+            conn.received(black_box(100));
+        })
+    });
+    g.finish();
+}
+
+fn metadata(c: &mut Criterion) {
+    let mut labels = HashMap::new();
+    labels.insert("app".to_string(), "productpage".to_string());
+    labels.insert("version".to_string(), "v1".to_string());
+    let ip = Some(IpAddr::V4(Ipv4Addr::new(10, 244, 1, 17)));
+    let header = |name: &str| {
+        let meta = WorkloadMeta::from_labels(name, "default", &labels);
+        PeerHeaders::with_cluster(&meta, &labels, ip, "Kubernetes", "cluster.local").metadata
+    };
+    let mut g = c.benchmark_group("peer");
+    let steady = header("productpage-v1");
+    g.bench_function("decode_cached", |b| {
+        b.iter(|| peer::decode(black_box(&steady)))
+    });
+    // More distinct peers than the cache holds, in turn: every lookup decodes.
+    let many: Vec<_> = (0..256)
+        .map(|i| header(&format!("productpage-v{i}")))
+        .collect();
+    let mut i = 0;
+    g.bench_function("decode_miss", |b| {
+        b.iter(|| {
+            i = (i + 1) % many.len();
+            peer::decode(black_box(&many[i]))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, metrics, metadata);
+criterion_main!(benches);

@@ -1,1 +1,0 @@
-//! Istio-compatible request and TCP metrics with bounded label sets.

@@ -1,0 +1,244 @@
+//! What one finished request reports to the Istio metrics and the tracer.
+
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
+
+use http::Version;
+
+use super::access_log::Exchange;
+use super::istio::{service_name_namespace, Reporter, RequestLabels, TcpConn, TcpLabels};
+use super::peer::WorkloadMeta;
+use super::trace::{ActiveSpan, AttrValue, SpanEnd, SpanKind};
+use super::tracers::TracerSlot;
+use super::ListenerKind;
+use crate::http::proxy::ConnInfo;
+use crate::routes::normalize_host;
+use crate::shared::Shared;
+use crate::snapshot::Snapshot;
+use crate::upstream::Upstream;
+
+/// A peer nobody described.
+fn unknown() -> &'static WorkloadMeta {
+    static UNKNOWN: OnceLock<WorkloadMeta> = OnceLock::new();
+    UNKNOWN.get_or_init(WorkloadMeta::unknown)
+}
+
+/// Who is on each side of an exchange, from the reporting proxy's point of view.
+struct Sides<'a> {
+    reporter: Reporter,
+    source: &'a WorkloadMeta,
+    source_principal: &'a str,
+    destination: &'a WorkloadMeta,
+    destination_principal: &'a str,
+    service: &'a str,
+}
+
+/// Opens the Istio TCP metrics of a relayed connection to `up` (service `cluster`, whose
+/// name may carry `|subset`). TCP has no metadata exchange: the peer workload is unknown and
+/// only its verified identity is reported, as Istio does without its ALPN exchange.
+pub(crate) fn tcp_conn(
+    shared: &Shared,
+    snap: &Snapshot,
+    info: &ConnInfo,
+    up: &Upstream,
+    cluster: Option<&str>,
+) -> TcpConn {
+    let own = shared.principal.as_deref().unwrap_or("");
+    let local = &snap.local.meta;
+    let service = cluster.map_or("unknown", |c| c.split('|').next().unwrap_or(c));
+    let (name, namespace) = service_name_namespace(service, &local.namespace);
+    let (reporter, source, source_principal, destination, destination_principal) =
+        match info.listener {
+            ListenerKind::Outbound => {
+                let upstream = up.identity.as_deref();
+                (
+                    Reporter::Source,
+                    local,
+                    if upstream.is_some() { own } else { "" },
+                    unknown(),
+                    upstream.unwrap_or(""),
+                )
+            }
+            ListenerKind::Inbound => {
+                let caller = info.peer_cert.as_ref().map(|p| &*p.principal);
+                (
+                    Reporter::Destination,
+                    unknown(),
+                    caller.unwrap_or(""),
+                    local,
+                    if caller.is_some() { own } else { "" },
+                )
+            }
+        };
+    shared.metrics.istio.tcp_open(&TcpLabels {
+        reporter,
+        source,
+        source_principal,
+        destination,
+        destination_principal,
+        destination_service: service,
+        destination_service_name: name,
+        destination_service_namespace: namespace,
+        response_flags: "-",
+        mutual_tls: info.peer_cert.is_some(),
+    })
+}
+
+impl Exchange {
+    fn sides(&self) -> Sides<'_> {
+        let own = self.shared.principal.as_deref().unwrap_or("");
+        let peer = self.peer_meta.as_ref().unwrap_or(unknown());
+        let host = self
+            .authority
+            .as_ref()
+            .and_then(|a| a.to_str().ok())
+            .map(|a| normalize_host(a).0)
+            .filter(|h| !h.is_empty())
+            .unwrap_or("unknown");
+        match self.conn.listener {
+            ListenerKind::Outbound => {
+                let upstream = self.upstream_identity.as_deref();
+                Sides {
+                    reporter: Reporter::Source,
+                    source: &self.local.meta,
+                    source_principal: if upstream.is_some() { own } else { "" },
+                    destination: peer,
+                    destination_principal: upstream.unwrap_or(""),
+                    service: self
+                        .service
+                        .as_deref()
+                        .or(self.cluster.as_deref())
+                        .unwrap_or(host),
+                }
+            }
+            ListenerKind::Inbound => {
+                let caller = self.conn.peer_cert.as_ref().map(|p| &*p.principal);
+                Sides {
+                    reporter: Reporter::Destination,
+                    source: peer,
+                    source_principal: caller.unwrap_or(""),
+                    destination: &self.local.meta,
+                    destination_principal: if caller.is_some() { own } else { "" },
+                    service: self.service.as_deref().unwrap_or(host),
+                }
+            }
+        }
+    }
+
+    /// Records the request in Istio's standard metrics.
+    pub(crate) fn report(&self, bytes_sent: u64) {
+        let sides = self.sides();
+        let (name, namespace) = service_name_namespace(sides.service, &self.local.meta.namespace);
+        let flags = self.flags.to_string();
+        let labels = RequestLabels {
+            reporter: sides.reporter,
+            source: sides.source,
+            source_principal: sides.source_principal,
+            destination: sides.destination,
+            destination_principal: sides.destination_principal,
+            destination_service: sides.service,
+            destination_service_name: name,
+            destination_service_namespace: namespace,
+            grpc: self.grpc,
+            response_code: self.code,
+            grpc_status: self.grpc_status,
+            response_flags: &flags,
+            mutual_tls: self.conn.peer_cert.is_some(),
+        };
+        let received = self
+            .request_bytes
+            .as_ref()
+            .map_or(0, |c| c.load(Ordering::Relaxed));
+        self.shared.metrics.istio.record_request(
+            &labels,
+            self.start.elapsed(),
+            received,
+            bytes_sent,
+        );
+    }
+
+    /// Ends the request's span with OpenTelemetry's HTTP attributes and the mesh's own.
+    pub(crate) fn finish_span(&self, span: ActiveSpan, slot: &TracerSlot) {
+        let Some(tracer) = &slot.tracer else { return };
+        let sides = self.sides();
+        let authority = self
+            .authority
+            .as_ref()
+            .and_then(|a| a.to_str().ok())
+            .unwrap_or("");
+        let port = normalize_host(authority).1;
+        let name = match port {
+            Some(p) => format!("{}:{p}/*", sides.service),
+            None => format!("{}/*", sides.service),
+        };
+        let flags = self.flags.to_string();
+        let request_id = self
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let user_agent = self
+            .user_agent
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let protocol = match self.version {
+            Version::HTTP_10 => "1.0",
+            Version::HTTP_2 => "2",
+            _ => "1.1",
+        };
+        let peer_ip = self.conn.peer.ip().to_string();
+        let mut attrs: Vec<(&'static str, AttrValue<'_>)> = vec![
+            ("http.request.method", AttrValue::Str(self.method.as_str())),
+            ("url.path", AttrValue::Str(self.uri.path())),
+            ("url.scheme", AttrValue::Str("http")),
+            (
+                "server.address",
+                AttrValue::Str(normalize_host(authority).0),
+            ),
+            ("network.protocol.version", AttrValue::Str(protocol)),
+            ("user_agent.original", AttrValue::Str(user_agent)),
+            ("guid:x-request-id", AttrValue::Str(request_id)),
+            ("response_flags", AttrValue::Str(&flags)),
+            (
+                "istio.canonical_service",
+                AttrValue::Str(&self.local.meta.canonical_service),
+            ),
+            (
+                "istio.namespace",
+                AttrValue::Str(&self.local.meta.namespace),
+            ),
+            ("source.principal", AttrValue::Str(sides.source_principal)),
+            (
+                "destination.principal",
+                AttrValue::Str(sides.destination_principal),
+            ),
+            ("destination.service", AttrValue::Str(sides.service)),
+        ];
+        if let Some(p) = port {
+            attrs.push(("server.port", AttrValue::Int(i64::from(p))));
+        }
+        match span.kind() {
+            SpanKind::Server => attrs.push(("client.address", AttrValue::Str(&peer_ip))),
+            SpanKind::Client => {
+                if let Some(c) = &self.cluster {
+                    attrs.push(("upstream_cluster", AttrValue::Str(c)));
+                }
+                if let Some(u) = &self.upstream {
+                    attrs.push(("upstream_address", AttrValue::Str(u)));
+                }
+            }
+        }
+        if let Some(g) = self.grpc_status {
+            attrs.push(("rpc.grpc.status_code", AttrValue::Int(i64::from(g))));
+        }
+        span.finish(
+            tracer,
+            SpanEnd {
+                name: &name,
+                status_code: self.code,
+                attributes: &attrs,
+            },
+        );
+    }
+}
