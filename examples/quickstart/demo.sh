@@ -44,7 +44,12 @@ echo "==> 4. MeshConfig REGISTRY_ONLY: hosts no ServiceEntry defines are refused
 run curl -s -w '%{http_code}\n' -H 'Host: example.com' "http://$FRONT/"
 echo "==> 5. PeerAuthentication STRICT: plaintext straight to backend's sidecar is refused"
 run curl -sS "http://$BACK_IN/"
-echo "==> 6. what the sidecars and the control server log (access logs are JSON lines)"
+echo "==> 6. Istio's standard metrics on backend's Prometheus port: caller and callee by workload, identity and service"
+BACK_METRICS=$(field backend metrics)
+echo "\$ curl -s $BACK_METRICS | grep '^istio_requests_total'"
+curl -s "$BACK_METRICS" | grep '^istio_requests_total' || true
+echo
+echo "==> 7. what the sidecars and the control server log (access logs are JSON lines)"
 grep -E '^\[(demo/frontend sidecar|control)\]' "$WORK/up.log" | grep -E 'response_code|ADS stream|issued a certificate' | tail -6
 echo
 echo "==> the mesh's state file:"; cat "$WORK/state.json"

@@ -171,13 +171,13 @@ pin_project_lite::pin_project! {
     pub struct Counted<S> {
         #[pin]
         inner: S,
-        conn: crate::telemetry::istio::TcpConn,
+        conn: Option<crate::telemetry::istio::TcpConn>,
     }
 }
 
 impl<S> Counted<S> {
-    /// Wraps `inner`; dropping the wrapper counts the connection closed.
-    pub fn new(inner: S, conn: crate::telemetry::istio::TcpConn) -> Self {
+    /// Wraps `inner` (no counting without `conn`); dropping it counts the connection closed.
+    pub fn new(inner: S, conn: Option<crate::telemetry::istio::TcpConn>) -> Self {
         Self { inner, conn }
     }
 }
@@ -192,9 +192,9 @@ impl<S: AsyncRead> AsyncRead for Counted<S> {
         let before = buf.filled().len();
         let r = this.inner.poll_read(cx, buf);
         let n = buf.filled().len() - before;
-        if n > 0 {
+        if let (true, Some(c)) = (n > 0, this.conn.as_ref()) {
             // Read from the server: sent to the client.
-            this.conn.sent(n as u64);
+            c.sent(n as u64);
         }
         r
     }
@@ -208,9 +208,9 @@ impl<S: AsyncWrite> AsyncWrite for Counted<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let r = this.inner.poll_write(cx, data);
-        if let Poll::Ready(Ok(n)) = &r {
+        if let (Poll::Ready(Ok(n)), Some(c)) = (&r, this.conn.as_ref()) {
             // Written to the server: received from the client.
-            this.conn.received(*n as u64);
+            c.received(*n as u64);
         }
         r
     }

@@ -418,8 +418,9 @@ async fn forward_tcp<I: AsyncRead + AsyncWrite + Unpin>(
         let _in_flight = up.begin();
         match up.connect(shared.mtls.as_deref(), Alpn::Opaque).await {
             Ok(server) => {
-                let conn =
-                    crate::telemetry::report::tcp_conn(shared, snap, info, up, cluster.as_deref());
+                let conn = snap.settings.istio_metrics.then(|| {
+                    crate::telemetry::report::tcp_conn(shared, snap, info, up, cluster.as_deref())
+                });
                 let mut server = crate::io::Counted::new(server, conn);
                 let (moved, f) = match crate::tcp::relay(&mut io, &mut server, idle).await {
                     Ok(m) => (m, Flags::default()),

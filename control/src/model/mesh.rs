@@ -15,6 +15,8 @@
 //!   accessLogging:
 //!     enabled: true                   # JSON lines on stdout
 //!     fields: [start_time, method, path, response_code, duration]   # default: all
+//!   metrics:
+//!     enabled: true                   # istio_* request and TCP metrics on /stats/prometheus
 //!   tracing:
 //!     otlpEndpoint: http://127.0.0.1:4317   # plain http: a local collector relays further
 //!     protocol: grpc                  # or http (OTLP/HTTP protobuf)
@@ -49,6 +51,16 @@ pub struct MeshConfig {
     pub access_logging: Option<AccessLogging>,
     /// Trace export.
     pub tracing: Option<Tracing>,
+    /// Istio's standard metrics.
+    pub metrics: Option<Metrics>,
+}
+
+/// `metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metrics {
+    /// Whether proxies record `istio_*` metrics (default true).
+    pub enabled: Option<bool>,
 }
 
 /// `outboundTrafficPolicy`.

@@ -133,6 +133,7 @@ fn mesh_settings(model: &Model) -> MeshSettings {
                 .as_ref()
                 .and_then(|a| a.fields.clone())
                 .unwrap_or_default(),
+            istio_metrics: model.mesh.metrics.as_ref().and_then(|m| m.enabled),
             tracing: model.mesh.tracing.as_ref().map(|t| Tracing {
                 sampling: Some(model.mesh.tracing_sampling()),
                 otlp_endpoint: t.otlp_endpoint.clone().unwrap_or_default(),

@@ -145,7 +145,7 @@ pub async fn handle(
         &shared,
         &conn,
         &req,
-        snap.settings.access_log.clone(),
+        &snap.settings,
         &snap.local,
     );
     if let Some(slot) = shared.tracers.get(snap.local.tracing.as_ref()) {

@@ -80,6 +80,8 @@ pub struct Settings {
     pub downstream_idle_timeout: Duration,
     /// The access-log fields, when access logs are on.
     pub access_log: Option<LogFields>,
+    /// Whether Istio's standard metrics are recorded.
+    pub istio_metrics: bool,
     /// Per-listener connection cap.
     pub max_connections: usize,
 }
@@ -429,6 +431,7 @@ impl Snapshot {
                 .access_log
                 .unwrap_or(true)
                 .then(|| LogFields::from_names(&s.access_log_fields)),
+            istio_metrics: s.istio_metrics.unwrap_or(true),
             max_connections: match s.max_connections {
                 0 => defaults::MAX_CONNECTIONS,
                 n => n as usize,

@@ -73,7 +73,7 @@ use super::ListenerKind;
 use crate::http::body::OnFinish;
 use crate::http::proxy::ConnInfo;
 use crate::shared::Shared;
-use crate::snapshot::LocalWorkload;
+use crate::snapshot::{LocalWorkload, Settings};
 use crate::telemetry::peer::WorkloadMeta;
 use crate::telemetry::trace::ActiveSpan;
 use crate::telemetry::tracers::TracerSlot;
@@ -134,6 +134,8 @@ pub struct Exchange {
     pub(crate) authority: Option<HeaderValue>,
     pub(crate) user_agent: Option<HeaderValue>,
     forwarded_for: Option<HeaderValue>,
+    /// Record Istio's standard metrics for this request.
+    pub(crate) istio_metrics: bool,
     /// Who this proxy's workload is, as of the config the request started with.
     pub(crate) local: Arc<LocalWorkload>,
     /// The workload on the other side, from the metadata exchange (mesh peers only).
@@ -192,7 +194,7 @@ impl Exchange {
         shared: &Arc<Shared>,
         conn: &Arc<ConnInfo>,
         req: &Request<B>,
-        log: Option<LogFields>,
+        settings: &Settings,
         local: &Arc<LocalWorkload>,
     ) -> Self {
         conn.request_started();
@@ -204,7 +206,8 @@ impl Exchange {
         Self {
             shared: shared.clone(),
             conn: conn.clone(),
-            log,
+            log: settings.access_log.clone(),
+            istio_metrics: settings.istio_metrics,
             start_wall: SystemTime::now(),
             start: Instant::now(),
             method: req.method().clone(),
@@ -377,7 +380,9 @@ impl OnFinish for Exchange {
             .metrics
             .listener(self.conn.listener)
             .request(self.code);
-        self.report(bytes_sent);
+        if self.istio_metrics {
+            self.report(bytes_sent);
+        }
         if let (Some(fields), Some(log)) = (&self.log, &self.shared.access_log) {
             log.write(self.line(fields, bytes_sent));
         }
