@@ -90,6 +90,31 @@ fn up_runs_the_quickstart_mesh_and_stops_on_sigterm() {
     // STRICT: plaintext straight to the backend's sidecar is refused.
     let r = curl(&[&url(addr(&backend, "inbound"), "/")]);
     assert_eq!(r.status, 0, "{r:?}");
+    // Istio's metrics on the backend's scrape port name both sides of the quickstart mesh.
+    let metrics = backend["metrics"].as_str().unwrap_or_default().to_string();
+    let scrape = metrics
+        .strip_prefix("http://")
+        .and_then(|r| r.split_once('/'))
+        .and_then(|(a, p)| Some((a.parse::<SocketAddr>().ok()?, format!("/{p}"))))
+        .unwrap_or_else(|| panic!("metrics URL {metrics}"));
+    let text = http(scrape.0, "GET", &scrape.1, &[], b"")
+        .expect("scrape")
+        .text();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"200\""))
+        .unwrap_or_else(|| panic!("no istio_requests_total 200 line in:\n{text}"));
+    for label in [
+        "reporter=\"destination\"",
+        "source_workload=\"frontend\"",
+        "source_workload_namespace=\"demo\"",
+        "source_principal=\"spiffe://cluster.local/ns/demo/sa/frontend\"",
+        "destination_workload=\"backend\"",
+        "destination_service=\"backend.demo.svc.cluster.local\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ] {
+        assert!(line.contains(label), "{label} missing in {line}");
+    }
     // Each child's lines come through prefixed with its name.
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     for prefix in ["[control]", "[demo/backend sidecar]", "[demo/frontend app]"] {
