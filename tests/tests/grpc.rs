@@ -94,6 +94,17 @@ services:
         let n = proxy.metric("halyard_requests_total{code=\"200\",listener=\"outbound\"}")?;
         (n >= 3.0).then_some(())
     });
+    // Istio's metrics carry the gRPC status from the trailers: two OK calls, one NOT_FOUND (5).
+    let text = proxy.admin("GET", "/stats/prometheus").text();
+    let count = |status: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .filter(|l| l.contains("request_protocol=\"grpc\""))
+            .filter(|l| l.contains(&format!("grpc_response_status=\"{status}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!((count("0"), count("5")), (2.0, 1.0), "{text}");
 }
 
 #[test]
