@@ -245,33 +245,20 @@ fn label<'a>(r: &'a Value, k: &str) -> &'a str {
 fn prometheus_scrapes_istio_metrics_with_identities_and_latency() {
     let m = mesh("obs-metrics", 0.0);
     // 180 quick requests and 20 that take 300 ms: p50 is fast, p99 lies in the 250-500 bucket.
-    let quick = curl_lines(&[
-        "-o".into(),
-        "/dev/null".into(),
-        "-H".into(),
-        "Host: backend:8080".into(),
-        "-w".into(),
-        "%{http_code}\\n".into(),
-        url(m.frontend.outbound, "/quick/[1-180]"),
-    ]);
-    let slow = curl_lines(&[
-        "-o".into(),
-        "/dev/null".into(),
-        "-H".into(),
-        "Host: backend:8080".into(),
-        "-w".into(),
-        "%{http_code}\\n".into(),
-        url(m.frontend.outbound, "/slow/[1-20]?delay_ms=300"),
-    ]);
-    let missing = curl_lines(&[
-        "-o".into(),
-        "/dev/null".into(),
-        "-H".into(),
-        "Host: backend:8080".into(),
-        "-w".into(),
-        "%{http_code}\\n".into(),
-        url(m.frontend.outbound, "/missing/[1-5]?status=404"),
-    ]);
+    let codes = |path: &str| {
+        curl_lines(&[
+            "-o".into(),
+            "/dev/null".into(),
+            "-H".into(),
+            "Host: backend:8080".into(),
+            "-w".into(),
+            "%{http_code}\\n".into(),
+            url(m.frontend.outbound, path),
+        ])
+    };
+    let quick = codes("/quick/[1-180]");
+    let slow = codes("/slow/[1-20]?delay_ms=300");
+    let missing = codes("/missing/[1-5]?status=404");
     assert!(
         quick.iter().chain(&slow).all(|l| l == "200"),
         "{quick:?} {slow:?}"
