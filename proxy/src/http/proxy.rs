@@ -26,7 +26,7 @@ use crate::http::policy::{self, Refusal};
 use crate::http::replay::{ReplayBody, REPLAY_LIMIT};
 use crate::io::UpstreamIo;
 use crate::mtls::{Alpn, PeerCert};
-use crate::routes::{normalize_host, Action, Fault, RequestView, RetryPolicy};
+use crate::routes::{lower_host, normalize_host, Action, Fault, RequestView, RetryPolicy};
 use crate::shared::Shared;
 use crate::snapshot::{defaults, Cluster, Snapshot};
 use crate::telemetry::access_log::{grpc_status_of, Exchange};
@@ -141,13 +141,7 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<ResponseBody<Option<Exchange>>> {
     let snap = shared.live.load();
-    let mut ex = Exchange::start(
-        &shared,
-        &conn,
-        &req,
-        &snap.settings,
-        &snap.local,
-    );
+    let mut ex = Exchange::start(&shared, &conn, &req, &snap.settings, &snap.local);
     if let Some(slot) = shared.tracers.get(snap.local.tracing.as_ref()) {
         if let Some(tracer) = &slot.tracer {
             let kind = match conn.listener {
@@ -261,9 +255,7 @@ async fn forward(
             ex.peer_meta = meta.as_ref().and_then(peer::decode);
         }
         if let Some(host) = authority_of(&req).map(|a| normalize_host(a).0) {
-            ex.service = snap
-                .cluster_for_host(&host.to_ascii_lowercase())
-                .map(|c| c.service.clone());
+            ex.service = snap.cluster_for_host(host).map(|c| c.service.clone());
         }
     }
     if conn.listener == ListenerKind::Inbound && !(snap.rbac.is_empty() && snap.authn.is_empty()) {
@@ -302,13 +294,8 @@ async fn forward(
             let authority = authority_of(&req).ok_or(Local::BAD_REQUEST)?;
             let (host, port) = normalize_host(authority);
             let port = port.or(conn.orig_dst.map(|d| d.port()));
-            let lower;
-            let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-                lower = host.to_ascii_lowercase();
-                lower.as_str()
-            } else {
-                host
-            };
+            let lower = lower_host(host);
+            let host = &*lower;
             let view = RequestView {
                 method: req.method(),
                 path: req.uri().path(),

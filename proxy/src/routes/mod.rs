@@ -94,7 +94,16 @@ impl RouteError {
     }
 }
 
-/// Lower-cases a host and drops a `:port` suffix (also for `[v6]:port`).
+/// A host in lower case, copied only when it has upper-case letters.
+pub fn lower_host(host: &str) -> std::borrow::Cow<'_, str> {
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
+}
+
+/// Splits a `:port` suffix off a host (also for `[v6]:port`).
 pub fn normalize_host(authority: &str) -> (&str, Option<u16>) {
     if let Some(rest) = authority.strip_prefix('[') {
         if let Some(end) = rest.find(']') {
