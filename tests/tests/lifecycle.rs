@@ -224,3 +224,45 @@ fn idle_memory_is_small() {
     eprintln!("idle RSS: {rss} KiB");
     assert!(rss < 32 * 1024, "idle RSS {rss} KiB");
 }
+
+#[test]
+fn json_logs_follow_the_runtime_level_and_the_scrape_port_serves_only_metrics() {
+    let echo = Echo::start("json-logs");
+    let proxy = Proxy::start_with(
+        &echo_config(echo.port(), ""),
+        &["--log-format", "json", "--log-level", "warn"],
+    );
+    let lines = |text: &str| -> Vec<Value> {
+        text.lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))
+            })
+            .collect()
+    };
+    // At `warn` the start-up `info` lines are filtered out.
+    assert!(
+        lines(&proxy.stderr()).iter().all(|l| l["level"] != "INFO"),
+        "{}",
+        proxy.stderr()
+    );
+    assert_eq!(proxy.admin("POST", "/logging?level=info").status, 200);
+    let changed = wait_for("the level change logged as JSON", || {
+        lines(&proxy.stderr())
+            .into_iter()
+            .find(|l| l["level"] == "INFO" && l["fields"]["message"] == "log level changed")
+    });
+    assert_eq!(changed["fields"]["filter"], "info", "{changed}");
+    assert!(changed["target"].as_str().is_some(), "{changed}");
+
+    // The scrape port: metrics and readiness, nothing of the admin API.
+    let get = |path: &str| http(proxy.stats, "GET", path, &[], b"").expect("stats port");
+    assert_eq!(get("/stats/prometheus").status, 200);
+    assert!(get("/stats/prometheus")
+        .text()
+        .contains("halyard_build_info"));
+    assert_eq!(get("/healthz/ready").status, 200);
+    assert_eq!(get("/config_dump").status, 404);
+    assert_eq!(get("/certs").status, 404);
+    let r = http(proxy.stats, "POST", "/quitquitquit", &[], b"").expect("stats port");
+    assert_eq!(r.status, 404, "the scrape port must not stop the proxy");
+}
