@@ -505,3 +505,51 @@ fn traces_cross_the_mesh_with_the_callers_context() {
     );
     assert_eq!(line["trace_id"], fresh.as_str());
 }
+
+#[test]
+fn sigterm_flushes_queued_spans_and_tracing_off_touches_no_header() {
+    let tmp = TempDir::new("obs-flush");
+    let receiver = Receiver::start(tmp.path());
+    let echo = Echo::start("flush");
+    // SIGTERM follows the request at once, usually before the 1 s batch timer: the shutdown
+    // flush must deliver the span before the process exits.
+    let traced = echo_config(
+        echo.port(),
+        &format!(
+            "settings:\n  tracing: {{sampling: 100, otlpEndpoint: \"http://127.0.0.1:{}\", protocol: HTTP}}\n",
+            receiver.http
+        ),
+    );
+    let mut proxy = Proxy::start(&traced);
+    let out = curl(&["-H", "Host: echo.local", &url(proxy.outbound, "/flush")]);
+    assert_eq!(out.status, 200, "{out:?}");
+    let tp = out.json()["headers"]["traceparent"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let trace = tp.split('-').nth(1).unwrap_or_default().to_string();
+    assert_eq!(trace.len(), 32, "a new trace started at the proxy: {tp}");
+    proxy.proc.signal("TERM");
+    let status = proxy.proc.wait_exit(DEADLINE).expect("exit after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+    let spans = receiver.trace(&trace, 1);
+    assert_eq!(spans[0]["kind"], "SPAN_KIND_CLIENT", "{spans:?}");
+    assert_eq!(spans[0]["name"], "echo.default.svc.cluster.local:80/*");
+
+    // Without tracing settings the proxy neither reads nor writes trace headers.
+    let plain = Proxy::start(&echo_config(echo.port(), ""));
+    let out = curl(&["-H", "Host: echo.local", &url(plain.outbound, "/plain")]);
+    assert!(
+        out.json()["headers"].get("traceparent").is_none(),
+        "{out:?}"
+    );
+    let b3 = "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1";
+    let out = curl(&[
+        "-H",
+        "Host: echo.local",
+        "-H",
+        &format!("b3: {b3}"),
+        &url(plain.outbound, "/b3"),
+    ]);
+    assert_eq!(out.json()["headers"]["b3"], b3, "passed through untouched");
+}

@@ -280,6 +280,7 @@ async fn forward(
     let target = match conn.listener {
         ListenerKind::Inbound => {
             let t = snap.inbound_target(conn.dst_port).ok_or(Local::NO_ROUTE)?;
+            ex.service_port = Some(t.port);
             Target {
                 cluster: None,
                 endpoints: std::slice::from_ref(&t.app),
@@ -327,6 +328,7 @@ async fn forward(
                 Some(d) => {
                     let cluster = snap.clusters.get(d.cluster).ok_or(Local::NO_ROUTE)?;
                     let cp = cluster.port(d.port.or(port)).ok_or(Local::NO_HEALTHY)?;
+                    ex.service_port = Some(cp.port);
                     Target {
                         cluster: Some(cluster),
                         endpoints: &cp.endpoints,
@@ -338,15 +340,18 @@ async fn forward(
                     }
                 }
                 None => match conn.orig_dst.and_then(|d| snap.by_addr(d)) {
-                    Some((cluster, cp)) => Target {
-                        cluster: Some(cluster),
-                        endpoints: &cp.endpoints,
-                        lb: cluster.lb,
-                        rr: &cluster.rr,
-                        ring: cp.ring.as_ref(),
-                        protocol: cp.protocol,
-                        idle: cluster.tcp_idle_timeout,
-                    },
+                    Some((cluster, cp)) => {
+                        ex.service_port = Some(cp.port);
+                        Target {
+                            cluster: Some(cluster),
+                            endpoints: &cp.endpoints,
+                            lb: cluster.lb,
+                            rr: &cluster.rr,
+                            ring: cp.ring.as_ref(),
+                            protocol: cp.protocol,
+                            idle: cluster.tcp_idle_timeout,
+                        }
+                    }
                     None => {
                         let dst = conn
                             .orig_dst

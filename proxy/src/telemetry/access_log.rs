@@ -142,6 +142,8 @@ pub struct Exchange {
     pub peer_meta: Option<WorkloadMeta>,
     /// The span of this request, when it is sampled, with the tracer that finishes it.
     pub span: Option<(ActiveSpan, Arc<TracerSlot>)>,
+    /// The service port the request was routed by.
+    pub service_port: Option<u16>,
     /// The service the request addressed (inbound: resolved from its authority).
     pub service: Option<Arc<str>>,
     /// Status code sent downstream.
@@ -220,6 +222,7 @@ impl Exchange {
             peer_meta: None,
             span: None,
             service: None,
+            service_port: None,
             code: 0,
             flags: Flags::default(),
             request_id: None,

@@ -166,7 +166,7 @@ impl Exchange {
             .as_ref()
             .and_then(|a| a.to_str().ok())
             .unwrap_or("");
-        let port = normalize_host(authority).1;
+        let port = self.service_port.or(normalize_host(authority).1);
         let name = match port {
             Some(p) => format!("{}:{p}/*", sides.service),
             None => format!("{}/*", sides.service),
