@@ -10,7 +10,9 @@ under test on core 1, one worker thread. All traffic goes to 127.0.0.1.
 
 Then, with Halyard, routed and retried: a second Halyard proxy with 50 routes that do not
 match before a retried 90/10 subset split, against an upstream path that answers 503 to ~5 %
-of requests (see run_routed).
+of requests (see run_routed). Then the cost of telemetry: CPU per request with Istio metrics
+and tracing off, metrics on, metrics + tracing at 1 % and at 100 % sampling, spans sent to an
+OTLP/HTTP sink in this process (see run_telemetry).
 
 With --control (halyard-control, the CA), mutual TLS between two Halyard sidecars follows:
 an mTLS hop against a plaintext hop and direct, and new mTLS connections (handshakes) per
@@ -623,6 +625,8 @@ def main() -> int:
                     help="skip direct/nginx/haproxy/Halyard scenarios (develop the mesh ones)")
     ap.add_argument("--only-routed", action="store_true",
                     help="skip every scenario but routed-and-retried (develop that one)")
+    ap.add_argument("--only-telemetry", action="store_true",
+                    help="skip every scenario but telemetry cost (develop that one)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--state", help="directory for the pid list run.sh cleans up from")
     ap.add_argument("--quick", action="store_true")
@@ -680,12 +684,23 @@ def main() -> int:
                 "max_retries_lifted": ROUTED_MAX_RETRIES_NB,
                 "split": "v1 90 / v2 10",
             },
+            "telemetry": {
+                "capacity_concurrency": f"{CAPACITY_CONNS} connections",
+                "latency_concurrency": f"{LATENCY_CONNS} connections",
+                "rate": "half of the slowest configuration's closed-loop rate",
+                "rounds": TELEMETRY_ROUNDS["quick" if args.quick else "full"],
+                "target_pct": TELEMETRY_TARGET_PCT,
+                "flush_wait_s": TELEMETRY_FLUSH_WAIT,
+            },
         },
         "targets": {},
         "memory": {},
         "scenarios": {},
         "problems": [],
     }
+    only = [k for k in ("mesh", "routed", "telemetry") if getattr(args, f"only_{k}")]
+    if only:
+        results["only"] = only[0]
     if args.mesh_skipped:
         results["problems"].append(f"mesh: the mutual-TLS scenarios did not run: "
                                    f"{args.mesh_skipped}")
@@ -733,6 +748,9 @@ def run(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int, results: d
         return
     if args.only_routed:
         run_routed(args, tmp, procs, oha, dur, warm, results, up_h1)
+        return
+    if args.only_telemetry:
+        run_telemetry(args, tmp, procs, oha, dur, warm, results, up_h1)
         return
 
     targets: list[Target] = [Target(
@@ -940,6 +958,9 @@ def run(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int, results: d
 
     # ---- routed and retried (Halyard only; its own proxy, stopped before the mesh)
     run_routed(args, tmp, procs, oha, dur, warm, results, up_h1)
+
+    # ---- telemetry cost: metrics and tracing on vs off (Halyard only; its own proxies)
+    run_telemetry(args, tmp, procs, oha, dur, warm, results, up_h1)
 
     # ---- mutual TLS between two Halyard sidecars (after the others: they stay idle)
     if mesh:
@@ -1868,6 +1889,450 @@ def routed_measure(oha: Oha, dur: int, warm: int, res: dict, problem, up_h1: int
             r["added_us"] = {p: rl[p] - dl[p] if rl[p] is not None and dl[p] is not None
                              else None for p in dl}
             r["added_over"] = d
+
+
+# --------------------------------------------------------------------------- telemetry cost
+
+# What Istio's standard metrics and tracing cost per request: one Halyard proxy per
+# configuration (the same binary and flags as the plain one: core 1, `--concurrency 1`,
+# access log off), all four up for the whole section and measured in turn, in
+# TELEMETRY_ROUNDS rounds whose order alternates (a b c d, d c b a, ...) so that a drift of the
+# machine does not favour one configuration. The spans go to an OTLP/HTTP sink in this process
+# (core 0), which accepts every export with 200 and an empty ExportTraceServiceResponse.
+HOST_TELEMETRY = "bench-telemetry.local"
+TELEMETRY_SERVICE = "bench-telemetry"
+# More rounds of the short --quick runs: a few-percent difference is otherwise lost in noise.
+TELEMETRY_ROUNDS = {"quick": 5, "full": 3}
+TELEMETRY_TARGET_PCT = 5.0  # the issue's target: metrics + default tracing under 5 % CPU/req
+# The exporter sends a partial batch every second (DEFAULT_FLUSH_INTERVAL in the proxy): wait
+# that long after the warm-up (its spans leave before the CPU window opens) and after the
+# measured run (the run's last spans are exported inside the window). Every configuration
+# waits alike.
+TELEMETRY_FLUSH_WAIT = 1.3
+# key, label, istio metrics, sampling percent (None: no tracing), notes
+TELEMETRY_CASES = [
+    ("off", "(a) telemetry off", False, None, "`istioMetrics: false`, no `tracing`"),
+    ("metrics", "(b) Istio metrics", True, None, "the default: `istio_*` metrics, no tracing"),
+    ("trace-1", "(c) metrics + tracing 1 %", True, 1,
+     "Istio's default sampling; OTLP/HTTP to the sink"),
+    ("trace-100", "(d) metrics + tracing 100 %", True, 100,
+     "every request traced (worst case); OTLP/HTTP to the sink"),
+]
+TRACE_METRICS = ("halyard_trace_spans_exported_total", "halyard_trace_spans_dropped_total",
+                 "halyard_trace_exports_total")
+
+
+def telemetry_conf(key: str, up_h1: int, istio_metrics: bool, sampling: float | None,
+                   sink_port: int) -> str:
+    """The static config of configuration `key`: the h1 upstream as one service, access log
+    off, Istio metrics on or off, tracing at `sampling` % to the sink or none."""
+    settings = "  accessLog: false\n"
+    if not istio_metrics:
+        settings += "  istioMetrics: false\n"
+    if sampling is not None:
+        settings += (f"  tracing: {{sampling: {sampling}, otlpEndpoint: "
+                     f"'http://127.0.0.1:{sink_port}', protocol: HTTP}}\n")
+    return f"""# Written by benches/load/harness.py: the telemetry-cost scenario.
+version: load-bench-telemetry-{key}
+services:
+  - name: {TELEMETRY_SERVICE}
+    hosts: [{HOST_TELEMETRY}]
+    ports: [{{port: 80, protocol: HTTP, targetPort: {up_h1}}}]
+    endpoints:
+      - {{address: 127.0.0.1}}
+outboundTrafficPolicy:
+  mode: REGISTRY_ONLY
+settings:
+{settings}"""
+
+
+class OtlpSink:
+    """An OTLP/HTTP trace collector that keeps nothing: reads the body of `POST /v1/traces`
+    and answers 200 with an empty ExportTraceServiceResponse (an empty protobuf body); counts
+    requests and body bytes. Anything else gets 404 and is counted as `other`. Threads of this
+    process, so on the load core."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        self.lock = threading.Lock()
+        self.counts = {"requests": 0, "bytes": 0, "other": 0}
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the exporter expects
+
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                n = sink.read_body(self)
+                ok = self.path.split("?", 1)[0] == "/v1/traces"
+                with sink.lock:
+                    if ok:
+                        sink.counts["requests"] += 1
+                        sink.counts["bytes"] += n
+                    else:
+                        sink.counts["other"] += 1
+                self.send_response(200 if ok else 404)
+                self.send_header("content-type", "application/x-protobuf" if ok
+                                 else "text/plain")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def do_GET(self):  # noqa: N802
+                with sink.lock:
+                    sink.counts["other"] += 1
+                self.send_response(404)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @staticmethod
+    def read_body(h) -> int:
+        """Reads a request body (Content-Length or chunked) and returns its size."""
+        if "chunked" in (h.headers.get("transfer-encoding") or "").lower():
+            n = 0
+            while True:
+                size = int(h.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while h.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return n
+                n += len(h.rfile.read(size))
+                h.rfile.readline()
+        return len(h.rfile.read(int(h.headers.get("content-length") or 0)))
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return dict(self.counts)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def by_label(m: dict, name: str, label: str) -> dict[str, float]:
+    """Samples of `name` summed by the value of one label ("" when it has none)."""
+    out: dict[str, float] = {}
+    for k, v in m.items():
+        if isinstance(v, float) and (k == name or k.startswith(name + "{")):
+            c = re.search(label + r'="([^"]*)"', k)
+            key = c.group(1) if c else ""
+            out[key] = out.get(key, 0.0) + v
+    return out
+
+
+def trace_counters(m: dict) -> dict:
+    """The tracer's own counters from one scrape."""
+    return {"exported": metric_sum(m, "halyard_trace_spans_exported_total"),
+            "dropped": by_label(m, "halyard_trace_spans_dropped_total", "reason"),
+            "exports": by_label(m, "halyard_trace_exports_total", "result")}
+
+
+def trace_delta(m0: dict, m1: dict) -> dict:
+    a, b = trace_counters(m0), trace_counters(m1)
+    return {"exported": b["exported"] - a["exported"],
+            "dropped": {r: v - a["dropped"].get(r, 0.0) for r, v in b["dropped"].items()},
+            "exports": {r: v - a["exports"].get(r, 0.0) for r, v in b["exports"].items()}}
+
+
+def median(xs: list[float]) -> float | None:
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def run_telemetry(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int,
+                  results: dict, up_h1: int) -> None:
+    """Telemetry cost: CPU per request of one proxy with telemetry off, Istio metrics on,
+    metrics + tracing at 1 % and at 100 %, against the h1 upstream's `/0`."""
+    rounds = TELEMETRY_ROUNDS["quick" if args.quick else "full"]
+    res: dict = {"load_before": loadavg(), "host": HOST_TELEMETRY, "rounds": rounds,
+                 "target_pct": TELEMETRY_TARGET_PCT, "flush_wait_s": TELEMETRY_FLUSH_WAIT,
+                 "targets": {}, "order": []}
+    results["telemetry"] = res
+
+    def problem(msg: str) -> None:
+        results["problems"].append(f"telemetry: {msg}")
+        log(results["problems"][-1])
+
+    if not args.halyard:
+        res["skipped"] = "no Halyard binary (--no-halyard)"
+        return
+    sink = OtlpSink()
+    sink.start()
+    res["sink"] = {"addr": f"127.0.0.1:{sink.port}"}
+    log(f"OTLP/HTTP sink on 127.0.0.1:{sink.port}")
+    proxies: dict[str, Sidecar] = {}
+    try:
+        for key, label, metrics_on, sampling, notes in TELEMETRY_CASES:
+            r: dict = {"label": label, "notes": notes, "istio_metrics": metrics_on,
+                       "sampling": sampling}
+            res["targets"][key] = r
+            res["order"].append(key)
+            name = f"halyard-telemetry-{key}"
+            cfg = tmp / f"{name}.yaml"
+            cfg.write_text(telemetry_conf(key, up_h1, metrics_on, sampling, sink.port))
+            out, admin, inb = free_ports(3)
+            px = Sidecar(name, "", (out, admin, inb))
+            px.proc = procs.start(name, [
+                args.halyard, "--config", str(cfg), "--outbound-addr", f"127.0.0.1:{out}",
+                "--admin-addr", f"127.0.0.1:{admin}", "--stats-addr", "127.0.0.1:0",
+                "--inbound-addr", f"127.0.0.1:{inb}", "--concurrency", "1",
+                "--log-level", "warn"], PROXY_CORE, str(tmp), tmp)
+            try:
+                wait_http_ok(f"http://127.0.0.1:{admin}/ready", px.proc)
+                wait_port(out, px.proc)
+            except RuntimeError as e:
+                r["error"] = f"{label}: the proxy did not start: {e}"
+                problem(r["error"])
+                procs.stop(px.proc)
+                continue
+            r["settings"] = telemetry_settings(admin)
+            r["rss_idle_kib"] = mem_kib([px.proc.pid])["rss_kib"]
+            proxies[key] = px
+            log(f"telemetry {label}: Halyard on 127.0.0.1:{out} (admin :{admin}), "
+                f"settings {json.dumps(r['settings'])}")
+        if proxies:
+            telemetry_measure(oha, dur, warm, res, problem, sink, proxies)
+        plain = (results["scenarios"].get("h1-0", {}).get("targets", {}).get("halyard", {})
+                 .get("capacity", {}).get("cpu_us_per_req"))
+        res["plain_h1_cpu_us_per_req"] = plain
+    except RuntimeError as e:
+        problem(str(e))
+    finally:
+        res["sink"].update(sink.snapshot())
+        for key, px in proxies.items():
+            r = res["targets"][key]
+            r["alive_at_end"] = px.alive()
+            if px.alive():
+                r["stats_end"] = trace_counters(px.metrics())
+                r["rss_end_kib"] = mem_kib([px.proc.pid])["rss_kib"]
+                text = px.stderr()
+                if text.strip():
+                    lines = text.strip().splitlines()
+                    problem(f"{r['label']}: the proxy wrote {len(lines)} line(s) to stderr at "
+                            "level warn; last: " + " | ".join(lines[-3:])[:1000])
+                dropped = sum(r["stats_end"]["dropped"].values())
+                if dropped:
+                    problem(f"{r['label']}: {dropped:.0f} spans dropped over the section "
+                            f"(halyard_trace_spans_dropped_total: "
+                            f"{json.dumps(r['stats_end']['dropped'])})")
+            else:
+                problem(f"{r['label']}: the proxy exited with {px.proc.returncode}: "
+                        f"{px.stderr()}")
+        for px in proxies.values():
+            procs.stop(px.proc)
+        sink.stop()
+        res["load_after"] = loadavg()
+
+
+def telemetry_settings(admin: int) -> dict:
+    """`settings` as the proxy applied them, from the admin port's /config_dump."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/config_dump", timeout=5) as r:
+            dump = json.loads(r.read().decode(errors="replace"))
+    except Exception as e:  # noqa: BLE001
+        return {"error": str(e)}
+    return (dump.get("config") or {}).get("settings") or {}
+
+
+def telemetry_measure(oha: Oha, dur: int, warm: int, res: dict, problem, sink: OtlpSink,
+                      proxies: dict[str, Sidecar]) -> None:
+    sc = {"key": "telemetry", "proto": "h1", "path": "/0", "host": HOST_TELEMETRY, "body": 0}
+    targets = {k: mesh_target(k, res["targets"][k]["label"], px.outbound, HOST_TELEMETRY, [px],
+                              res["targets"][k]["notes"]) for k, px in proxies.items()}
+    usable: list[str] = []
+    for key, t in targets.items():
+        r, px = res["targets"][key], proxies[key]
+        try:
+            m0 = px.metrics()
+            s = outcome(oha.run(t, sc, requests=20, conns=(1, 1), timeout=30))
+            if s["ok"] != 20:
+                raise RuntimeError(f"status {s['status']} errors {s['errors']}")
+            time.sleep(TELEMETRY_FLUSH_WAIT)
+            m1 = px.metrics()
+            # The configuration must be the one measured: istio_* counted or not, spans sent.
+            istio = metric_delta(m0, m1, "istio_requests_total")
+            if r["istio_metrics"] != (istio > 0):
+                raise RuntimeError(f"istio_requests_total grew by {istio:.0f} for 20 requests "
+                                   f"with istioMetrics {r['istio_metrics']}")
+            spans = trace_delta(m0, m1)
+            if r["sampling"] == 100 and spans["exported"] < 20:
+                raise RuntimeError(f"20 requests at 100 % sampling, {spans['exported']:.0f} "
+                                   f"spans exported; sink {sink.snapshot()}")
+            if r["sampling"] is None and (spans["exported"] or sum(spans["exports"].values())):
+                raise RuntimeError(f"tracing is off but spans were exported: {spans}")
+            r["sanity"] = {"status": s["status"], "istio_requests": istio, "spans": spans}
+        except RuntimeError as e:
+            r["error"] = f"sanity check failed: {e}"
+            problem(f"{t.label}: {r['error']}")
+            continue
+        usable.append(key)
+
+    def measure(key: str, **kw) -> dict:
+        # The warm-up's spans leave before the window; the run's last ones inside it. The
+        # stats are scraped outside the CPU window: the admin port shares the worker.
+        px = proxies[key]
+        time.sleep(TELEMETRY_FLUSH_WAIT)
+        m0, k0 = px.metrics(), sink.snapshot()
+        c0 = px.cpu()
+        o = outcome(oha.run(targets[key], sc, **kw))
+        time.sleep(TELEMETRY_FLUSH_WAIT)
+        cpu = px.cpu() - c0
+        m1, k1 = px.metrics(), sink.snapshot()
+        o["cpu_s"] = cpu
+        o["proxy_core_busy"] = cpu / o["duration_s"] if o["duration_s"] > 0 else None
+        o["cpu_us_per_ok"] = cpu / o["ok"] * 1e6 if o["ok"] else None
+        o["spans"] = trace_delta(m0, m1)
+        o["spans_per_req"] = o["spans"]["exported"] / o["requests"] if o["requests"] else None
+        o["sink"] = {k: k1[k] - k0[k] for k in k1}
+        o["istio_requests"] = metric_delta(m0, m1, "istio_requests_total")
+        return o
+
+    def check(key: str, o: dict, what: str) -> None:
+        label = res["targets"][key]["label"]
+        if o["bad"]:
+            problem(f"{label} {what}: {o['bad']} failed requests: status {o['status']} "
+                    f"errors {o['errors']}")
+        dropped = sum(o["spans"]["dropped"].values())
+        if dropped:
+            problem(f"{label} {what}: {dropped:.0f} spans dropped "
+                    f"(by reason: {json.dumps(o['spans']['dropped'])}), "
+                    f"{o['spans']['exported']:.0f} exported")
+
+    # Closed-loop capacity, res["rounds"] rounds in alternating order.
+    for rnd in range(res["rounds"]):
+        for key in (usable if rnd % 2 == 0 else usable[::-1]):
+            r = res["targets"][key]
+            try:
+                oha.run(targets[key], sc, duration=f"{warm}s", conns=(CAPACITY_CONNS, 1),
+                        timeout=warm + 60)
+                c = measure(key, duration=f"{dur}s", conns=(CAPACITY_CONNS, 1),
+                            timeout=dur + 60)
+                c["round"] = rnd + 1
+                r.setdefault("capacity_rounds", []).append(c)
+                log(f"telemetry {r['label']} round {rnd + 1}: {c['rps']:.0f} rps, "
+                    f"{c['cpu_us_per_ok'] or 0:.2f} CPU-us/req, core "
+                    f"{100 * (c['proxy_core_busy'] or 0):.0f}%, spans exported "
+                    f"{c['spans']['exported']:.0f}, dropped "
+                    f"{sum(c['spans']['dropped'].values()):.0f}, sink "
+                    f"{c['sink']['requests']} POSTs / {c['sink']['bytes']:,} B")
+                check(key, c, f"capacity round {rnd + 1}")
+            except RuntimeError as e:
+                r["error"] = str(e)
+                problem(f"{r['label']} capacity round {rnd + 1}: {e}")
+    for key in usable:
+        r = res["targets"][key]
+        rounds = r.get("capacity_rounds") or []
+        if rounds:
+            r["capacity"] = telemetry_summary(rounds)
+    off = res["targets"].get("off", {}).get("capacity", {}).get("cpu_us_per_ok")
+    res["overhead_pct"] = {}
+    res["overhead_pct_by_round"] = {}
+    for key in usable:
+        if key == "off":
+            continue
+        cpu = res["targets"][key].get("capacity", {}).get("cpu_us_per_ok")
+        res["overhead_pct"][key] = (cpu / off - 1) * 100 if cpu and off else None
+        # Pairwise, round by round: how much of the overhead is noise.
+        a = {c["round"]: c.get("cpu_us_per_ok") for c in
+             res["targets"].get("off", {}).get("capacity_rounds", [])}
+        res["overhead_pct_by_round"][key] = [
+            (c["cpu_us_per_ok"] / a[c["round"]] - 1) * 100
+            if c.get("cpu_us_per_ok") and a.get(c["round"]) else None
+            for c in res["targets"][key].get("capacity_rounds", [])]
+    res["overhead_pct_paired_median"] = {k: median(v)
+                                         for k, v in res["overhead_pct_by_round"].items()}
+    ov = res["overhead_pct"].get("trace-1")
+    res["target_met"] = ov < TELEMETRY_TARGET_PCT if ov is not None else None
+    if ov is not None:
+        log(f"telemetry: overhead over (a), CPU per request: "
+            + ", ".join(f"{k} {v:+.1f} %" for k, v in res["overhead_pct"].items()
+                        if v is not None)
+            + f"; target < {TELEMETRY_TARGET_PCT:.0f} % for (c): "
+            + ("met" if res["target_met"] else "NOT met"))
+
+    # Open loop at half of the slowest configuration's closed-loop rate.
+    caps = {k: res["targets"][k].get("capacity", {}).get("rps") for k in usable}
+    caps = {k: v for k, v in caps.items() if v}
+    if not caps:
+        return
+    basis = min(caps, key=caps.get)
+    rate = max(100, int(round(caps[basis] / 2 / 100.0)) * 100)
+    res["rate"], res["rate_basis"] = rate, basis
+    log(f"telemetry: fixed rate {rate} req/s (half of {basis})")
+    for key in usable:
+        r = res["targets"][key]
+        try:
+            lr = measure(key, duration=f"{dur}s", conns=(LATENCY_CONNS, 1), rate=rate,
+                         timeout=dur + 60)
+            r["latency"] = lr
+            lat = lr["latency_us"]
+            log(f"telemetry {r['label']} @ {rate}/s: p50 {lat['p50']:.0f} us, p99 "
+                f"{lat['p99']:.0f} us, {lr['cpu_us_per_ok'] or 0:.2f} CPU-us/req, spans "
+                f"exported {lr['spans']['exported']:.0f}")
+            check(key, lr, "fixed-rate run")
+            if lr["rps_all"] < 0.9 * rate:
+                problem(f"{r['label']} fixed-rate run reached only {lr['rps_all']:.0f} of "
+                        f"{rate} req/s")
+        except RuntimeError as e:
+            r["error"] = str(e)
+            problem(f"{r['label']} fixed rate: {e}")
+    a = res["targets"].get("off", {}).get("latency", {})
+    for key in usable:
+        r = res["targets"][key]
+        if key == "off" or not a or not r.get("latency"):
+            continue
+        al, rl = a["latency_us"], r["latency"]["latency_us"]
+        r["added_us"] = {p: rl[p] - al[p] if rl[p] is not None and al[p] is not None else None
+                         for p in al}
+        cpu, cpu_a = r["latency"].get("cpu_us_per_ok"), a.get("cpu_us_per_ok")
+        r["latency_overhead_pct"] = (cpu / cpu_a - 1) * 100 if cpu and cpu_a else None
+
+
+def telemetry_summary(rounds: list[dict]) -> dict:
+    """The capacity rounds of one configuration: medians of the rates and of the CPU per
+    request, its spread, and the span and sink counts summed."""
+    cpus = [c["cpu_us_per_ok"] for c in rounds if c.get("cpu_us_per_ok")]
+    dropped: dict[str, float] = {}
+    exports: dict[str, float] = {}
+    for c in rounds:
+        for r, v in c["spans"]["dropped"].items():
+            dropped[r] = dropped.get(r, 0.0) + v
+        for r, v in c["spans"]["exports"].items():
+            exports[r] = exports.get(r, 0.0) + v
+    requests = sum(c["requests"] for c in rounds)
+    exported = sum(c["spans"]["exported"] for c in rounds)
+    return {
+        "rounds": len(rounds),
+        "rps": median([c["rps"] for c in rounds]),
+        "cpu_us_per_ok": median(cpus),
+        "cpu_us_per_ok_min": min(cpus) if cpus else None,
+        "cpu_us_per_ok_max": max(cpus) if cpus else None,
+        "cpu_us_per_ok_rounds": [c.get("cpu_us_per_ok") for c in rounds],
+        "proxy_core_busy": median([c["proxy_core_busy"] for c in rounds]),
+        "requests": requests,
+        "ok": sum(c["ok"] for c in rounds),
+        "bad": sum(c["bad"] for c in rounds),
+        "spans_exported": exported,
+        "spans_dropped": dropped,
+        "exports": exports,
+        "spans_per_req": exported / requests if requests else None,
+        "sink_requests": sum(c["sink"]["requests"] for c in rounds),
+        "sink_bytes": sum(c["sink"]["bytes"] for c in rounds),
+        "istio_requests": sum(c["istio_requests"] for c in rounds),
+    }
 
 
 if __name__ == "__main__":

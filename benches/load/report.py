@@ -508,6 +508,149 @@ def routed_section(results: dict) -> list[str]:
 ROUTED_COST_NOTE = "{n} decoy routes evaluated and a weighted split, no retries"
 
 
+# --------------------------------------------------------------------------- telemetry cost
+
+def _ov(v):
+    return "n/a" if v is None else f"{v:+.1f} %"
+
+
+def _drops(d: dict | None) -> str:
+    d = {k: v for k, v in (d or {}).items() if v}
+    return ", ".join(f"{v:,.0f} {k}" for k, v in sorted(d.items())) or "0"
+
+
+def telemetry_section(results: dict) -> list[str]:
+    te = results["telemetry"]
+    ts = results["settings"].get("telemetry", {})
+    cores = results["settings"]["cores"]
+    L = ["## Telemetry cost: metrics and tracing on vs off (Halyard only)", ""]
+    if te.get("skipped"):
+        return L + [f"Not run: {te['skipped']}."]
+    tg = te.get("targets", {})
+    if not tg:
+        return L + ["Not run (see Problems)."]
+    rounds = te.get("rounds", ts.get("rounds", "?"))
+    L.append(
+        f"One Halyard proxy per configuration (same binary and flags as above: core "
+        f"{cores['proxy']}, `--concurrency 1`, access log off), all four running for the whole "
+        f"section and measured in turn, for `Host: {te.get('host')}` → the upstream's `GET /0` "
+        "(HTTP/1.1 keep-alive, 0 B body): (a) `settings: {accessLog: false, istioMetrics: "
+        "false}`, no tracing; (b) `settings: {accessLog: false}` (Istio's standard metrics on, "
+        "the default); (c) and (d) as (b) plus `tracing: {sampling: 1 | 100, otlpEndpoint: "
+        "http://127.0.0.1:PORT, protocol: HTTP}` — 1 % is Istio's default sampling, 100 % the "
+        "worst case; oha sends no trace context, so the proxy samples. One client span per "
+        "sampled request, exported in batches of up to 512 (or every second) to an OTLP/HTTP "
+        f"sink in the harness process (core {cores['load_generator_and_upstream']}, "
+        f"`{te.get('sink', {}).get('addr', '?')}`) that reads each `POST /v1/traces` and "
+        "answers 200 with an empty `ExportTraceServiceResponse`. Capacity: closed loop, "
+        f"{ts.get('capacity_concurrency', '?')}, **{rounds} rounds** in alternating order "
+        "(a b c d, d c b a, …); the table gives the median and the spread of the rounds, and "
+        "the overhead = median CPU per request over (a)'s median − 1. CPU is the proxy's "
+        "utime+stime divided by the 2xx answers, over a window that opens "
+        f"{te.get('flush_wait_s', '?')} s after the warm-up (its spans exported before) and "
+        f"closes {te.get('flush_wait_s', '?')} s after the run (its last batch exported "
+        "inside), the same for every configuration; counters from the admin port's "
+        "`/stats/prometheus`, scraped outside the window. Latency: open loop at "
+        f"**{te.get('rate', 0):,} req/s** (half of "
+        f"{_tag(tg.get(te.get('rate_basis'), {}).get('label', te.get('rate_basis') or '?'))}'s "
+        f"closed-loop rate), {ts.get('latency_concurrency', '?')}, one run per configuration; "
+        "*added* = over (a) at the same percentile and rate.")
+    L.append("")
+    L.append("| configuration | rps (median) | CPU-µs/req (median) | min – max | overhead over (a) "
+             "| per round (paired with (a)) | median of per round | core busy | spans exported | per req | spans dropped "
+             "| OTLP POSTs / bytes at the sink | CPU-µs/req at fixed rate | overhead at fixed rate "
+             "| added p50 µs | added p99 µs | added p99.9 µs | failed req |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    paired = te.get("overhead_pct_paired_median", {})
+    by_round = te.get("overhead_pct_by_round", {})
+    for k in te.get("order", list(tg)):
+        r = tg[k]
+        c, lr = r.get("capacity", {}), r.get("latency", {})
+        if not c:
+            L.append(f"| {r['label']} | error (see Problems) | | | | | | | | | | | | | | | | |")
+            continue
+        off = k == "off"
+        busy = c.get("proxy_core_busy")
+        traced = r.get("sampling") is not None
+        added = r.get("added_us", {})
+        per_round = ("—" if off else
+                     " / ".join(_ov(v).replace(" %", "") for v in by_round.get(k, [])) + " %")
+        failed = (c.get("bad") or 0) + (lr.get("bad") or 0)
+        L.append(
+            f"| {r['label']} | {_num(c.get('rps'))} | **{_num(c.get('cpu_us_per_ok'), '{:.2f}')}** "
+            f"| {_num(c.get('cpu_us_per_ok_min'), '{:.2f}')} – "
+            f"{_num(c.get('cpu_us_per_ok_max'), '{:.2f}')} "
+            f"| {'—' if off else '**' + _ov(te.get('overhead_pct', {}).get(k)) + '**'} "
+            f"| {per_round} | {'—' if off else _ov(paired.get(k))} | {_num(busy * 100 if busy is not None else None, '{:.0f}%')} "
+            f"| {_num(c.get('spans_exported')) if traced else '—'} "
+            f"| {_num(c.get('spans_per_req'), '{:.4f}') if traced else '—'} "
+            f"| {_drops(c.get('spans_dropped')) if traced else '—'} "
+            f"| {(_num(c.get('sink_requests')) + ' / ' + _num(c.get('sink_bytes'))) if traced else '—'} "
+            f"| {_num(lr.get('cpu_us_per_ok'), '{:.2f}')} "
+            f"| {'—' if off else _ov(r.get('latency_overhead_pct'))} "
+            f"| {'—' if off else _signed(added.get('p50'))} "
+            f"| {'—' if off else _signed(added.get('p99'))} "
+            f"| {'—' if off else _signed(added.get('p99.9'))} | {failed} |")
+    L.append("")
+    ov = te.get("overhead_pct", {})
+    paired = te.get("overhead_pct_paired_median", {})
+    parts = []
+    target = te.get("target_pct", 5)
+    if ov.get("trace-1") is not None:
+        met = te.get("target_met")
+        parts.append(
+            f"**Target** (the issue: metrics + tracing under {target:.0f} % CPU per request, "
+            f"taken as (c), metrics + Istio's default 1 % sampling, against (a)): "
+            f"**{_ov(ov.get('trace-1'))} — {'met' if met else 'not met'}**. Istio metrics "
+            f"alone (b): {_ov(ov.get('metrics'))}; every request traced (d): "
+            f"{_ov(ov.get('trace-100'))}. The median of the round-paired overheads (each round's "
+            "configuration against (a) of the same round): (b) "
+            f"{_ov(paired.get('metrics'))}, (c) {_ov(paired.get('trace-1'))}, (d) "
+            f"{_ov(paired.get('trace-100'))}; the spread of the rounds shows how much of a "
+            "few-percent difference is noise on this machine.")
+    spans = []
+    for k in ("trace-1", "trace-100"):
+        r = tg.get(k)
+        if not r:
+            continue
+        c, lr, end = r.get("capacity", {}), r.get("latency", {}), r.get("stats_end") or {}
+        samp = r.get("sampling")
+        spans.append(
+            f"{_tag(r['label'])} {_num(c.get('spans_exported'))} spans exported in the "
+            f"capacity runs for {_num(c.get('requests'))} requests "
+            f"({_num(c.get('spans_per_req'), '{:.4f}')} per request; at {samp} % sampling "
+            f"expect {samp / 100:.2f}), dropped: {_drops(c.get('spans_dropped'))}; "
+            f"{_num(lr.get('spans', {}).get('exported'))} exported at the fixed rate, dropped: "
+            f"{_drops(lr.get('spans', {}).get('dropped'))}; over the whole section (warm-ups "
+            f"and sanity checks included) `halyard_trace_spans_exported_total` "
+            f"{_num(end.get('exported'))}, `halyard_trace_spans_dropped_total` "
+            f"{_drops(end.get('dropped'))}, `halyard_trace_exports_total` "
+            + (", ".join(f"{kk} {v:,.0f}" for kk, v in sorted((end.get('exports') or {}).items()))
+               or "0"))
+    if spans:
+        sink = te.get("sink", {})
+        parts.append("**Spans**: " + "; ".join(spans) + f". The sink received "
+                     f"{_num(sink.get('requests'))} `POST /v1/traces` "
+                     f"({_num(sink.get('bytes'))} bytes of protobuf) over the section"
+                     + (f" and {sink['other']} other requests" if sink.get("other") else "")
+                     + ".")
+    plain = te.get("plain_h1_cpu_us_per_req")
+    b = tg.get("metrics", {}).get("capacity", {}).get("cpu_us_per_ok")
+    if plain and b:
+        parts.append(f"For reference, the plain Halyard above (HTTP/1.1 keep-alive, 0 B; its "
+                     f"config is (b)'s) used {plain:.2f} CPU-µs per request in its own run, "
+                     f"(b) here {b:.2f}.")
+    rss = [f"{_tag(r['label'])} {_mib(r.get('rss_idle_kib'))} / {_mib(r.get('rss_end_kib'))}"
+           for r in tg.values() if r.get("rss_idle_kib")]
+    if rss:
+        parts.append("RSS idle / at the end (MiB): " + ", ".join(rss) + ". Load average "
+                     f"before / after this section: {te.get('load_before', '?')} / "
+                     f"{te.get('load_after', '?')}.")
+    for line in parts:
+        L += [line, ""]
+    return L
+
+
 
 def write_markdown(results: dict, out: Path) -> None:
     m, t, s = results["machine"], results["tools"], results["settings"]
@@ -517,6 +660,10 @@ def write_markdown(results: dict, out: Path) -> None:
              f"harness time {results.get('elapsed_s', '?')} s. Produced by "
              f"`bash benches/load/run.sh{' --quick' if results['mode'] == 'quick' else ''}`; "
              "raw numbers in `results.json`.")
+    if results.get("only"):
+        L.append("")
+        L.append(f"**Partial run** (`harness.py --only-{results['only']}`): only that scenario "
+                 "ran; the other sections are empty.")
     L.append("")
     L.append("Ratios are against the baseline (direct to the upstream) or nginx **from this same "
              "run**; absolute numbers from another day or machine are not comparable.")
@@ -563,6 +710,8 @@ def write_markdown(results: dict, out: Path) -> None:
         L.append("")
     if results.get("routed"):
         L += routed_section(results)
+    if results.get("telemetry"):
+        L += telemetry_section(results)
     if results.get("mesh"):
         L += mesh_sections(results)
         L.append("")

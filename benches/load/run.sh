@@ -3,6 +3,7 @@
 # between two Halyard sidecars (mTLS hop vs plaintext hop, handshakes per second per core).
 #
 #   bash benches/load/run.sh [--quick] [--no-halyard] [--no-mesh] [--no-install]
+#                            [--only-telemetry]
 #
 # Installs what is missing (nginx, haproxy, taskset, openssl, oha), builds the proxy and the
 # CA (halyard-control) in release, then runs benches/load/harness.py, which starts every
@@ -11,17 +12,20 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 Options:
-  --quick        3 s per measurement instead of 15 s (about 3 minutes in all)
+  --quick        3 s per measurement instead of 15 s (about 6 minutes in all)
   --no-halyard   do not build or run Halyard (develop the harness against the others)
   --no-mesh      skip the mutual-TLS scenarios (do not build halyard-control)
   --no-install   never run apt-get or cargo install; fail if a tool is missing
+  --only-telemetry  run only the telemetry-cost scenario (implies --no-mesh); writes to
+                 $BENCH_OUT, default /var/tmp/halyard-bench-only-telemetry, not benches/report
 Environment:
   CARGO_TARGET_DIR  default /var/tmp/halyard-target (binaries in $CARGO_TARGET_DIR/release)
   HALYARD_TOOLS     default /var/tmp/halyard-tools (oha is installed into $HALYARD_TOOLS/bin)
   BENCH_NICE        niceness of every benchmark process, default -10 (0 to leave it)
+  BENCH_OUT         output directory (default benches/report; see --only-telemetry)
 EOF
 }
 
@@ -29,12 +33,14 @@ QUICK=0
 NO_HALYARD=0
 NO_MESH=0
 NO_INSTALL=0
+ONLY=""
 for arg in "$@"; do
     case "$arg" in
         --quick) QUICK=1 ;;
         --no-halyard) NO_HALYARD=1 ;;
         --no-mesh) NO_MESH=1 ;;
         --no-install) NO_INSTALL=1 ;;
+        --only-telemetry) ONLY=telemetry; NO_MESH=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run.sh: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
     esac
@@ -150,8 +156,15 @@ fi
 # 1,000 idle client connections plus their upstream side need descriptors.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 
-args=(--oha "$OHA" --out "$ROOT/benches/report" --state "$STATE_DIR"
+# A partial run must not overwrite the full report in benches/report.
+if [[ -n "$ONLY" ]]; then
+    OUT="${BENCH_OUT:-/var/tmp/halyard-bench-only-$ONLY}"
+else
+    OUT="${BENCH_OUT:-$ROOT/benches/report}"
+fi
+args=(--oha "$OHA" --out "$OUT" --state "$STATE_DIR"
       --nice "${BENCH_NICE:--10}")
+[[ -n "$ONLY" ]] && args+=("--only-$ONLY")
 [[ $QUICK == 1 ]] && args+=(--quick)
 [[ -n "$PROXY_BIN" ]] && args+=(--halyard "$PROXY_BIN")
 [[ -n "$CONTROL_BIN" ]] && args+=(--control "$CONTROL_BIN")
