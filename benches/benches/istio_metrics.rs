@@ -1,7 +1,8 @@
 //! Istio standard metrics and peer metadata on the request path: `IstioMetrics::record_request`
 //! with a warm per-thread cache (one label set, and 64 label sets in turn), a TCP connection's
 //! open/bytes/close, and `peer::decode` of an Istio-sized metadata header when cached and when
-//! every lookup misses.
+//! every lookup misses; and the tracing work every request pays when tracing is on:
+//! `Tracer::begin` on typical request headers, unsampled and sampled.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -136,5 +137,69 @@ fn metadata(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, metrics, metadata);
+fn request_headers() -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    for (k, v) in [
+        ("host", "reviews.default.svc.cluster.local:9080"),
+        ("user-agent", "curl/8.5.0"),
+        ("accept", "*/*"),
+        ("x-request-id", "6f0c5b8e-2f5e-4bb6-9d1a-3c1f5e8b9a77"),
+        ("x-forwarded-for", "10.0.0.7"),
+        ("x-forwarded-proto", "http"),
+    ] {
+        h.insert(
+            http::HeaderName::from_static(k),
+            http::HeaderValue::from_static(v),
+        );
+    }
+    h
+}
+
+fn propagation(c: &mut Criterion) {
+    use halyard_proxy::telemetry::trace::{
+        OtlpProtocol, SpanKind, TraceConfig, TraceMetrics, Tracer, DEFAULT_FLUSH_INTERVAL,
+    };
+    let registry = Default::default();
+    let metrics = std::sync::Arc::new(TraceMetrics::new(&registry).expect("register"));
+    let tracer = |percent: f64| {
+        let cfg = TraceConfig {
+            sampling_percent: percent,
+            endpoint: "http://127.0.0.1:4318".into(),
+            protocol: OtlpProtocol::Http,
+            service_name: "reviews.default".into(),
+            resource: Vec::new(),
+            flush_interval: DEFAULT_FLUSH_INTERVAL,
+        };
+        // The exporter is not run: begin() alone is measured.
+        Tracer::new(cfg, metrics.clone()).expect("tracer").0
+    };
+    let mut g = c.benchmark_group("trace");
+    let base = request_headers();
+    g.bench_function("clone_headers_baseline", |b| {
+        b.iter(|| black_box(base.clone()))
+    });
+    let t1 = tracer(1.0);
+    g.bench_function("begin_no_context_1pct", |b| {
+        b.iter(|| {
+            let mut h = base.clone();
+            black_box(t1.begin(SpanKind::Client, &mut h));
+            h
+        })
+    });
+    let mut w3c = base.clone();
+    w3c.insert(
+        "traceparent",
+        http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
+    g.bench_function("begin_w3c_sampled", |b| {
+        b.iter(|| {
+            let mut h = w3c.clone();
+            black_box(t1.begin(SpanKind::Server, &mut h));
+            h
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, metrics, metadata, propagation);
 criterion_main!(benches);

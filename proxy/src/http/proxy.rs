@@ -142,17 +142,15 @@ pub async fn handle(
 ) -> Response<ResponseBody<Option<Exchange>>> {
     let snap = shared.live.load();
     let mut ex = Exchange::start(&shared, &conn, &req, &snap.settings, &snap.local);
-    if let Some(slot) = shared.tracers.get(snap.local.tracing.as_ref()) {
-        if let Some(tracer) = &slot.tracer {
-            let kind = match conn.listener {
-                ListenerKind::Inbound => SpanKind::Server,
-                ListenerKind::Outbound => SpanKind::Client,
-            };
-            // Rewritten before anything else, so that local replies are traced too.
-            ex.span = tracer
-                .begin(kind, req.headers_mut())
-                .map(|span| (span, slot.clone()));
-        }
+    if snap.local.tracing.is_some() {
+        let kind = match conn.listener {
+            ListenerKind::Inbound => SpanKind::Server,
+            ListenerKind::Outbound => SpanKind::Client,
+        };
+        // Rewritten before anything else, so that local replies are traced too.
+        ex.span = shared
+            .tracers
+            .begin(snap.local.tracing.as_ref(), kind, req.headers_mut());
     }
     let mut tunnel = None;
     let result = forward(&shared, &snap, &conn, req, &mut ex, &mut tunnel).await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use tokio::task::JoinHandle;
 
-use super::trace::{TraceConfig, TraceMetrics, Tracer};
+use super::trace::{ActiveSpan, SpanKind, TraceConfig, TraceMetrics, Tracer};
 
 /// One configuration's tracer (`None` when the configuration could not be used).
 pub struct TracerSlot {
@@ -34,19 +34,32 @@ impl Tracers {
         }
     }
 
-    /// The tracer for `cfg`, building it (and spawning its exporter) when `cfg` is new.
-    /// `None` when tracing is off or the configuration is unusable.
-    pub fn get(&self, cfg: Option<&Arc<TraceConfig>>) -> Option<Arc<TracerSlot>> {
+    /// Starts a request's span under `cfg` (see [`Tracer::begin`]); the tracer comes along
+    /// only when the request is sampled, so unsampled requests take no reference.
+    pub fn begin(
+        &self,
+        cfg: Option<&Arc<TraceConfig>>,
+        kind: SpanKind,
+        headers: &mut http::HeaderMap,
+    ) -> Option<(ActiveSpan, Arc<TracerSlot>)> {
         let cfg = cfg?;
-        if let Some(slot) = self.current.load().as_ref() {
-            if Arc::ptr_eq(&slot.cfg, cfg) {
-                return slot.tracer.is_some().then(|| slot.clone());
+        let current = self.current.load();
+        match current.as_ref() {
+            Some(slot) if Arc::ptr_eq(&slot.cfg, cfg) => {
+                let span = slot.tracer.as_ref()?.begin(kind, headers)?;
+                Some((span, slot.clone()))
+            }
+            _ => {
+                drop(current);
+                let slot = self.switch(cfg)?;
+                let span = slot.tracer.as_ref()?.begin(kind, headers)?;
+                Some((span, slot))
             }
         }
-        self.switch(cfg)
     }
 
-    /// Slow path, once per configuration change.
+    /// The slot for `cfg`, building its tracer (and spawning its exporter) when `cfg` is new;
+    /// once per configuration change.
     fn switch(&self, cfg: &Arc<TraceConfig>) -> Option<Arc<TracerSlot>> {
         let mut exporters = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.current.load_full();

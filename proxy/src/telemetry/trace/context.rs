@@ -48,6 +48,8 @@ pub(super) struct Incoming {
     pub b3: Option<B3Form>,
     /// The B3 trace id was 64-bit; B3 output keeps it that way.
     pub b3_short: bool,
+    /// A `tracestate` header was present.
+    pub tracestate: bool,
 }
 
 /// A parsed B3 context (either form).
@@ -63,31 +65,45 @@ struct B3Context {
 /// Reads the caller's context: W3C first, then B3 single, then B3 multi. Malformed headers
 /// count as absent.
 pub(super) fn extract(headers: &HeaderMap) -> Incoming {
-    let b3_form = if headers.contains_key(B3) {
+    // One pass over the names instead of a hash lookup per propagation header: most requests
+    // carry none of them, and a request's header map is small.
+    let (mut w3c, mut single, mut multi, mut state) = (false, false, false, false);
+    for name in headers.keys() {
+        match name.as_str() {
+            "traceparent" => w3c = true,
+            "tracestate" => state = true,
+            "b3" => single = true,
+            n if n.starts_with("x-b3-") => {
+                multi |= [
+                    &B3_TRACE_ID,
+                    &B3_SPAN_ID,
+                    &B3_SAMPLED,
+                    &B3_FLAGS,
+                    &B3_PARENT_SPAN_ID,
+                ]
+                .iter()
+                .any(|h| h.as_str() == n)
+            }
+            _ => {}
+        }
+    }
+    let b3_form = if single {
         Some(B3Form::Single)
-    } else if [
-        &B3_TRACE_ID,
-        &B3_SPAN_ID,
-        &B3_SAMPLED,
-        &B3_FLAGS,
-        &B3_PARENT_SPAN_ID,
-    ]
-    .iter()
-    .any(|h| headers.contains_key(*h))
-    {
+    } else if multi {
         Some(B3Form::Multi)
     } else {
         None
     };
     let mut incoming = Incoming {
         b3: b3_form,
+        tracestate: state,
         ..Incoming::default()
     };
     let b3 = b3_form.and_then(|form| match form {
         B3Form::Single => headers.get(B3).and_then(|v| parse_b3_single(v.as_bytes())),
         B3Form::Multi => parse_b3_multi(headers),
     });
-    if let Some((trace_id, span_id, sampled)) = parse_traceparent(headers) {
+    if let Some((trace_id, span_id, sampled)) = w3c.then(|| parse_traceparent(headers)).flatten() {
         incoming.trace_id = trace_id;
         incoming.span_id = span_id;
         incoming.sampled = Some(sampled);
@@ -136,7 +152,7 @@ pub(super) fn inject(
     if let Some(v) = buf.value() {
         headers.insert(TRACEPARENT, v);
     }
-    if !incoming.w3c {
+    if !incoming.w3c && incoming.tracestate {
         // A tracestate without a valid traceparent belongs to no trace we continue.
         headers.remove(TRACESTATE);
     }
