@@ -20,6 +20,7 @@ use crate::shared::Shared;
 use crate::snapshot::Cluster;
 use crate::telemetry::access_log::Exchange;
 use crate::telemetry::flags::Flags;
+use crate::telemetry::peer::{PEER_METADATA, PEER_METADATA_ID};
 use crate::upstream::hash::Ring;
 use crate::upstream::outlier::Outcome;
 use crate::upstream::{pick, Avoid, Conn, ConnectError, HttpVersion, PooledH1, Upstream};
@@ -250,7 +251,7 @@ async fn attempt(
             let Some(mut r) = next.take() else {
                 return Err(Failed::Reset { refused: false });
             };
-            if adapt_request(&mut r, call.version, actual).is_err() {
+            if adapt_request(&mut r, up, call.version, actual).is_err() {
                 return Err(Failed::Reset { refused: false });
             }
             let outcome = match conn {
@@ -326,13 +327,19 @@ pub fn version_for(up: &Upstream, wanted: HttpVersion, upgrade: bool) -> HttpVer
     }
 }
 
-/// Prepares `req` for an endpoint: its HTTP version, and the marker telling the peer sidecar
-/// that an HTTP/1.1 request travels as HTTP/2.
+/// Prepares `req` for endpoint `up`: its HTTP version, the marker telling the peer sidecar
+/// that an HTTP/1.1 request travels as HTTP/2, and no workload metadata for an endpoint that
+/// is not a mesh peer (a service may mix sidecar and plain endpoints).
 pub fn adapt_request<B>(
     req: &mut Request<B>,
+    up: &Upstream,
     wanted: HttpVersion,
     actual: HttpVersion,
 ) -> Result<(), Local> {
+    if !up.mtls() && req.headers().contains_key(&PEER_METADATA) {
+        req.headers_mut().remove(&PEER_METADATA);
+        req.headers_mut().remove(&PEER_METADATA_ID);
+    }
     // Already in the right form (the usual case) when the version matches.
     if (req.version() == Version::HTTP_2) != (actual == HttpVersion::Http2) {
         super::proxy::set_uri_for(req, actual)?;
@@ -382,5 +389,54 @@ pub async fn admit(
     match admitted {
         Ok(Ok(active)) => Ok(active),
         Ok(Err(_)) | Err(_) => Err(overflow()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::UpstreamKey;
+    use std::time::Duration;
+
+    fn endpoint(identity: Option<&str>) -> Upstream {
+        let mut key = UpstreamKey::plain(
+            "127.0.0.1".into(),
+            8080,
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        );
+        key.identity = identity.map(|i| i.parse().expect("SPIFFE ID"));
+        Upstream::new(key)
+    }
+
+    fn with_metadata() -> Request<()> {
+        let mut r = Request::builder()
+            .uri("http://backend:8080/")
+            .body(())
+            .expect("request");
+        r.headers_mut().insert(
+            PEER_METADATA,
+            HeaderValue::from_static("Cg0KBE5BTUUSBRoDYXBw"),
+        );
+        r.headers_mut().insert(
+            PEER_METADATA_ID,
+            HeaderValue::from_static("sidecar~~app.demo~demo.svc.cluster.local"),
+        );
+        r
+    }
+
+    #[test]
+    fn workload_metadata_goes_to_mesh_peers_only() {
+        let plain = endpoint(None);
+        let mut r = with_metadata();
+        adapt_request(&mut r, &plain, HttpVersion::Http1, HttpVersion::Http1).expect("adapt");
+        assert!(!r.headers().contains_key(&PEER_METADATA));
+        assert!(!r.headers().contains_key(&PEER_METADATA_ID));
+
+        let peer = endpoint(Some("spiffe://cluster.local/ns/demo/sa/backend"));
+        let mut r = with_metadata();
+        adapt_request(&mut r, &peer, HttpVersion::Http1, HttpVersion::Http1).expect("adapt");
+        assert!(r.headers().contains_key(&PEER_METADATA));
+        assert!(r.headers().contains_key(&PEER_METADATA_ID));
     }
 }

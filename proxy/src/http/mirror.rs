@@ -106,7 +106,7 @@ async fn send(
         _ => HttpVersion::Http1,
     };
     let version = version_for(up, wanted, false);
-    if adapt_request(&mut req, wanted, version).is_err() {
+    if adapt_request(&mut req, up, wanted, version).is_err() {
         return false;
     }
     let conn = match up.checkout(version, shared.mtls.as_deref(), 0).await {
