@@ -119,7 +119,8 @@ impl Exchange {
                     source_principal: caller.unwrap_or(""),
                     destination: &self.local.meta,
                     destination_principal: if caller.is_some() { own } else { "" },
-                    service: self.service.as_deref().unwrap_or(host),
+                    // A Host no service claims is the caller's text: not a label value.
+                    service: self.service.as_deref().unwrap_or("unknown"),
                 }
             }
         }
@@ -167,9 +168,14 @@ impl Exchange {
             .and_then(|a| a.to_str().ok())
             .unwrap_or("");
         let port = self.service_port.or(normalize_host(authority).1);
+        // Spans are not metric labels: an unresolved service is named by the request's host.
+        let service = match (sides.service, normalize_host(authority).0) {
+            ("unknown", host) if !host.is_empty() => host,
+            (service, _) => service,
+        };
         let name = match port {
-            Some(p) => format!("{}:{p}/*", sides.service),
-            None => format!("{}/*", sides.service),
+            Some(p) => format!("{service}:{p}/*"),
+            None => format!("{service}/*"),
         };
         let flags = self.flags.to_string();
         let request_id = self
@@ -213,7 +219,7 @@ impl Exchange {
                 "destination.principal",
                 AttrValue::Str(sides.destination_principal),
             ),
-            ("destination.service", AttrValue::Str(sides.service)),
+            ("destination.service", AttrValue::Str(service)),
         ];
         if let Some(p) = port {
             attrs.push(("server.port", AttrValue::Int(i64::from(p))));
