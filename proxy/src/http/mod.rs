@@ -2,6 +2,7 @@
 
 pub mod attempts;
 pub mod body;
+pub mod conn;
 pub mod headers;
 pub mod local;
 pub mod mirror;

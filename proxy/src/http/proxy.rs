@@ -1,8 +1,7 @@
 //! Forwarding one HTTP request: pick the target, fix headers, choose an endpoint, send with
 //! retries on connect failure, and hand back the streamed response.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,7 @@ use crate::http::ops;
 use crate::http::policy::{self, Refusal};
 use crate::http::replay::{ReplayBody, REPLAY_LIMIT};
 use crate::io::UpstreamIo;
-use crate::mtls::{Alpn, PeerCert};
+use crate::mtls::Alpn;
 use crate::routes::{lower_host, normalize_host, Action, Fault, RequestView, RetryPolicy};
 use crate::shared::Shared;
 use crate::snapshot::{defaults, Cluster, Snapshot};
@@ -40,73 +39,10 @@ use crate::upstream::{pick, Avoid, HttpVersion, Upstream, UpstreamKey};
 /// The inbound side's policy: one try (connect failures included, as the app is local).
 static NO_RETRIES: RetryPolicy = RetryPolicy::none();
 
+pub use super::conn::ConnInfo;
+
 /// Attempts to open a CONNECT tunnel (Istio's default: 2 retries).
 const CONNECT_ATTEMPTS: u32 = 3;
-
-/// What is known about the downstream connection a request arrived on.
-#[derive(Debug)]
-pub struct ConnInfo {
-    /// The listener.
-    pub listener: ListenerKind,
-    /// The client.
-    pub peer: SocketAddr,
-    /// Original destination when the connection was redirected to us.
-    pub orig_dst: Option<SocketAddr>,
-    /// Inbound: the workload port meant (original destination port, or the TLS server name's).
-    pub dst_port: Option<u16>,
-    /// Inbound: the peer verified by mutual TLS.
-    pub peer_cert: Option<PeerCert>,
-    /// Inbound: the TLS server name the peer sent.
-    pub sni: Option<Box<str>>,
-    /// The local address the connection was accepted on.
-    pub local: Option<SocketAddr>,
-    /// Requests on this connection whose response has not ended.
-    pub active: AtomicUsize,
-    /// When the connection last had no active request, as ms since `opened`.
-    pub idle_since_ms: AtomicU64,
-    /// When the connection was accepted.
-    pub opened: Instant,
-}
-
-impl ConnInfo {
-    /// A new connection's record.
-    pub fn new(listener: ListenerKind, peer: SocketAddr, orig_dst: Option<SocketAddr>) -> Self {
-        Self {
-            listener,
-            peer,
-            orig_dst,
-            dst_port: None,
-            peer_cert: None,
-            sni: None,
-            local: None,
-            active: AtomicUsize::new(0),
-            idle_since_ms: AtomicU64::new(0),
-            opened: Instant::now(),
-        }
-    }
-
-    /// Marks a request started.
-    pub fn request_started(&self) {
-        self.active.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Marks a request's response ended.
-    pub fn request_ended(&self) {
-        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let ms = self.opened.elapsed().as_millis() as u64;
-            self.idle_since_ms.store(ms, Ordering::Release);
-        }
-    }
-
-    /// How long the connection has had no active request (zero while one is active).
-    pub fn idle_for(&self) -> Duration {
-        if self.active.load(Ordering::Acquire) > 0 {
-            return Duration::ZERO;
-        }
-        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-        self.opened.elapsed().saturating_sub(since)
-    }
-}
 
 /// Where a request goes.
 struct Target<'a> {
