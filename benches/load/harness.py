@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -691,6 +692,7 @@ def main() -> int:
                 "rounds": TELEMETRY_ROUNDS["quick" if args.quick else "full"],
                 "target_pct": TELEMETRY_TARGET_PCT,
                 "flush_wait_s": TELEMETRY_FLUSH_WAIT,
+                "concurrent_rounds": TELEMETRY_CONCURRENT_ROUNDS,
             },
         },
         "targets": {},
@@ -1909,6 +1911,7 @@ TELEMETRY_TARGET_PCT = 5.0  # the issue's target: metrics + default tracing unde
 # measured run (the run's last spans are exported inside the window). Every configuration
 # waits alike.
 TELEMETRY_FLUSH_WAIT = 1.3
+TELEMETRY_CONCURRENT_ROUNDS = 5  # (a) and one other configuration loaded at once
 # key, label, istio metrics, sampling percent (None: no tracing), notes
 TELEMETRY_CASES = [
     ("off", "(a) telemetry off", False, None, "`istioMetrics: false`, no `tracing`"),
@@ -2147,6 +2150,67 @@ def telemetry_settings(admin: int) -> dict:
     return (dump.get("config") or {}).get("settings") or {}
 
 
+def telemetry_concurrent(oha: Oha, dur: int, warm: int, res: dict, problem,
+                         proxies: dict, targets: dict, sc: dict, usable: list[str]) -> None:
+    """Each configuration against (a) at the same time: two oha runs of half the connections
+    each, both proxies on the proxy core, CPU per 2xx request of each over the same window. The
+    other tenants' interference then hits both sides of a ratio alike, which sequential rounds
+    cannot promise on a shared machine."""
+    if "off" not in usable:
+        return
+    half = max(1, CAPACITY_CONNS // 2)
+    out: dict = {"rounds": TELEMETRY_CONCURRENT_ROUNDS, "conns_each": half, "by_key": {}}
+    res["concurrent"] = out
+    for key in [k for k in usable if k != "off"]:
+        ratios, rows = [], []
+        for rnd in range(TELEMETRY_CONCURRENT_ROUNDS):
+            pair = ("off", key) if rnd % 2 == 0 else (key, "off")
+            try:
+                results: dict = {}
+                errors: list[str] = []
+
+                def drive(k: str, seconds: int) -> None:
+                    try:
+                        results[k] = outcome(oha.run(targets[k], sc, duration=f"{seconds}s",
+                                                     conns=(half, 1), timeout=seconds + 60))
+                    except RuntimeError as e:
+                        errors.append(f"{k}: {e}")
+
+                def both(seconds: int) -> None:
+                    threads = [threading.Thread(target=drive, args=(k, seconds)) for k in pair]
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
+                    if errors:
+                        raise RuntimeError("; ".join(errors))
+
+                both(warm)
+                time.sleep(TELEMETRY_FLUSH_WAIT)
+                c0 = {k: proxies[k].cpu() for k in pair}
+                results.clear()
+                both(dur)
+                time.sleep(TELEMETRY_FLUSH_WAIT)
+                cpu = {k: proxies[k].cpu() - c0[k] for k in pair}
+                per = {k: cpu[k] / results[k]["ok"] * 1e6 if results[k]["ok"] else None
+                       for k in pair}
+                row = {"round": rnd + 1, "cpu_us_per_ok": per,
+                       "rps": {k: results[k]["rps"] for k in pair},
+                       "bad": {k: results[k]["bad"] for k in pair}}
+                rows.append(row)
+                if per["off"] and per[key]:
+                    ratios.append((per[key] / per["off"] - 1) * 100)
+                log(f"telemetry concurrent {key} vs off round {rnd + 1}: "
+                    f"{per[key] or 0:.2f} vs {per['off'] or 0:.2f} CPU-us/req "
+                    f"({ratios[-1] if ratios else 0:+.1f} %)")
+            except RuntimeError as e:
+                problem(f"telemetry concurrent {key} round {rnd + 1}: {e}")
+        out["by_key"][key] = {"rows": rows, "overhead_pct_by_round": ratios,
+                              "overhead_pct_median": median(ratios) if ratios else None}
+    ov = out["by_key"].get("trace-1", {}).get("overhead_pct_median")
+    out["target_met"] = ov < TELEMETRY_TARGET_PCT if ov is not None else None
+
+
 def telemetry_measure(oha: Oha, dur: int, warm: int, res: dict, problem, sink: OtlpSink,
                       proxies: dict[str, Sidecar]) -> None:
     sc = {"key": "telemetry", "proto": "h1", "path": "/0", "host": HOST_TELEMETRY, "body": 0}
@@ -2262,6 +2326,8 @@ def telemetry_measure(oha: Oha, dur: int, warm: int, res: dict, problem, sink: O
                         if v is not None)
             + f"; target < {TELEMETRY_TARGET_PCT:.0f} % for (c): "
             + ("met" if res["target_met"] else "NOT met"))
+
+    telemetry_concurrent(oha, dur, warm, res, problem, proxies, targets, sc, usable)
 
     # Open loop at half of the slowest configuration's closed-loop rate.
     caps = {k: res["targets"][k].get("capacity", {}).get("rps") for k in usable}

@@ -608,6 +608,22 @@ def telemetry_section(results: dict) -> list[str]:
             f"{_ov(paired.get('metrics'))}, (c) {_ov(paired.get('trace-1'))}, (d) "
             f"{_ov(paired.get('trace-100'))}; the spread of the rounds shows how much of a "
             "few-percent difference is noise on this machine.")
+    conc = te.get("concurrent") or {}
+    by = conc.get("by_key") or {}
+    if by:
+        def rounds(k: str) -> str:
+            v = by.get(k, {}).get("overhead_pct_by_round") or []
+            return " / ".join(f"{x:+.1f}" for x in v) + " %" if v else "—"
+        met = conc.get("target_met")
+        parts.append(
+            "**Measured side by side** (steadier on a shared machine): each configuration and "
+            f"(a) loaded at the same time, {conc.get('conns_each')} connections each, both "
+            "proxies on the proxy core, so interference from elsewhere hits both sides of the "
+            f"ratio alike; {conc.get('rounds')} rounds, median of the per-round overheads: "
+            f"(b) **{_ov(by.get('metrics', {}).get('overhead_pct_median'))}** ({rounds('metrics')}), "
+            f"(c) **{_ov(by.get('trace-1', {}).get('overhead_pct_median'))}** ({rounds('trace-1')}), "
+            f"(d) **{_ov(by.get('trace-100', {}).get('overhead_pct_median'))}** ({rounds('trace-100')}). "
+            f"Target for (c) measured this way: **{'met' if met else 'not met'}**.")
     spans = []
     for k in ("trace-1", "trace-100"):
         r = tg.get(k)

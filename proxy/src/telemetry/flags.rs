@@ -47,6 +47,15 @@ impl Flags {
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
+
+    /// The flags as text, without allocating in the usual case of none (`-`).
+    pub fn label(self) -> std::borrow::Cow<'static, str> {
+        if self.is_empty() {
+            std::borrow::Cow::Borrowed("-")
+        } else {
+            std::borrow::Cow::Owned(self.to_string())
+        }
+    }
 }
 
 impl fmt::Display for Flags {

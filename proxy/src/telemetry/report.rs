@@ -130,7 +130,7 @@ impl Exchange {
     pub(crate) fn report(&self, bytes_sent: u64) {
         let sides = self.sides();
         let (name, namespace) = service_name_namespace(sides.service, &self.local.meta.namespace);
-        let flags = self.flags.to_string();
+        let flags = self.flags.label();
         let labels = RequestLabels {
             reporter: sides.reporter,
             source: sides.source,
@@ -177,7 +177,7 @@ impl Exchange {
             Some(p) => format!("{service}:{p}/*"),
             None => format!("{service}/*"),
         };
-        let flags = self.flags.to_string();
+        let flags = self.flags.label();
         let request_id = self
             .request_id
             .as_ref()
