@@ -21,6 +21,27 @@ pub fn tokens_yaml(token: &str, sa: &str) -> String {
     format!("# test tokens\n- token: {token}\n  namespace: default\n  serviceAccount: {sa}\n")
 }
 
+/// Sets up a control server's directory for the `demo` namespace's two service accounts,
+/// `frontend` (token `tok-f`) and `backend` (token `tok-b`): its `tokens.yaml`, and
+/// `{workload}.token` for each given (workload, service account) pair, as sidecars read it.
+pub fn demo_tokens(dir: &Path, workloads: &[(&str, &str)]) {
+    let tokens = "- {token: tok-f, namespace: demo, serviceAccount: frontend}\n\
+                  - {token: tok-b, namespace: demo, serviceAccount: backend}\n";
+    std::fs::write(dir.join("tokens.yaml"), tokens).expect("tokens");
+    for (workload, sa) in workloads {
+        let token = if *sa == "frontend" { "tok-f" } else { "tok-b" };
+        std::fs::write(dir.join(format!("{workload}.token")), format!("{token}\n")).expect("token");
+    }
+}
+
+/// Replaces `dir/name` atomically (write, then rename), as editors and `kubectl` do, so a
+/// watcher never reads half a file.
+pub fn write_atomic(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename");
+}
+
 /// A running `halyard-control serve` with its own directory, tokens file and stderr log.
 pub struct Control {
     /// The process.

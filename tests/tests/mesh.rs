@@ -60,13 +60,6 @@ spec:
     )
 }
 
-/// Replaces a file atomically (as editors and `kubectl`-style tools do).
-fn write(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).expect("write");
-    std::fs::rename(&tmp, dir.join(name)).expect("rename");
-}
-
 fn sidecar(ca: &Control, dir: &Path, name: &str, inbound: &str) -> Proxy {
     ca.sidecar(dir, name, name, inbound)
 }
@@ -92,16 +85,15 @@ impl Mesh {
         let tmp = TempDir::new(tag);
         let cfg = tmp.path().join("mesh");
         std::fs::create_dir_all(&cfg).expect("config dir");
-        let tokens = "- {token: tok-f, namespace: demo, serviceAccount: frontend}\n\
-                      - {token: tok-b, namespace: demo, serviceAccount: backend}\n";
-        std::fs::write(tmp.path().join("tokens.yaml"), tokens).expect("tokens");
-        std::fs::write(tmp.path().join("frontend.token"), "tok-f\n").expect("token");
-        std::fs::write(tmp.path().join("backend.token"), "tok-b\n").expect("token");
+        demo_tokens(
+            tmp.path(),
+            &[("frontend", "frontend"), ("backend", "backend")],
+        );
 
         let echo = Echo::start("backend");
         let backend_sidecar: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        write(&cfg, "mesh.yaml", &mesh_yaml(echo.port(), backend_sidecar));
-        write(&cfg, "routes.yaml", &route_yaml(2000));
+        write_atomic(&cfg, "mesh.yaml", &mesh_yaml(echo.port(), backend_sidecar));
+        write_atomic(&cfg, "routes.yaml", &route_yaml(2000));
         // Fixed ports, so that a restarted control server is found where it was.
         let flags: Vec<String> = vec![
             "--config".into(),
@@ -183,7 +175,7 @@ fn control_server_configures_sidecars_and_edits_go_live_within_a_second() {
         } else {
             (2000, 200)
         };
-        write(cfg, "routes.yaml", &route_yaml(timeout));
+        write_atomic(cfg, "routes.yaml", &route_yaml(timeout));
         let t0 = Instant::now();
         loop {
             let out = call(frontend, "/slow?delay_ms=600");
@@ -206,7 +198,7 @@ fn control_server_configures_sidecars_and_edits_go_live_within_a_second() {
     );
 
     // A broken edit: the control server keeps the last good configuration.
-    write(cfg, "routes.yaml", "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: backend, namespace: demo}\nspec:\n  hosts: [backend]\n  http:\n    - route: [{destination: {host: nowhere}}]\n      bogus: 1\n");
+    write_atomic(cfg, "routes.yaml", "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: backend, namespace: demo}\nspec:\n  hosts: [backend]\n  http:\n    - route: [{destination: {host: nowhere}}]\n      bogus: 1\n");
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(call(frontend, "/hello").status, 200);
     assert!(
@@ -232,7 +224,7 @@ fn control_server_configures_sidecars_and_edits_go_live_within_a_second() {
     }
     // Restarted with a changed directory (same data dir, so the same CA): proxies reconnect
     // and converge on the new routes.
-    write(&cfg, "routes.yaml", &route_yaml(300));
+    write_atomic(&cfg, "routes.yaml", &route_yaml(300));
     let _ca = Mesh::control(&tmp, &flags);
     wait_for("the restarted control server's routes", || {
         (call(&frontend, "/slow?delay_ms=600").status == 504).then_some(())
@@ -270,7 +262,7 @@ fn fifty_edits_under_load_lose_no_request() {
         } else {
             (2000, 200)
         };
-        write(&mesh.cfg, "routes.yaml", &route_yaml(timeout));
+        write_atomic(&mesh.cfg, "routes.yaml", &route_yaml(timeout));
         let t0 = Instant::now();
         while call(&mesh.frontend, "/slow?delay_ms=300").status != want {
             assert!(
@@ -373,7 +365,7 @@ fn istio_security_resources_are_enforced_and_follow_edits() {
         }
     };
 
-    write(
+    write_atomic(
         &mesh.cfg,
         "security.yaml",
         &security_yaml(&iss, "frontend", false),
@@ -389,7 +381,7 @@ fn istio_security_resources_are_enforced_and_follow_edits() {
     assert_eq!(call_with("/hello", &bad).status, 401);
 
     // A mesh-wide DENY added in the root namespace.
-    write(
+    write_atomic(
         &mesh.cfg,
         "security.yaml",
         &security_yaml(&iss, "frontend", true),
@@ -397,7 +389,7 @@ fn istio_security_resources_are_enforced_and_follow_edits() {
     let took_deny = live_within_a_second("the DENY arrives", "/admin/x", &token, 403);
     assert_eq!(call_with("/hello", &token).status, 200);
     // Only another service account may call now: frontend is refused.
-    write(
+    write_atomic(
         &mesh.cfg,
         "security.yaml",
         &security_yaml(&iss, "reports", true),
@@ -424,9 +416,7 @@ fn istio_traffic_yaml_routes_splits_retries_and_ejects_through_the_mesh() {
     let tmp = TempDir::new("mesh-traffic");
     let cfg = tmp.path().join("mesh");
     std::fs::create_dir_all(&cfg).expect("config dir");
-    let tokens = "- {token: tok-f, namespace: demo, serviceAccount: frontend}\n\
-                  - {token: tok-b, namespace: demo, serviceAccount: backend}\n";
-    std::fs::write(tmp.path().join("tokens.yaml"), tokens).expect("tokens");
+    demo_tokens(tmp.path(), &[]);
     let backends = [
         ("v1a", "v1", false),
         ("v1b", "v1", true),
@@ -497,12 +487,12 @@ spec: {{address: 127.0.0.1, serviceAccount: backend, ports: {{http: {}}}, labels
 ",
             echo.port()
         );
-        std::fs::write(tmp.path().join(format!("backend-{name}.token")), "tok-b\n").expect("token");
+        demo_tokens(tmp.path(), &[(&format!("backend-{name}"), "backend")]);
         sidecars.push((format!("backend-{name}"), sidecar));
         echoes.push(echo);
     }
-    std::fs::write(tmp.path().join("frontend.token"), "tok-f\n").expect("token");
-    write(&cfg, "mesh.yaml", &yaml);
+    demo_tokens(tmp.path(), &[("frontend", "frontend")]);
+    write_atomic(&cfg, "mesh.yaml", &yaml);
     let ca = Control::start(tmp.path(), &["--config", s(&cfg)]);
     let _backends: Vec<Proxy> = sidecars
         .iter()

@@ -2,7 +2,6 @@
 //! `halyard-control serve --config` → xDS → mutual-TLS sidecars, with real echo apps.
 
 use std::net::SocketAddr;
-use std::path::Path;
 
 use halyard_tests::*;
 
@@ -68,13 +67,6 @@ spec:
       consistentHash: {httpHeaderName: x-user}
 ";
 
-/// Replaces a file atomically, as editors do.
-fn write(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).expect("write");
-    std::fs::rename(&tmp, dir.join(name)).expect("rename");
-}
-
 /// Ten concurrent 500 ms requests to `slow:8080`; returns (status, seconds) per request.
 fn flood(frontend: &Proxy, n: usize) -> Vec<(u16, f64)> {
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
@@ -111,10 +103,7 @@ fn destination_rule_pools_and_consistent_hash_through_the_mesh() {
     let tmp = TempDir::new("mesh-pools");
     let cfg = tmp.path().join("mesh");
     std::fs::create_dir_all(&cfg).expect("config dir");
-    let tokens = "- {token: tok-f, namespace: demo, serviceAccount: frontend}\n\
-                  - {token: tok-b, namespace: demo, serviceAccount: backend}\n";
-    std::fs::write(tmp.path().join("tokens.yaml"), tokens).expect("tokens");
-    std::fs::write(tmp.path().join("frontend.token"), "tok-f\n").expect("token");
+    demo_tokens(tmp.path(), &[("frontend", "frontend")]);
 
     let mut apps = Vec::new();
     let mut entries = Vec::new();
@@ -125,13 +114,13 @@ fn destination_rule_pools_and_consistent_hash_through_the_mesh() {
         };
         let echo = Echo::start(&name);
         let sidecar: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        std::fs::write(tmp.path().join(format!("{name}.token")), "tok-b\n").expect("token");
+        demo_tokens(tmp.path(), &[(&name, "backend")]);
         let entry = workload_entry(&name, app, echo.port(), sidecar);
         entries.push((name, entry, sidecar));
         apps.push(echo);
     }
     let all: String = entries.iter().map(|e| e.1.as_str()).collect();
-    write(&cfg, "mesh.yaml", &format!("{SERVICES}{all}"));
+    write_atomic(&cfg, "mesh.yaml", &format!("{SERVICES}{all}"));
     let ca = Control::start(tmp.path(), &["--config", s(&cfg)]);
     let _sidecars: Vec<Proxy> = entries
         .iter()
@@ -193,7 +182,7 @@ fn destination_rule_pools_and_consistent_hash_through_the_mesh() {
         .filter(|e| e.0 != removed)
         .map(|e| e.1.as_str())
         .collect();
-    write(&cfg, "mesh.yaml", &format!("{SERVICES}{rest}"));
+    write_atomic(&cfg, "mesh.yaml", &format!("{SERVICES}{rest}"));
     wait_for("the frontend's config without sticky-3", || {
         (frontend.admin("GET", "/config_dump").json()["version"] != version).then_some(())
     });

@@ -58,13 +58,6 @@ spec:
     )
 }
 
-/// Replaces a file atomically, as editors do.
-fn write(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).expect("write");
-    std::fs::rename(&tmp, dir.join(name)).expect("rename");
-}
-
 /// The OTLP receiver peer (`tests/peers/otlp_receiver.py`).
 struct Receiver {
     _proc: Proc,
@@ -203,21 +196,20 @@ fn mesh(tag: &str, sampling: f64) -> Mesh {
     let tmp = TempDir::new(tag);
     let cfg = tmp.path().join("mesh");
     std::fs::create_dir_all(&cfg).expect("config dir");
-    let tokens = "- {token: tok-f, namespace: demo, serviceAccount: frontend}\n\
-                  - {token: tok-b, namespace: demo, serviceAccount: backend}\n";
-    std::fs::write(tmp.path().join("tokens.yaml"), tokens).expect("tokens");
-    std::fs::write(tmp.path().join("frontend.token"), "tok-f\n").expect("token");
-    std::fs::write(tmp.path().join("backend.token"), "tok-b\n").expect("token");
+    demo_tokens(
+        tmp.path(),
+        &[("frontend", "frontend"), ("backend", "backend")],
+    );
     let receiver = Receiver::start(tmp.path());
     let echo = Echo::start("backend");
     let sidecar: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    write(
+    write_atomic(
         &cfg,
         "mesh.yaml",
         &format!("{SERVICES}{}", backend_entry(echo.port(), sidecar)),
     );
     let otlp = format!("http://127.0.0.1:{}", receiver.http);
-    write(
+    write_atomic(
         &cfg,
         "meshconfig.yaml",
         &mesh_config(&otlp, "http", sampling, ""),
@@ -450,7 +442,7 @@ fn traces_cross_the_mesh_with_the_callers_context() {
     let otlp = format!("http://127.0.0.1:{}", m.receiver.grpc);
     let fields = ", fields: [start_time, method, path, response_code, duration, request_id, \
                   upstream_peer_uri_san, trace_id]";
-    write(
+    write_atomic(
         &m.cfg,
         "meshconfig.yaml",
         &mesh_config(&otlp, "grpc", 100.0, fields),

@@ -27,7 +27,7 @@ use crate::io::UpstreamIo;
 use crate::mtls::Alpn;
 use crate::routes::{lower_host, normalize_host, Action, Fault, RequestView, RetryPolicy};
 use crate::shared::Shared;
-use crate::snapshot::{defaults, Cluster, Snapshot};
+use crate::snapshot::{defaults, Cluster, ClusterPort, Snapshot};
 use crate::telemetry::access_log::{grpc_status_of, Exchange};
 use crate::telemetry::flags::Flags;
 use crate::telemetry::peer::{self, PEER_METADATA, PEER_METADATA_ID};
@@ -53,6 +53,22 @@ struct Target<'a> {
     ring: Option<&'a Ring>,
     protocol: Protocol,
     idle: Duration,
+}
+
+impl<'a> Target<'a> {
+    /// A service's port, noted in the exchange as the port the request is routed by.
+    fn service(cluster: &'a Arc<Cluster>, cp: &'a ClusterPort, ex: &mut Exchange) -> Self {
+        ex.service_port = Some(cp.port);
+        Target {
+            cluster: Some(cluster),
+            endpoints: &cp.endpoints,
+            lb: cluster.lb,
+            rr: &cluster.rr,
+            ring: cp.ring.as_ref(),
+            protocol: cp.protocol,
+            idle: cluster.tcp_idle_timeout,
+        }
+    }
 }
 
 /// A connection to splice with the downstream once it is upgraded (WebSocket, CONNECT).
@@ -265,30 +281,10 @@ async fn forward(
                 Some(d) => {
                     let cluster = snap.clusters.get(d.cluster).ok_or(Local::NO_ROUTE)?;
                     let cp = cluster.port(d.port.or(port)).ok_or(Local::NO_HEALTHY)?;
-                    ex.service_port = Some(cp.port);
-                    Target {
-                        cluster: Some(cluster),
-                        endpoints: &cp.endpoints,
-                        lb: cluster.lb,
-                        rr: &cluster.rr,
-                        ring: cp.ring.as_ref(),
-                        protocol: cp.protocol,
-                        idle: cluster.tcp_idle_timeout,
-                    }
+                    Target::service(cluster, cp, ex)
                 }
                 None => match conn.orig_dst.and_then(|d| snap.by_addr(d)) {
-                    Some((cluster, cp)) => {
-                        ex.service_port = Some(cp.port);
-                        Target {
-                            cluster: Some(cluster),
-                            endpoints: &cp.endpoints,
-                            lb: cluster.lb,
-                            rr: &cluster.rr,
-                            ring: cp.ring.as_ref(),
-                            protocol: cp.protocol,
-                            idle: cluster.tcp_idle_timeout,
-                        }
-                    }
+                    Some((cluster, cp)) => Target::service(cluster, cp, ex),
                     None => {
                         let dst = conn
                             .orig_dst

@@ -33,6 +33,45 @@ struct Sides<'a> {
     service: &'a str,
 }
 
+impl<'a> Sides<'a> {
+    /// Places this workload and its peer by listener: outbound reports as the source,
+    /// inbound as the destination. `peer_principal` is the identity the peer proved; without
+    /// one the connection was not mutual TLS and neither principal is known.
+    fn new(
+        listener: ListenerKind,
+        local: &'a WorkloadMeta,
+        own_principal: &'a str,
+        peer: &'a WorkloadMeta,
+        peer_principal: Option<&'a str>,
+        service: &'a str,
+    ) -> Self {
+        let own = if peer_principal.is_some() {
+            own_principal
+        } else {
+            ""
+        };
+        let peer_principal = peer_principal.unwrap_or("");
+        match listener {
+            ListenerKind::Outbound => Sides {
+                reporter: Reporter::Source,
+                source: local,
+                source_principal: own,
+                destination: peer,
+                destination_principal: peer_principal,
+                service,
+            },
+            ListenerKind::Inbound => Sides {
+                reporter: Reporter::Destination,
+                source: peer,
+                source_principal: peer_principal,
+                destination: local,
+                destination_principal: own,
+                service,
+            },
+        }
+    }
+}
+
 /// Opens the Istio TCP metrics of a relayed connection to `up` (service `cluster`, whose
 /// name may carry `|subset`). TCP has no metadata exchange: the peer workload is unknown and
 /// only its verified identity is reported, as Istio does without its ALPN exchange.
@@ -43,39 +82,28 @@ pub(crate) fn tcp_conn(
     up: &Upstream,
     cluster: Option<&str>,
 ) -> TcpConn {
-    let own = shared.principal.as_deref().unwrap_or("");
     let local = &snap.local.meta;
     let service = cluster.map_or("unknown", |c| c.split('|').next().unwrap_or(c));
     let (name, namespace) = service_name_namespace(service, &local.namespace);
-    let (reporter, source, source_principal, destination, destination_principal) =
-        match info.listener {
-            ListenerKind::Outbound => {
-                let upstream = up.identity.as_deref();
-                (
-                    Reporter::Source,
-                    local,
-                    if upstream.is_some() { own } else { "" },
-                    unknown(),
-                    upstream.unwrap_or(""),
-                )
-            }
-            ListenerKind::Inbound => {
-                let caller = info.peer_cert.as_ref().map(|p| &*p.principal);
-                (
-                    Reporter::Destination,
-                    unknown(),
-                    caller.unwrap_or(""),
-                    local,
-                    if caller.is_some() { own } else { "" },
-                )
-            }
-        };
+    let peer_principal = match info.listener {
+        ListenerKind::Outbound => up.identity.as_deref(),
+        ListenerKind::Inbound => info.peer_cert.as_ref().map(|p| &*p.principal),
+    };
+    let own = shared.principal.as_deref().unwrap_or("");
+    let sides = Sides::new(
+        info.listener,
+        local,
+        own,
+        unknown(),
+        peer_principal,
+        service,
+    );
     shared.metrics.istio.tcp_open(&TcpLabels {
-        reporter,
-        source,
-        source_principal,
-        destination,
-        destination_principal,
+        reporter: sides.reporter,
+        source: sides.source,
+        source_principal: sides.source_principal,
+        destination: sides.destination,
+        destination_principal: sides.destination_principal,
         destination_service: service,
         destination_service_name: name,
         destination_service_namespace: namespace,
@@ -86,44 +114,36 @@ pub(crate) fn tcp_conn(
 
 impl Exchange {
     fn sides(&self) -> Sides<'_> {
-        let own = self.shared.principal.as_deref().unwrap_or("");
-        let peer = self.peer_meta.as_ref().unwrap_or(unknown());
-        let host = self
-            .authority
-            .as_ref()
-            .and_then(|a| a.to_str().ok())
-            .map(|a| normalize_host(a).0)
-            .filter(|h| !h.is_empty())
-            .unwrap_or("unknown");
-        match self.conn.listener {
+        let (peer_principal, service) = match self.conn.listener {
             ListenerKind::Outbound => {
-                let upstream = self.upstream_identity.as_deref();
-                Sides {
-                    reporter: Reporter::Source,
-                    source: &self.local.meta,
-                    source_principal: if upstream.is_some() { own } else { "" },
-                    destination: peer,
-                    destination_principal: upstream.unwrap_or(""),
-                    service: self
-                        .service
-                        .as_deref()
-                        .or(self.cluster.as_deref())
-                        .unwrap_or(host),
-                }
+                let host = || {
+                    self.authority
+                        .as_ref()
+                        .and_then(|a| a.to_str().ok())
+                        .map(|a| normalize_host(a).0)
+                        .filter(|h| !h.is_empty())
+                        .unwrap_or("unknown")
+                };
+                let service = self.service.as_deref().or(self.cluster.as_deref());
+                (
+                    self.upstream_identity.as_deref(),
+                    service.unwrap_or_else(host),
+                )
             }
-            ListenerKind::Inbound => {
-                let caller = self.conn.peer_cert.as_ref().map(|p| &*p.principal);
-                Sides {
-                    reporter: Reporter::Destination,
-                    source: peer,
-                    source_principal: caller.unwrap_or(""),
-                    destination: &self.local.meta,
-                    destination_principal: if caller.is_some() { own } else { "" },
-                    // A Host no service claims is the caller's text: not a label value.
-                    service: self.service.as_deref().unwrap_or("unknown"),
-                }
-            }
-        }
+            ListenerKind::Inbound => (
+                self.conn.peer_cert.as_ref().map(|p| &*p.principal),
+                // A Host no service claims is the caller's text: not a label value.
+                self.service.as_deref().unwrap_or("unknown"),
+            ),
+        };
+        Sides::new(
+            self.conn.listener,
+            &self.local.meta,
+            self.shared.principal.as_deref().unwrap_or(""),
+            self.peer_meta.as_ref().unwrap_or(unknown()),
+            peer_principal,
+            service,
+        )
     }
 
     /// Records the request in Istio's standard metrics.

@@ -16,8 +16,6 @@ mod tests_context;
 mod tests_export;
 #[cfg(test)]
 mod tests_failures;
-#[cfg(test)]
-mod tests_peer;
 
 pub use config::{OtlpProtocol, TraceConfig, TraceError, TraceMetrics, DEFAULT_FLUSH_INTERVAL};
 pub use span::{ActiveSpan, AttrValue, SpanEnd, SpanKind, Tracer};
