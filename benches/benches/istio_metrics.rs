@@ -36,8 +36,6 @@ fn request<'a>(src: &'a WorkloadMeta, dst: &'a WorkloadMeta) -> RequestLabels<'a
         destination: dst,
         destination_principal: "spiffe://cluster.local/ns/default/sa/bookinfo-reviews",
         destination_service: "reviews.default.svc.cluster.local",
-        destination_service_name: "reviews",
-        destination_service_namespace: "default",
         grpc: false,
         response_code: 200,
         grpc_status: None,
@@ -93,8 +91,6 @@ fn metrics(c: &mut Criterion) {
         destination: &dst,
         destination_principal: "spiffe://cluster.local/ns/default/sa/bookinfo-reviews",
         destination_service: "mysql.default.svc.cluster.local",
-        destination_service_name: "mysql",
-        destination_service_namespace: "default",
         response_flags: "-",
         mutual_tls: true,
     };

@@ -151,7 +151,7 @@ impl LocalWorkload {
             }
             resource.push((
                 "service.version".to_string(),
-                meta.canonical_revision.to_string(),
+                meta.canonical_revision().to_string(),
             ));
             Arc::new(TraceConfig {
                 sampling_percent: t.sampling.unwrap_or(1.0),
@@ -160,7 +160,7 @@ impl LocalWorkload {
                     xds::tracing::Protocol::Http => OtlpProtocol::Http,
                     xds::tracing::Protocol::Grpc => OtlpProtocol::Grpc,
                 },
-                service_name: format!("{}.{ns}", meta.canonical_service),
+                service_name: format!("{}.{ns}", meta.canonical_service()),
                 resource,
                 flush_interval: DEFAULT_FLUSH_INTERVAL,
             })

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use http::Version;
 
 use super::access_log::Exchange;
-use super::istio::{service_name_namespace, Reporter, RequestLabels, TcpConn, TcpLabels};
+use super::istio::{Reporter, RequestLabels, TcpConn, TcpLabels};
 use super::peer::WorkloadMeta;
 use super::trace::{ActiveSpan, AttrValue, SpanEnd, SpanKind};
 use super::tracers::TracerSlot;
@@ -84,7 +84,6 @@ pub(crate) fn tcp_conn(
 ) -> TcpConn {
     let local = &snap.local.meta;
     let service = cluster.map_or("unknown", |c| c.split('|').next().unwrap_or(c));
-    let (name, namespace) = service_name_namespace(service, &local.namespace);
     let peer_principal = match info.listener {
         ListenerKind::Outbound => up.identity.as_deref(),
         ListenerKind::Inbound => info.peer_cert.as_ref().map(|p| &*p.principal),
@@ -105,8 +104,6 @@ pub(crate) fn tcp_conn(
         destination: sides.destination,
         destination_principal: sides.destination_principal,
         destination_service: service,
-        destination_service_name: name,
-        destination_service_namespace: namespace,
         response_flags: "-",
         mutual_tls: info.peer_cert.is_some(),
     })
@@ -149,7 +146,6 @@ impl Exchange {
     /// Records the request in Istio's standard metrics.
     pub(crate) fn report(&self, bytes_sent: u64) {
         let sides = self.sides();
-        let (name, namespace) = service_name_namespace(sides.service, &self.local.meta.namespace);
         let flags = self.flags.label();
         let labels = RequestLabels {
             reporter: sides.reporter,
@@ -158,8 +154,6 @@ impl Exchange {
             destination: sides.destination,
             destination_principal: sides.destination_principal,
             destination_service: sides.service,
-            destination_service_name: name,
-            destination_service_namespace: namespace,
             grpc: self.grpc,
             response_code: self.code,
             grpc_status: self.grpc_status,
@@ -228,11 +222,11 @@ impl Exchange {
             ("response_flags", AttrValue::Str(&flags)),
             (
                 "istio.canonical_service",
-                AttrValue::Str(&self.local.meta.canonical_service),
+                AttrValue::Str(self.local.meta.canonical_service()),
             ),
             (
                 "istio.namespace",
-                AttrValue::Str(&self.local.meta.namespace),
+                AttrValue::Str(self.local.meta.namespace()),
             ),
             ("source.principal", AttrValue::Str(sides.source_principal)),
             (

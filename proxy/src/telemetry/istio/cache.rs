@@ -5,7 +5,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::{HttpHandles, TcpHandles};
+use super::shards::HttpShard;
+use super::TcpHandles;
 
 /// Entries a thread's map holds per kind before it is cleared.
 pub(super) const THREAD_CACHE_MAX: usize = 4096;
@@ -32,9 +33,19 @@ impl<H> LabelSets<H> {
             .len()
     }
 
+    /// Every label set created so far.
+    pub(super) fn all(&self) -> Vec<Arc<H>> {
+        self.sets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// The handles for `key`, created with `make` if there is room; None when the bound is
     /// reached (or `make` fails).
-    fn resolve(&self, key: &[u8], make: impl FnOnce() -> Option<H>) -> Option<Arc<H>> {
+    pub(super) fn resolve(&self, key: &[u8], make: impl FnOnce() -> Option<H>) -> Option<Arc<H>> {
         let mut sets = self.sets.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(handles) = sets.get(key) {
             return Some(Arc::clone(handles));
@@ -48,26 +59,43 @@ impl<H> LabelSets<H> {
     }
 }
 
-/// Encoded label values (prefixed by the instance id) → handles, or None for a dropped set.
-pub(super) type Slots<H> = HashMap<Box<[u8]>, Option<Arc<H>>>;
+/// Thread keys → what this thread records into, or None for a dropped label set. Hashed with
+/// foldhash (randomly seeded): the keys are short, and a thread's map is bounded and cleared.
+pub(super) type Slots<V> = HashMap<Box<[u8]>, Option<V>, foldhash::fast::RandomState>;
 
-/// One thread's maps, and the buffer keys are encoded into.
+/// One thread's maps, and the buffers keys are encoded into.
 #[derive(Default)]
 pub(super) struct Local {
     key: Vec<u8>,
-    http: Slots<HttpHandles>,
-    tcp: Slots<TcpHandles>,
+    content: Vec<u8>,
+    http: Slots<Arc<HttpShard>>,
+    tcp: Slots<Arc<TcpHandles>>,
+}
+
+/// The buffers and one kind's map of a thread.
+pub(super) struct Parts<'a, V> {
+    key: &'a mut Vec<u8>,
+    content: &'a mut Vec<u8>,
+    slots: &'a mut Slots<V>,
 }
 
 impl Local {
-    /// The key buffer and the HTTP map.
-    pub(super) fn http(&mut self) -> (&mut Vec<u8>, &mut Slots<HttpHandles>) {
-        (&mut self.key, &mut self.http)
+    /// The buffers and the HTTP map.
+    pub(super) fn http(&mut self) -> Parts<'_, Arc<HttpShard>> {
+        Parts {
+            key: &mut self.key,
+            content: &mut self.content,
+            slots: &mut self.http,
+        }
     }
 
-    /// The key buffer and the TCP map.
-    pub(super) fn tcp(&mut self) -> (&mut Vec<u8>, &mut Slots<TcpHandles>) {
-        (&mut self.key, &mut self.tcp)
+    /// The buffers and the TCP map.
+    pub(super) fn tcp(&mut self) -> Parts<'_, Arc<TcpHandles>> {
+        Parts {
+            key: &mut self.key,
+            content: &mut self.content,
+            slots: &mut self.tcp,
+        }
     }
 }
 
@@ -75,27 +103,46 @@ thread_local! {
     static LOCAL: RefCell<Local> = RefCell::new(Local::default());
 }
 
-/// Calls `then` with the handles of the label set `encode` writes (None when it was dropped):
-/// from this thread's map when it has them, else from `sets`, creating them with `make`.
-pub(super) fn with_handles<H, R>(
-    sets: &LabelSets<H>,
-    slots: fn(&mut Local) -> (&mut Vec<u8>, &mut Slots<H>),
-    id: u64,
-    encode: impl Fn(&mut Vec<u8>),
-    make: impl Fn() -> Option<H>,
-    then: impl Fn(Option<&Arc<H>>) -> R,
+/// How one kind of label set is found and made.
+pub(super) struct Lookup<'s, S, V> {
+    /// The instance's label sets.
+    pub sets: &'s LabelSets<S>,
+    /// This thread's map of that kind.
+    pub slots: for<'a> fn(&'a mut Local) -> Parts<'a, V>,
+    /// What a thread records into, from a shared label set.
+    pub view: fn(&Arc<S>) -> V,
+}
+
+/// Calls `then` with what this thread records the label set into (None when it was dropped).
+///
+/// `thread_key` writes a compact key (ids, not text, for the workloads) that this thread's
+/// map is searched by; only when that misses does `content_key` write the label values
+/// themselves, which the shared map (and its bound) goes by, creating the set with `make`.
+pub(super) fn with_handles<S, V, R>(
+    lookup: Lookup<'_, S, V>,
+    thread_key: impl Fn(&mut Vec<u8>),
+    content_key: impl Fn(&mut Vec<u8>),
+    make: impl Fn() -> Option<S>,
+    then: impl Fn(Option<&V>) -> R,
 ) -> R {
-    let id = id.to_le_bytes();
     let cached = LOCAL.try_with(|local| {
         let mut local = local.try_borrow_mut().ok()?;
-        let (key, slots) = slots(&mut local);
+        let Parts {
+            key,
+            content,
+            slots,
+        } = (lookup.slots)(&mut local);
         key.clear();
-        key.extend_from_slice(&id);
-        encode(key);
+        thread_key(key);
         if let Some(entry) = slots.get(key.as_slice()) {
             return Some(then(entry.as_ref()));
         }
-        let entry = sets.resolve(&key[id.len()..], &make);
+        content.clear();
+        content_key(content);
+        let entry = lookup
+            .sets
+            .resolve(content, &make)
+            .map(|s| (lookup.view)(&s));
         let out = then(entry.as_ref());
         if slots.len() >= THREAD_CACHE_MAX {
             slots.clear();
@@ -107,13 +154,16 @@ pub(super) fn with_handles<H, R>(
         Ok(Some(out)) => out,
         // The thread is exiting (or, impossibly, re-entered): go to the shared map.
         _ => {
-            let mut key = Vec::new();
-            encode(&mut key);
-            then(sets.resolve(&key, &make).as_ref())
+            let mut content = Vec::new();
+            content_key(&mut content);
+            let entry = lookup
+                .sets
+                .resolve(&content, &make)
+                .map(|s| (lookup.view)(&s));
+            then(entry.as_ref())
         }
     }
 }
-
 /// Entries in this thread's HTTP map (for tests).
 #[cfg(test)]
 pub(super) fn thread_http_entries() -> usize {

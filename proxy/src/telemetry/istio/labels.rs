@@ -86,12 +86,10 @@ pub struct RequestLabels<'a> {
     pub destination: &'a WorkloadMeta,
     /// The server's SPIFFE identity (empty: unknown).
     pub destination_principal: &'a str,
-    /// The service host, e.g. `reviews.default.svc.cluster.local`.
+    /// The service host, e.g. `reviews.default.svc.cluster.local`; its name and namespace
+    /// labels come from it (see [`service_name_namespace`], the reporting workload's
+    /// namespace when the host does not say).
     pub destination_service: &'a str,
-    /// The service's short name (see [`service_name_namespace`]).
-    pub destination_service_name: &'a str,
-    /// The service's namespace.
-    pub destination_service_namespace: &'a str,
     /// gRPC (`application/grpc` request) rather than plain HTTP.
     pub grpc: bool,
     /// HTTP status sent downstream; 0 when there was no response.
@@ -117,12 +115,8 @@ pub struct TcpLabels<'a> {
     pub destination: &'a WorkloadMeta,
     /// The server's SPIFFE identity (empty: unknown).
     pub destination_principal: &'a str,
-    /// The service host.
+    /// The service host (name and namespace as for [`RequestLabels`]).
     pub destination_service: &'a str,
-    /// The service's short name.
-    pub destination_service_name: &'a str,
-    /// The service's namespace.
-    pub destination_service_namespace: &'a str,
     /// Envoy-style response flags (`-` or empty when none).
     pub response_flags: &'a str,
     /// The connection was mutual TLS (used by the destination reporter only).
@@ -145,30 +139,34 @@ impl<'a> Common<'a> {
         destination: &'a WorkloadMeta,
         destination_principal: &'a str,
         service: &'a str,
-        service_name: &'a str,
-        service_namespace: &'a str,
         response_flags: &'a str,
         mutual_tls: bool,
     ) -> Self {
         let known = |v: &'a str| if v.is_empty() { "unknown" } else { v };
         let revision = |v: &'a str| if v.is_empty() { "latest" } else { v };
+        let reporting = match reporter {
+            Reporter::Source => source,
+            Reporter::Destination => destination,
+        };
+        let (service_name, service_namespace) =
+            service_name_namespace(service, reporting.namespace());
         Self {
             values: [
                 reporter.as_str(),
-                known(&source.workload),
-                known(&source.namespace),
+                known(source.workload()),
+                known(source.namespace()),
                 known(source_principal),
-                known(&source.app),
-                known(&source.version),
-                known(&source.canonical_service),
-                revision(&source.canonical_revision),
-                known(&destination.workload),
-                known(&destination.namespace),
+                known(source.app()),
+                known(source.version()),
+                known(source.canonical_service()),
+                revision(source.canonical_revision()),
+                known(destination.workload()),
+                known(destination.namespace()),
                 known(destination_principal),
-                known(&destination.app),
-                known(&destination.version),
-                known(&destination.canonical_service),
-                revision(&destination.canonical_revision),
+                known(destination.app()),
+                known(destination.version()),
+                known(destination.canonical_service()),
+                revision(destination.canonical_revision()),
                 known(service),
                 known(service_name),
                 known(service_namespace),
@@ -187,16 +185,42 @@ impl<'a> Common<'a> {
         }
     }
 
-    /// Appends the encoded values (each followed by 0xFF, a byte UTF-8 never uses).
+    /// Appends the label values, as the shared map is keyed.
     pub(super) fn encode(&self, key: &mut Vec<u8>) {
         for v in self
             .values
             .iter()
             .chain([&self.response_flags, &self.security])
         {
-            key.extend_from_slice(v.as_bytes());
-            key.push(0xFF);
+            push_str(key, v);
         }
+    }
+}
+
+/// Appends `s` and 0xFF, a byte UTF-8 never uses.
+fn push_str(key: &mut Vec<u8>, s: &str) {
+    key.extend_from_slice(s.as_bytes());
+    key.push(0xFF);
+}
+
+/// Appends what a thread key has in common for both kinds: the instance, both workloads by
+/// id, the reporter, mTLS, and the texts that are not ids.
+#[allow(clippy::too_many_arguments)]
+fn thread_key_common(
+    key: &mut Vec<u8>,
+    instance: u64,
+    reporter: Reporter,
+    source: &WorkloadMeta,
+    destination: &WorkloadMeta,
+    mutual_tls: bool,
+    texts: [&str; 4],
+) {
+    key.extend_from_slice(&instance.to_le_bytes());
+    key.extend_from_slice(&source.id().to_le_bytes());
+    key.extend_from_slice(&destination.id().to_le_bytes());
+    key.push(u8::from(reporter == Reporter::Destination) | u8::from(mutual_tls) << 1);
+    for t in texts {
+        push_str(key, t);
     }
 }
 
@@ -209,8 +233,6 @@ impl<'a> RequestLabels<'a> {
             self.destination,
             self.destination_principal,
             self.destination_service,
-            self.destination_service_name,
-            self.destination_service_namespace,
             self.response_flags,
             self.mutual_tls,
         )
@@ -230,6 +252,35 @@ impl<'a> RequestLabels<'a> {
         self.grpc_status.filter(|_| self.grpc)
     }
 
+    /// Appends the key of this label set in a thread's map of `instance`: the workloads
+    /// by id (unique per value), everything else as given.
+    pub(super) fn thread_key(&self, instance: u64, key: &mut Vec<u8>) {
+        thread_key_common(
+            key,
+            instance,
+            self.reporter,
+            self.source,
+            self.destination,
+            self.mutual_tls,
+            [
+                self.source_principal,
+                self.destination_principal,
+                self.destination_service,
+                self.response_flags,
+            ],
+        );
+        key.push(u8::from(self.grpc));
+        key.extend_from_slice(&self.response_code.to_le_bytes());
+        match self.grpc_status {
+            Some(status) => {
+                key.push(1);
+                key.extend_from_slice(&status.to_le_bytes());
+            }
+            None => key.push(0),
+        }
+    }
+
+    /// Appends the label values, as the shared map is keyed.
     pub(super) fn encode(&self, common: &Common<'_>, key: &mut Vec<u8>) {
         common.encode(key);
         key.push(u8::from(self.grpc));
@@ -245,6 +296,24 @@ impl<'a> RequestLabels<'a> {
 }
 
 impl<'a> TcpLabels<'a> {
+    /// As [`RequestLabels::thread_key`].
+    pub(super) fn thread_key(&self, instance: u64, key: &mut Vec<u8>) {
+        thread_key_common(
+            key,
+            instance,
+            self.reporter,
+            self.source,
+            self.destination,
+            self.mutual_tls,
+            [
+                self.source_principal,
+                self.destination_principal,
+                self.destination_service,
+                self.response_flags,
+            ],
+        );
+    }
+
     pub(super) fn common(&self) -> Common<'a> {
         Common::new(
             self.reporter,
@@ -253,8 +322,6 @@ impl<'a> TcpLabels<'a> {
             self.destination,
             self.destination_principal,
             self.destination_service,
-            self.destination_service_name,
-            self.destination_service_namespace,
             self.response_flags,
             self.mutual_tls,
         )

@@ -27,11 +27,15 @@
 //! always share label sets, as do the four TCP families, so the bound holds for each family.
 //!
 //! Recording is lock-free after a thread's first sight of a label set: each thread keeps a
-//! bounded map from the encoded label values to the resolved handles, in front of a shared map
-//! (behind a mutex) that owns the bound.
+//! bounded map, keyed by the workloads' ids and the few texts that are not ids, in front of a
+//! shared map (behind a mutex, keyed by the label values) that owns the bound. The HTTP
+//! families are stored per thread and summed at scrape time (see `shards`), so recording a
+//! request takes no atomic read-modify-write either; the TCP families count bytes as they
+//! move, from whichever thread moves them, so they are atomic counters.
 
 mod cache;
 mod labels;
+mod shards;
 #[cfg(test)]
 mod tests;
 
@@ -39,15 +43,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
-};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
-use self::cache::{LabelSets, Local};
+use self::cache::{LabelSets, Local, Lookup};
 use self::labels::Common;
 pub use self::labels::{
     service_name_namespace, Reporter, RequestLabels, TcpLabels, HTTP_LABELS, TCP_LABELS,
 };
+use self::shards::{HttpCollector, HttpSet};
 
 /// Label sets a family holds at most, unless told otherwise.
 pub const DEFAULT_MAX_LABEL_SETS: usize = 10_000;
@@ -58,14 +61,6 @@ pub const ENVOY_BUCKETS: [f64; 19] = [
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
     60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
-
-/// One HTTP label set's handles.
-struct HttpHandles {
-    requests: IntCounter,
-    duration: Histogram,
-    request_bytes: Histogram,
-    response_bytes: Histogram,
-}
 
 /// One TCP label set's handles.
 struct TcpHandles {
@@ -81,15 +76,11 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 /// Istio's standard metrics, registered in one registry.
 pub struct IstioMetrics {
     id: u64,
-    requests: IntCounterVec,
-    duration: HistogramVec,
-    request_bytes: HistogramVec,
-    response_bytes: HistogramVec,
     tcp_sent: IntCounterVec,
     tcp_received: IntCounterVec,
     tcp_opened: IntCounterVec,
     tcp_closed: IntCounterVec,
-    http_sets: LabelSets<HttpHandles>,
+    http_sets: Arc<LabelSets<HttpSet>>,
     tcp_sets: LabelSets<TcpHandles>,
     http_dropped: IntCounter,
     tcp_dropped: IntCounter,
@@ -113,12 +104,8 @@ impl IstioMetrics {
             registry.register(Box::new(c.clone()))?;
             Ok::<_, prometheus::Error>(c)
         };
-        let histogram = |name: &str, help: &str| {
-            let opts = HistogramOpts::new(name, help).buckets(ENVOY_BUCKETS.to_vec());
-            let h = HistogramVec::new(opts, &HTTP_LABELS)?;
-            registry.register(Box::new(h.clone()))?;
-            Ok::<_, prometheus::Error>(h)
-        };
+        let http_sets = Arc::new(LabelSets::new(max_label_sets));
+        registry.register(Box::new(HttpCollector::new(http_sets.clone())?))?;
         let dropped = counter(
             "halyard_metrics_label_sets_dropped_total",
             "Requests (kind=http) and connections (kind=tcp) not recorded in Istio metrics \
@@ -127,23 +114,6 @@ impl IstioMetrics {
         )?;
         Ok(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            requests: counter(
-                "istio_requests_total",
-                "Requests handled by this proxy (Istio standard metric).",
-                &HTTP_LABELS,
-            )?,
-            duration: histogram(
-                "istio_request_duration_milliseconds",
-                "Request duration in milliseconds (Istio standard metric).",
-            )?,
-            request_bytes: histogram(
-                "istio_request_bytes",
-                "Request size in bytes (Istio standard metric).",
-            )?,
-            response_bytes: histogram(
-                "istio_response_bytes",
-                "Response size in bytes (Istio standard metric).",
-            )?,
             tcp_sent: counter(
                 "istio_tcp_sent_bytes_total",
                 "Bytes sent to the downstream during TCP connections, response direction \
@@ -166,7 +136,7 @@ impl IstioMetrics {
                 "TCP connections closed (Istio standard metric).",
                 &TCP_LABELS,
             )?,
-            http_sets: LabelSets::new(max_label_sets),
+            http_sets,
             tcp_sets: LabelSets::new(max_label_sets),
             http_dropped: dropped.get_metric_with_label_values(&["http"])?,
             tcp_dropped: dropped.get_metric_with_label_values(&["tcp"])?,
@@ -182,20 +152,21 @@ impl IstioMetrics {
         response_bytes: u64,
     ) {
         let millis = duration.as_secs_f64() * 1000.0;
-        let common = l.common();
         let recorded = cache::with_handles(
-            &self.http_sets,
-            Local::http,
-            self.id,
-            |key| l.encode(&common, key),
-            || self.http_handles(l, &common),
-            |h: Option<&Arc<HttpHandles>>| {
-                let Some(h) = h else { return false };
-                h.requests.inc();
-                h.duration.observe(millis);
-                h.request_bytes.observe(request_bytes as f64);
-                h.response_bytes.observe(response_bytes as f64);
-                true
+            Lookup {
+                sets: &self.http_sets,
+                slots: Local::http,
+                view: |set| set.shard(),
+            },
+            |key| l.thread_key(self.id, key),
+            |key| l.encode(&l.common(), key),
+            || Some(Self::http_set(l)),
+            |shard| match shard {
+                Some(shard) => {
+                    shard.record(millis, request_bytes, response_bytes);
+                    true
+                }
+                None => false,
             },
         );
         if !recorded {
@@ -205,14 +176,16 @@ impl IstioMetrics {
 
     /// Resolves a TCP connection's handles once and counts it opened.
     pub fn tcp_open(&self, l: &TcpLabels<'_>) -> TcpConn {
-        let common = l.common();
         let handles = cache::with_handles(
-            &self.tcp_sets,
-            Local::tcp,
-            self.id,
-            |key| common.encode(key),
-            || self.tcp_handles(&common),
-            |h: Option<&Arc<TcpHandles>>| h.cloned(),
+            Lookup {
+                sets: &self.tcp_sets,
+                slots: Local::tcp,
+                view: Arc::clone,
+            },
+            |key| l.thread_key(self.id, key),
+            |key| l.common().encode(key),
+            || self.tcp_handles(&l.common()),
+            |h| h.cloned(),
         );
         match &handles {
             Some(h) => h.opened.inc(),
@@ -221,30 +194,19 @@ impl IstioMetrics {
         TcpConn { handles }
     }
 
-    fn http_handles(&self, l: &RequestLabels<'_>, common: &Common<'_>) -> Option<HttpHandles> {
-        let code = l.code().to_string();
+    fn http_set(l: &RequestLabels<'_>) -> HttpSet {
+        let common = l.common();
         let grpc_status = l.grpc_status().map(|s| s.to_string()).unwrap_or_default();
-        let mut values = [""; 23];
-        values[..18].copy_from_slice(&common.values);
-        values[18..].copy_from_slice(&[
-            if l.grpc { "grpc" } else { "http" },
-            &code,
-            &grpc_status,
-            common.response_flags,
-            common.security,
-        ]);
-        Some(HttpHandles {
-            requests: self.requests.get_metric_with_label_values(&values).ok()?,
-            duration: self.duration.get_metric_with_label_values(&values).ok()?,
-            request_bytes: self
-                .request_bytes
-                .get_metric_with_label_values(&values)
-                .ok()?,
-            response_bytes: self
-                .response_bytes
-                .get_metric_with_label_values(&values)
-                .ok()?,
-        })
+        let protocol = if l.grpc { "grpc" } else { "http" };
+        let tail = [
+            protocol.to_string(),
+            l.code().to_string(),
+            grpc_status,
+            common.response_flags.to_string(),
+            common.security.to_string(),
+        ];
+        let mut values = common.values.iter().map(|v| v.to_string()).chain(tail);
+        HttpSet::new(std::array::from_fn(|_| values.next().unwrap_or_default()))
     }
 
     fn tcp_handles(&self, common: &Common<'_>) -> Option<TcpHandles> {

@@ -37,8 +37,6 @@ impl Fixture {
             destination: &self.destination,
             destination_principal: "spiffe://cluster.local/ns/default/sa/bookinfo-reviews",
             destination_service: "reviews.default.svc.cluster.local",
-            destination_service_name: "reviews",
-            destination_service_namespace: "default",
             grpc: false,
             response_code: 200,
             grpc_status: None,
@@ -55,8 +53,6 @@ impl Fixture {
             destination: &self.destination,
             destination_principal: "spiffe://cluster.local/ns/default/sa/bookinfo-reviews",
             destination_service: "mysql.db.svc.cluster.local",
-            destination_service_name: "mysql",
-            destination_service_namespace: "db",
             response_flags: "",
             mutual_tls: true,
         }

@@ -23,6 +23,7 @@ mod tests;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
@@ -70,33 +71,85 @@ const NAMING_LABELS: [&str; 6] = [
 ];
 
 /// Who a workload is, as metric labels see it ("unknown" for what is not known).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct WorkloadMeta {
-    /// Workload name (e.g. the Deployment), `source_workload`/`destination_workload`.
-    pub workload: Arc<str>,
-    /// Namespace of the workload.
-    pub namespace: Arc<str>,
-    /// The `app` label (else `app.kubernetes.io/name`).
-    pub app: Arc<str>,
-    /// The `version` label (else `app.kubernetes.io/version`).
-    pub version: Arc<str>,
-    /// Istio's canonical service name.
-    pub canonical_service: Arc<str>,
-    /// Istio's canonical revision (`latest` when not labelled).
-    pub canonical_revision: Arc<str>,
+///
+/// Immutable once made, and every value made carries an id of its own (kept by clones), so
+/// that the metrics' per-thread caches can key a label set by ids instead of by its text.
+#[derive(Clone, Debug)]
+pub struct WorkloadMeta(Arc<Meta>);
+
+/// What a [`WorkloadMeta`] shares with its clones.
+#[derive(Debug)]
+struct Meta {
+    id: u64,
+    /// workload, namespace, app, version, canonical service, canonical revision.
+    values: [Box<str>; 6],
 }
 
+/// The next [`WorkloadMeta`] id; ids are never reused.
+static NEXT_META_ID: AtomicU64 = AtomicU64::new(1);
+
+impl PartialEq for WorkloadMeta {
+    fn eq(&self, other: &Self) -> bool {
+        self.values() == other.values()
+    }
+}
+
+impl Eq for WorkloadMeta {}
+
 impl WorkloadMeta {
+    /// From the six values as they are: workload, namespace, app, version, canonical service,
+    /// canonical revision.
+    pub fn new(values: [&str; 6]) -> Self {
+        Self(Arc::new(Meta {
+            id: NEXT_META_ID.fetch_add(1, Ordering::Relaxed),
+            values: values.map(Box::from),
+        }))
+    }
+
     /// All "unknown" except canonical_revision "latest" (Istio's default).
     pub fn unknown() -> Self {
-        Self {
-            workload: Arc::from(UNKNOWN),
-            namespace: Arc::from(UNKNOWN),
-            app: Arc::from(UNKNOWN),
-            version: Arc::from(UNKNOWN),
-            canonical_service: Arc::from(UNKNOWN),
-            canonical_revision: Arc::from(LATEST),
-        }
+        Self::new([UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, LATEST])
+    }
+
+    /// Identifies this value and its clones (no other value has it).
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// Workload name (e.g. the Deployment), `source_workload`/`destination_workload`.
+    pub fn workload(&self) -> &str {
+        &self.0.values[0]
+    }
+
+    /// Namespace of the workload.
+    pub fn namespace(&self) -> &str {
+        &self.0.values[1]
+    }
+
+    /// The `app` label (else `app.kubernetes.io/name`).
+    pub fn app(&self) -> &str {
+        &self.0.values[2]
+    }
+
+    /// The `version` label (else `app.kubernetes.io/version`).
+    pub fn version(&self) -> &str {
+        &self.0.values[3]
+    }
+
+    /// Istio's canonical service name.
+    pub fn canonical_service(&self) -> &str {
+        &self.0.values[4]
+    }
+
+    /// Istio's canonical revision (`latest` when not labelled).
+    pub fn canonical_revision(&self) -> &str {
+        &self.0.values[5]
+    }
+
+    /// The six values, in the order of [`WorkloadMeta::new`].
+    pub fn values(&self) -> [&str; 6] {
+        let [a, b, c, d, e, f] = &self.0.values;
+        [a, b, c, d, e, f]
     }
 
     /// From a workload's name, namespace and labels, with Istio's label precedence: app = `app`
@@ -131,15 +184,15 @@ impl WorkloadMeta {
             .or_else(|| label(K8S_VERSION))
             .or_else(|| label(VERSION))
             .unwrap_or(LATEST);
-        let known = |v: Option<&str>| Arc::from(v.unwrap_or(UNKNOWN));
-        Self {
-            workload: known(workload),
-            namespace: known(namespace),
-            app: known(app),
-            version: known(version),
-            canonical_service: known(canonical_service),
-            canonical_revision: Arc::from(canonical_revision),
-        }
+        let known = |v: Option<&'a str>| v.unwrap_or(UNKNOWN);
+        Self::new([
+            known(workload),
+            known(namespace),
+            known(app),
+            known(version),
+            known(canonical_service),
+            canonical_revision,
+        ])
     }
 }
 
@@ -175,10 +228,10 @@ impl PeerHeaders {
             .filter_map(|&k| Some((k, labels.get(k).filter(|v| !v.is_empty())?.as_str())))
             .collect();
         for (key, value) in [
-            (APP, &meta.app),
-            (VERSION, &meta.version),
-            (CANONICAL_NAME, &meta.canonical_service),
-            (CANONICAL_REVISION, &meta.canonical_revision),
+            (APP, meta.app()),
+            (VERSION, meta.version()),
+            (CANONICAL_NAME, meta.canonical_service()),
+            (CANONICAL_REVISION, meta.canonical_revision()),
         ] {
             if known(value) {
                 label_fields.insert(key, value);
@@ -193,9 +246,9 @@ impl PeerHeaders {
         let ip_text = ip.map(|ip| ip.to_string()).unwrap_or_default();
         let mut fields: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
         for (key, value) in [
-            (NAME, &*meta.workload),
-            (WORKLOAD_NAME, &*meta.workload),
-            (NAMESPACE, &*meta.namespace),
+            (NAME, meta.workload()),
+            (WORKLOAD_NAME, meta.workload()),
+            (NAMESPACE, meta.namespace()),
             (CLUSTER_ID, cluster_id),
             (MESH_ID, mesh_id),
             (INSTANCE_IPS, &ip_text),
@@ -211,8 +264,8 @@ impl PeerHeaders {
 
         let id: String = format!(
             "sidecar~{ip_text}~{workload}.{ns}~{ns}.svc.cluster.local",
-            workload = meta.workload,
-            ns = meta.namespace,
+            workload = meta.workload(),
+            ns = meta.namespace(),
         )
         .chars()
         .map(|c| {
@@ -232,9 +285,10 @@ impl PeerHeaders {
 const DECODE_CACHE_MAX: usize = 64;
 
 thread_local! {
-    /// Header bytes → what they decoded to (including "nothing"), per thread.
-    static DECODED: RefCell<HashMap<Box<[u8]>, Option<WorkloadMeta>>> =
-        RefCell::new(HashMap::with_capacity(DECODE_CACHE_MAX));
+    /// Header bytes → what they decoded to (including "nothing"), per thread; hashed with
+    /// foldhash (randomly seeded), as the map is small and bounded.
+    static DECODED: RefCell<HashMap<Box<[u8]>, Option<WorkloadMeta>, foldhash::fast::RandomState>> =
+        RefCell::new(HashMap::with_capacity_and_hasher(DECODE_CACHE_MAX, Default::default()));
 }
 
 /// Reads a peer's metadata header; None when absent, too big (> 8 KiB), not base64, not a

@@ -1,6 +1,5 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
 
 use http::HeaderValue;
 use pbjson_types::value::Kind;
@@ -34,16 +33,7 @@ fn header_of(node: &Struct) -> HeaderValue {
 }
 
 fn meta(fields: [&str; 6]) -> WorkloadMeta {
-    let [workload, namespace, app, version, canonical_service, canonical_revision] =
-        fields.map(Arc::<str>::from);
-    WorkloadMeta {
-        workload,
-        namespace,
-        app,
-        version,
-        canonical_service,
-        canonical_revision,
-    }
+    WorkloadMeta::new(fields)
 }
 
 #[test]
@@ -404,7 +394,7 @@ fn cache_is_bounded_and_consistent() {
     assert!(expected.is_some());
     for i in 0..(3 * DECODE_CACHE_MAX) {
         let h = header_of(&node(&[("WORKLOAD_NAME", string(&format!("w{i}")))]));
-        assert_eq!(decode(&h).unwrap().workload.as_ref(), format!("w{i}"));
+        assert_eq!(decode(&h).unwrap().workload(), format!("w{i}"));
         DECODED.with(|c| assert!(c.borrow().len() <= DECODE_CACHE_MAX));
     }
     assert_eq!(decode(&first), expected);
