@@ -7,7 +7,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use tokio::task::JoinHandle;
 
-use super::trace::{ActiveSpan, SpanKind, TraceConfig, TraceMetrics, Tracer};
+use super::trace::{self, ActiveSpan, SpanKind, TraceConfig, TraceMetrics, Tracer};
 
 /// One configuration's tracer (`None` when the configuration could not be used).
 pub struct TracerSlot {
@@ -34,8 +34,10 @@ impl Tracers {
         }
     }
 
-    /// Starts a request's span under `cfg` (see [`Tracer::begin`]); the tracer comes along
-    /// only when the request is sampled, so unsampled requests take no reference.
+    /// Starts a request's span under `cfg` (see [`trace::begin`]); the tracer is looked up
+    /// only when the request is sampled, so unsampled requests touch nothing shared. A sampled
+    /// request whose configuration has no usable tracer keeps its propagated context but
+    /// records nothing.
     pub fn begin(
         &self,
         cfg: Option<&Arc<TraceConfig>>,
@@ -43,19 +45,18 @@ impl Tracers {
         headers: &mut http::HeaderMap,
     ) -> Option<(ActiveSpan, Arc<TracerSlot>)> {
         let cfg = cfg?;
+        let span = trace::begin(cfg.sampling_percent, kind, headers)?;
         let current = self.current.load();
-        match current.as_ref() {
+        let slot = match current.as_ref() {
             Some(slot) if Arc::ptr_eq(&slot.cfg, cfg) => {
-                let span = slot.tracer.as_ref()?.begin(kind, headers)?;
-                Some((span, slot.clone()))
+                slot.tracer.is_some().then(|| slot.clone())
             }
             _ => {
                 drop(current);
-                let slot = self.switch(cfg)?;
-                let span = slot.tracer.as_ref()?.begin(kind, headers)?;
-                Some((span, slot))
+                self.switch(cfg)
             }
-        }
+        }?;
+        Some((span, slot))
     }
 
     /// The slot for `cfg`, building its tracer (and spawning its exporter) when `cfg` is new;

@@ -16,6 +16,14 @@ const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
 const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+/// The B3 multi-header names.
+const B3_MULTI: [HeaderName; 5] = [
+    B3_TRACE_ID,
+    B3_SPAN_ID,
+    B3_PARENT_SPAN_ID,
+    B3_SAMPLED,
+    B3_FLAGS,
+];
 
 /// Length of a version-00 `traceparent`.
 const TRACEPARENT_LEN: usize = 55;
@@ -66,25 +74,18 @@ struct B3Context {
 /// count as absent.
 pub(super) fn extract(headers: &HeaderMap) -> Incoming {
     // One pass over the names instead of a hash lookup per propagation header: most requests
-    // carry none of them, and a request's header map is small.
+    // carry none of them, and a request's header map is small. Names are compared as
+    // `HeaderName`s, so a standard header (most of them) is told apart by its kind alone.
     let (mut w3c, mut single, mut multi, mut state) = (false, false, false, false);
     for name in headers.keys() {
-        match name.as_str() {
-            "traceparent" => w3c = true,
-            "tracestate" => state = true,
-            "b3" => single = true,
-            n if n.starts_with("x-b3-") => {
-                multi |= [
-                    &B3_TRACE_ID,
-                    &B3_SPAN_ID,
-                    &B3_SAMPLED,
-                    &B3_FLAGS,
-                    &B3_PARENT_SPAN_ID,
-                ]
-                .iter()
-                .any(|h| h.as_str() == n)
-            }
-            _ => {}
+        if *name == TRACEPARENT {
+            w3c = true;
+        } else if *name == TRACESTATE {
+            state = true;
+        } else if *name == B3 {
+            single = true;
+        } else if B3_MULTI.iter().any(|h| name == h) {
+            multi = true;
         }
     }
     let b3_form = if single {
@@ -169,13 +170,7 @@ pub(super) fn inject(
     let debug = sampled && incoming.debug;
     match form {
         B3Form::Single => {
-            for h in [
-                B3_TRACE_ID,
-                B3_SPAN_ID,
-                B3_PARENT_SPAN_ID,
-                B3_SAMPLED,
-                B3_FLAGS,
-            ] {
+            for h in &B3_MULTI {
                 headers.remove(h);
             }
             if !with_ids {
@@ -200,13 +195,7 @@ pub(super) fn inject(
             }
         }
         B3Form::Multi => {
-            for h in [
-                &B3_TRACE_ID,
-                &B3_SPAN_ID,
-                &B3_PARENT_SPAN_ID,
-                &B3_SAMPLED,
-                &B3_FLAGS,
-            ] {
+            for h in &B3_MULTI {
                 headers.remove(h);
             }
             if with_ids {
@@ -384,22 +373,33 @@ impl Buf {
         self.len = end;
     }
 
-    /// The low `digits` hex digits of `v`, zero-padded.
+    /// The low `digits` hex digits of `v`, zero-padded (`digits` is even: 16 or 32).
     fn hex(&mut self, v: u128, digits: usize) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let end = (self.len + digits).min(B3_MAX_LEN);
+        let bytes = v.to_be_bytes();
+        let low = bytes
+            .get(bytes.len().saturating_sub(digits / 2)..)
+            .unwrap_or(&bytes);
         if let Some(dst) = self.bytes.get_mut(self.len..end) {
-            let mut v = v;
-            for b in dst.iter_mut().rev() {
-                *b = HEX[(v & 0xf) as usize];
-                v >>= 4;
+            for (pair, &b) in dst.chunks_exact_mut(2).zip(low) {
+                pair[0] = HEX[usize::from(b >> 4)];
+                pair[1] = HEX[usize::from(b & 0xf)];
             }
         }
         self.len = end;
     }
 
-    fn value(&self) -> Option<HeaderValue> {
-        HeaderValue::from_bytes(self.bytes.get(..self.len)?).ok()
+    /// The header value. It owns this buffer rather than a copy in a `Vec`: the request's
+    /// head is cloned for retries, and cloning a `Vec`-backed value allocates again.
+    fn value(self) -> Option<HeaderValue> {
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(self)).ok()
+    }
+}
+
+impl AsRef<[u8]> for Buf {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
     }
 }
 

@@ -18,7 +18,7 @@ mod tests_export;
 mod tests_failures;
 
 pub use config::{OtlpProtocol, TraceConfig, TraceError, TraceMetrics, DEFAULT_FLUSH_INTERVAL};
-pub use span::{ActiveSpan, AttrValue, SpanEnd, SpanKind, Tracer};
+pub use span::{begin, ActiveSpan, AttrValue, SpanEnd, SpanKind, Tracer};
 
 /// Most spans sent in one export request.
 pub const MAX_EXPORT_BATCH: usize = 512;

@@ -87,40 +87,56 @@ impl Tracer {
         ))
     }
 
-    /// Starts the proxy's span for a request: extracts the caller's context (W3C, else B3
-    /// single, else B3 multi), decides sampling, and rewrites the propagation headers so the
-    /// next hop sees the new span as its parent. Returns `Some` only when sampled.
+    /// Starts the proxy's span for a request under this tracer's sampling (see [`begin`]).
     pub fn begin(&self, kind: SpanKind, headers: &mut HeaderMap) -> Option<ActiveSpan> {
-        let incoming = context::extract(headers);
-        let sampled = incoming
-            .sampled
-            .unwrap_or_else(|| draw(self.inner.sampling_percent));
-        let trace_id = match incoming.trace_id {
-            0 => fastrand::u128(1..),
-            id => id,
-        };
-        let span_id = fastrand::u64(1..);
-        context::inject(headers, &incoming, trace_id, span_id, sampled);
-        if !sampled {
-            return None;
-        }
-        Some(ActiveSpan {
-            trace_id,
-            span_id,
-            parent_span_id: incoming.span_id,
-            tracestate: if incoming.w3c {
-                context::tracestate(headers)
-            } else {
-                None
-            },
-            kind,
-            start: SystemTime::now(),
-        })
+        begin(self.inner.sampling_percent, kind, headers)
     }
 
     /// The configured sampling percentage for requests without a decision.
     pub fn sampling_percent(&self) -> f64 {
         self.inner.sampling_percent
+    }
+}
+
+/// Starts the proxy's span for a request: extracts the caller's context (W3C, else B3
+/// single, else B3 multi), decides sampling, and rewrites the propagation headers so the
+/// next hop sees the new span as its parent; `sampling_percent` decides for requests that
+/// carry no decision. Returns `Some` only when sampled; needs no tracer, so that an unsampled
+/// request touches nothing shared.
+pub fn begin(sampling_percent: f64, kind: SpanKind, headers: &mut HeaderMap) -> Option<ActiveSpan> {
+    let incoming = context::extract(headers);
+    let sampled = incoming.sampled.unwrap_or_else(|| draw(sampling_percent));
+    let trace_id = match incoming.trace_id {
+        0 => nonzero(fastrand::u128),
+        id => id,
+    };
+    let span_id = nonzero(fastrand::u64);
+    context::inject(headers, &incoming, trace_id, span_id, sampled);
+    if !sampled {
+        return None;
+    }
+    Some(ActiveSpan {
+        trace_id,
+        span_id,
+        parent_span_id: incoming.span_id,
+        tracestate: if incoming.w3c {
+            context::tracestate(headers)
+        } else {
+            None
+        },
+        kind,
+        start: SystemTime::now(),
+    })
+}
+
+/// A random id other than 0 (0 means "none"); drawing over the whole range and retrying on
+/// 0 avoids the 128-bit division a range draw costs.
+fn nonzero<T: PartialEq + Default>(draw: impl Fn(std::ops::RangeFull) -> T) -> T {
+    loop {
+        let v = draw(..);
+        if v != T::default() {
+            return v;
+        }
     }
 }
 
