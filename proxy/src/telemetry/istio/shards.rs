@@ -7,7 +7,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, ThreadId};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
@@ -17,6 +16,15 @@ use super::{ENVOY_BUCKETS, HTTP_LABELS};
 
 /// Buckets of one histogram: Envoy's bounds, then everything above the last.
 const SLOTS: usize = ENVOY_BUCKETS.len() + 1;
+
+/// Tells recording threads apart; ids are never reused.
+static NEXT_THREAD: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's id. A `u64` has no destructor, so it stays readable while the thread's
+    /// other thread-locals are torn down (a request can end then), unlike `thread::current`.
+    static THREAD: u64 = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+}
 
 /// Adds `n` to a counter only the calling thread writes: readers on other threads see every
 /// value whole, and no locked instruction is needed.
@@ -123,7 +131,7 @@ impl Totals {
 /// One HTTP label set: its values and the shards of the threads that recorded it.
 pub(super) struct HttpSet {
     values: [String; HTTP_LABELS.len()],
-    shards: Mutex<Vec<(ThreadId, Arc<HttpShard>)>>,
+    shards: Mutex<Vec<(u64, Arc<HttpShard>)>>,
 }
 
 impl HttpSet {
@@ -137,7 +145,9 @@ impl HttpSet {
 
     /// The calling thread's shard, made on its first request with these labels.
     pub(super) fn shard(&self) -> Arc<HttpShard> {
-        let me = thread::current().id();
+        // Never fails for a destructor-less value; 0 would only share a shard (still atomic
+        // values, at worst a lost increment), never corrupt one.
+        let me = THREAD.try_with(|t| *t).unwrap_or(0);
         let mut shards = self.shards.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, shard)) = shards.iter().find(|(id, _)| *id == me) {
             return shard.clone();
