@@ -130,15 +130,27 @@ impl Totals {
 
 /// One HTTP label set: its values and the shards of the threads that recorded it.
 pub(super) struct HttpSet {
-    values: [String; HTTP_LABELS.len()],
+    /// Name/value pairs, sorted by name as the `prometheus` crate's own vectors expose them.
+    labels: Vec<LabelPair>,
     shards: Mutex<Vec<(u64, Arc<HttpShard>)>>,
 }
 
 impl HttpSet {
     /// A label set with the values of [`HTTP_LABELS`], in order.
     pub(super) fn new(values: [String; HTTP_LABELS.len()]) -> Self {
+        let mut labels: Vec<LabelPair> = HTTP_LABELS
+            .iter()
+            .zip(values)
+            .map(|(name, value)| {
+                let mut pair = LabelPair::default();
+                pair.set_name(name.to_string());
+                pair.set_value(value);
+                pair
+            })
+            .collect();
+        labels.sort_unstable_by(|a, b| a.name().cmp(b.name()));
         Self {
-            values,
+            labels,
             shards: Mutex::new(Vec::new()),
         }
     }
@@ -167,22 +179,6 @@ impl HttpSet {
             t[2].add(&s.response_bytes);
         }
         t
-    }
-
-    /// The label pairs, sorted by name as the `prometheus` crate's own vectors expose them.
-    fn labels(&self) -> Vec<LabelPair> {
-        let mut pairs: Vec<LabelPair> = HTTP_LABELS
-            .iter()
-            .zip(&self.values)
-            .map(|(name, value)| {
-                let mut pair = LabelPair::default();
-                pair.set_name(name.to_string());
-                pair.set_value(value.clone());
-                pair
-            })
-            .collect();
-        pairs.sort_unstable_by(|a, b| a.name().cmp(b.name()));
-        pairs
     }
 }
 
@@ -241,8 +237,7 @@ impl Collector for HttpCollector {
             std::array::from_fn(|_| Vec::with_capacity(sets.len()));
         for set in &sets {
             let [duration, request_bytes, response_bytes] = set.totals();
-            let labels = set.labels();
-            let metric = || proto::Metric::from_label(labels.clone());
+            let metric = || proto::Metric::from_label(set.labels.clone());
             let mut requests = metric();
             let mut counter = proto::Counter::default();
             counter.set_value(duration.count() as f64);
