@@ -153,7 +153,8 @@ fn request_headers() -> http::HeaderMap {
 
 fn propagation(c: &mut Criterion) {
     use halyard_proxy::telemetry::trace::{
-        OtlpProtocol, SpanKind, TraceConfig, TraceMetrics, Tracer, DEFAULT_FLUSH_INTERVAL,
+        AttrValue, OtlpProtocol, SpanEnd, SpanKind, TraceConfig, TraceMetrics, Tracer,
+        DEFAULT_FLUSH_INTERVAL,
     };
     let registry = Default::default();
     let metrics = std::sync::Arc::new(TraceMetrics::new(&registry).expect("register"));
@@ -191,6 +192,60 @@ fn propagation(c: &mut Criterion) {
         b.iter(|| {
             let mut h = w3c.clone();
             black_box(t1.begin(SpanKind::Server, &mut h));
+            h
+        })
+    });
+    // A sampled span ended with the attributes the proxy records (once the queue is full
+    // the span is dropped after encoding, so this measures begin + encode).
+    let attributes = [
+        ("http.request.method", AttrValue::Str("GET")),
+        ("url.path", AttrValue::Str("/api/v1/products/42")),
+        ("url.scheme", AttrValue::Str("http")),
+        (
+            "server.address",
+            AttrValue::Str("backend.default.svc.cluster.local"),
+        ),
+        ("network.protocol.version", AttrValue::Str("1.1")),
+        ("user_agent.original", AttrValue::Str("oha/1.4.5")),
+        (
+            "guid:x-request-id",
+            AttrValue::Str("2d6a3c1e-5f0b-4a7d-9c3e-8b1f0a2d4e6c"),
+        ),
+        ("response_flags", AttrValue::Str("-")),
+        ("istio.canonical_service", AttrValue::Str("frontend")),
+        ("istio.namespace", AttrValue::Str("default")),
+        (
+            "source.principal",
+            AttrValue::Str("spiffe://cluster.local/ns/default/sa/frontend"),
+        ),
+        (
+            "destination.principal",
+            AttrValue::Str("spiffe://cluster.local/ns/default/sa/backend"),
+        ),
+        (
+            "destination.service",
+            AttrValue::Str("backend.default.svc.cluster.local"),
+        ),
+        ("server.port", AttrValue::Int(8080)),
+        (
+            "upstream_cluster",
+            AttrValue::Str("outbound|8080||backend.default.svc.cluster.local"),
+        ),
+        ("upstream_address", AttrValue::Str("10.0.0.7:8080")),
+    ];
+    g.bench_function("begin_finish_sampled", |b| {
+        b.iter(|| {
+            let mut h = w3c.clone();
+            if let Some(span) = t1.begin(SpanKind::Client, &mut h) {
+                span.finish(
+                    &t1,
+                    SpanEnd {
+                        name: "backend.default.svc.cluster.local:8080/*",
+                        status_code: 200,
+                        attributes: &attributes,
+                    },
+                );
+            }
             h
         })
     });

@@ -2,41 +2,35 @@
 //! gRPC (tonic) or HTTP/protobuf (a hyper http1 connection kept alive between exports).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use bytes::BufMut;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST};
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::span::SpanKind as OtlpSpanKind;
-use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{timeout, MissedTickBehavior};
+use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::transport::Channel;
+use tonic_prost::ProstDecoder;
 
 use super::config::{Endpoint, OtlpProtocol, TraceConfig, TraceError, TraceMetrics};
-use super::span::{FinishedSpan, OwnedAttr, SpanKind};
+use super::otlp;
+use super::span::EncodedSpan;
 use super::{EXPORT_TIMEOUT, MAX_EXPORT_BATCH};
 
 /// Instrumentation scope of every span we export.
 const SCOPE_NAME: &str = "halyard-proxy";
 /// Largest collector response body we read (it is normally empty).
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
-/// OTLP span flags: the parent's is-remote bit is known / the parent is remote.
-const FLAG_HAS_IS_REMOTE: u32 = 0x100;
-const FLAG_IS_REMOTE: u32 = 0x200;
-/// W3C sampled flag; only sampled spans are exported.
-const FLAG_SAMPLED: u32 = 0x01;
+/// The OTLP/gRPC export method.
+const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// Why one export failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +52,9 @@ enum ExportError {
 /// Sends batches to the collector.
 pub(super) struct Exporter {
     transport: Transport,
-    resource: Resource,
-    scope: InstrumentationScope,
+    /// Encoded `Resource` and `InstrumentationScope`, the same in every request.
+    resource: Vec<u8>,
+    scope: Vec<u8>,
     /// Whether the last export failed, so a dead collector is logged once, not every second.
     failing: bool,
 }
@@ -98,43 +93,26 @@ impl Exporter {
                 }))
             }
         };
-        let mut attributes = vec![kv_str("service.name", &cfg.service_name)];
+        let mut attributes = vec![("service.name", cfg.service_name.as_str())];
         for (k, v) in &cfg.resource {
             // service.name and the SDK name are ours; duplicates would confuse backends.
             if k != "service.name" && k != "telemetry.sdk.name" {
-                attributes.push(kv_str(k, v));
+                attributes.push((k, v));
             }
         }
-        attributes.push(kv_str("telemetry.sdk.name", "halyard"));
+        attributes.push(("telemetry.sdk.name", "halyard"));
         Ok(Self {
             transport,
-            resource: Resource {
-                attributes,
-                ..Resource::default()
-            },
-            scope: InstrumentationScope {
-                name: SCOPE_NAME.to_string(),
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                ..InstrumentationScope::default()
-            },
+            resource: otlp::encode_resource(&attributes),
+            scope: otlp::encode_scope(SCOPE_NAME, env!("CARGO_PKG_VERSION")),
             failing: false,
         })
     }
 
     /// Exports one batch and counts the outcome; failures drop the batch.
-    async fn export(&mut self, batch: Vec<FinishedSpan>, metrics: &TraceMetrics) {
+    async fn export(&mut self, batch: &[EncodedSpan], metrics: &TraceMetrics) {
         let count = batch.len() as u64;
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(self.resource.clone()),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(self.scope.clone()),
-                    spans: batch.into_iter().map(to_otlp).collect(),
-                    ..ScopeSpans::default()
-                }],
-                ..ResourceSpans::default()
-            }],
-        };
+        let request = Bytes::from(otlp::encode_request(&self.resource, &self.scope, batch));
         let sent = match &mut self.transport {
             Transport::Http(t) => timeout(EXPORT_TIMEOUT, t.send(request)).await,
             Transport::Grpc(t) => timeout(EXPORT_TIMEOUT, t.send(request)).await,
@@ -176,7 +154,7 @@ enum Event {
 /// The exporter future: collects spans until a batch is full or the flush interval passes,
 /// and flushes the rest once every sender is gone.
 pub(super) async fn run(
-    mut rx: mpsc::Receiver<FinishedSpan>,
+    mut rx: mpsc::Receiver<EncodedSpan>,
     mut exporter: Exporter,
     flush_interval: Duration,
     metrics: Arc<TraceMetrics>,
@@ -193,8 +171,8 @@ pub(super) async fn run(
         let closed = matches!(event, Event::Received(0));
         let full = batch.len() >= MAX_EXPORT_BATCH;
         if !batch.is_empty() && (closed || full || matches!(event, Event::Tick)) {
-            let spans = std::mem::replace(&mut batch, Vec::with_capacity(MAX_EXPORT_BATCH));
-            exporter.export(spans, &metrics).await;
+            exporter.export(&batch, &metrics).await;
+            batch.clear();
         }
         if closed {
             return;
@@ -210,11 +188,7 @@ struct HttpTransport {
 }
 
 impl HttpTransport {
-    async fn send(
-        &mut self,
-        request: ExportTraceServiceRequest,
-    ) -> Result<ExportTraceServiceResponse, ExportError> {
-        let body = Bytes::from(request.encode_to_vec());
+    async fn send(&mut self, body: Bytes) -> Result<ExportTraceServiceResponse, ExportError> {
         // The connection is taken out so that a timed-out export leaves none behind.
         if let Some(conn) = self.conn.take().filter(|c| !c.is_closed()) {
             match self.exchange(conn, body.clone()).await {
@@ -277,132 +251,53 @@ impl HttpTransport {
 /// OTLP/gRPC on a lazily connected tonic channel.
 struct GrpcTransport {
     endpoint: tonic::transport::Endpoint,
-    client: Option<TraceServiceClient<Channel>>,
+    client: Option<tonic::client::Grpc<Channel>>,
 }
 
 impl GrpcTransport {
-    async fn send(
-        &mut self,
-        request: ExportTraceServiceRequest,
-    ) -> Result<ExportTraceServiceResponse, ExportError> {
+    async fn send(&mut self, body: Bytes) -> Result<ExportTraceServiceResponse, ExportError> {
         // Created here, not in Tracer::new, because the channel needs a running runtime.
         let endpoint = &self.endpoint;
         let client = self
             .client
-            .get_or_insert_with(|| TraceServiceClient::new(endpoint.connect_lazy()));
-        Ok(client.export(request).await?.into_inner())
+            .get_or_insert_with(|| tonic::client::Grpc::new(endpoint.connect_lazy()));
+        client
+            .ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let path = http::uri::PathAndQuery::from_static(GRPC_EXPORT_PATH);
+        let response = client
+            .unary(tonic::Request::new(body), path, EncodedCodec)
+            .await?;
+        Ok(response.into_inner())
     }
 }
 
-/// OTel HTTP semantic conventions: servers fail on 5xx, clients on 4xx and 5xx; no response
-/// (0) or a code outside 1xx..5xx is a failure for both.
-fn span_status(kind: SpanKind, code: u16) -> status::StatusCode {
-    let error_from = match kind {
-        SpanKind::Server => 500,
-        SpanKind::Client => 400,
-    };
-    if code < 100 || code >= error_from {
-        status::StatusCode::Error
-    } else {
-        status::StatusCode::Unset
+/// Sends an already encoded `ExportTraceServiceRequest` and decodes the response with
+/// opentelemetry-proto.
+struct EncodedCodec;
+
+impl Codec for EncodedCodec {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = EncodedCodec;
+    type Decoder = ProstDecoder<ExportTraceServiceResponse>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        EncodedCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstDecoder::default()
     }
 }
 
-fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
+impl Encoder for EncodedCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
 
-fn to_otlp(span: FinishedSpan) -> Span {
-    const STATUS_ATTR: &str = "http.response.status_code";
-    let mut attributes = Vec::with_capacity(span.attributes.len() + 1);
-    if span.status_code != 0 {
-        attributes.push(kv(
-            STATUS_ATTR,
-            any_value::Value::IntValue(span.status_code.into()),
-        ));
-    }
-    for (key, value) in span.attributes {
-        if key == STATUS_ATTR && span.status_code != 0 {
-            continue;
-        }
-        let value = match value {
-            OwnedAttr::Str(s) => any_value::Value::StringValue(s),
-            OwnedAttr::Int(i) => any_value::Value::IntValue(i),
-            OwnedAttr::Bool(b) => any_value::Value::BoolValue(b),
-        };
-        attributes.push(kv(key, value));
-    }
-    let (parent_span_id, flags) = match span.parent_span_id {
-        0 => (Vec::new(), FLAG_SAMPLED | FLAG_HAS_IS_REMOTE),
-        id => (
-            id.to_be_bytes().to_vec(),
-            FLAG_SAMPLED | FLAG_HAS_IS_REMOTE | FLAG_IS_REMOTE,
-        ),
-    };
-    let start = unix_nanos(span.start);
-    Span {
-        trace_id: span.trace_id.to_be_bytes().to_vec(),
-        span_id: span.span_id.to_be_bytes().to_vec(),
-        trace_state: span
-            .tracestate
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string(),
-        parent_span_id,
-        flags,
-        name: span.name,
-        kind: match span.kind {
-            SpanKind::Server => OtlpSpanKind::Server,
-            SpanKind::Client => OtlpSpanKind::Client,
-        } as i32,
-        start_time_unix_nano: start,
-        // A clock step backwards must not produce a negative duration.
-        end_time_unix_nano: unix_nanos(span.end).max(start),
-        attributes,
-        status: Some(Status {
-            code: span_status(span.kind, span.status_code) as i32,
-            message: String::new(),
-        }),
-        ..Span::default()
-    }
-}
-
-fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..KeyValue::default()
-    }
-}
-
-fn kv_str(key: &str, value: &str) -> KeyValue {
-    kv(key, any_value::Value::StringValue(value.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_mapping() {
-        use status::StatusCode::{Error, Unset};
-        for (kind, code, want) in [
-            (SpanKind::Server, 200, Unset),
-            (SpanKind::Server, 404, Unset),
-            (SpanKind::Server, 499, Unset),
-            (SpanKind::Server, 500, Error),
-            (SpanKind::Server, 503, Error),
-            (SpanKind::Server, 0, Error),
-            (SpanKind::Client, 302, Unset),
-            (SpanKind::Client, 400, Error),
-            (SpanKind::Client, 404, Error),
-            (SpanKind::Client, 503, Error),
-            (SpanKind::Client, 0, Error),
-            (SpanKind::Server, 600, Error),
-        ] {
-            assert_eq!(span_status(kind, code), want, "{kind:?} {code}");
-        }
+    fn encode(&mut self, item: Bytes, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        buf.put(item);
+        Ok(())
     }
 }

@@ -8,6 +8,7 @@
 mod config;
 mod context;
 mod export;
+mod otlp;
 mod span;
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderValue};
 use tokio::sync::mpsc;
 
 use super::config::{Endpoint, TraceConfig, TraceError, TraceMetrics};
-use super::{context, export, QUEUE_CAPACITY};
+use super::{context, export, otlp, QUEUE_CAPACITY};
 
 /// Which side of a request the proxy's span describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +49,7 @@ pub struct Tracer {
 }
 
 struct Inner {
-    tx: mpsc::Sender<FinishedSpan>,
+    tx: mpsc::Sender<EncodedSpan>,
     metrics: Arc<TraceMetrics>,
     sampling_percent: f64,
 }
@@ -160,22 +160,18 @@ impl ActiveSpan {
     /// Ends the span and queues it for export without blocking; a full queue drops the span
     /// and counts the drop.
     pub fn finish(self, tracer: &Tracer, end: SpanEnd<'_>) {
-        let span = FinishedSpan {
+        let span = EncodedSpan(otlp::encode_span(&otlp::SpanFields {
             trace_id: self.trace_id,
             span_id: self.span_id,
             parent_span_id: self.parent_span_id,
-            tracestate: self.tracestate,
+            tracestate: self.tracestate.as_ref(),
             kind: self.kind,
             start: self.start,
             end: SystemTime::now(),
-            name: end.name.to_string(),
+            name: end.name,
             status_code: end.status_code,
-            attributes: end
-                .attributes
-                .iter()
-                .map(|(k, v)| (*k, OwnedAttr::from(*v)))
-                .collect(),
-        };
+            attributes: end.attributes,
+        }));
         let metrics = &tracer.inner.metrics;
         match tracer.inner.tx.try_send(span) {
             Ok(()) => {}
@@ -215,36 +211,13 @@ impl ActiveSpan {
     }
 }
 
-/// An attribute value owned by a queued span.
-#[derive(Clone, Debug, PartialEq)]
-pub(super) enum OwnedAttr {
-    Str(String),
-    Int(i64),
-    Bool(bool),
-}
-
-impl From<AttrValue<'_>> for OwnedAttr {
-    fn from(v: AttrValue<'_>) -> Self {
-        match v {
-            AttrValue::Str(s) => Self::Str(s.to_string()),
-            AttrValue::Int(i) => Self::Int(i),
-            AttrValue::Bool(b) => Self::Bool(b),
-        }
-    }
-}
-
-/// A finished span waiting in the queue; turned into OTLP on the exporter task so the
-/// request path does not build protobuf messages.
+/// A finished span waiting in the queue, already in OTLP wire format (one allocation, no
+/// message structs on the request path).
 #[derive(Debug)]
-pub(super) struct FinishedSpan {
-    pub trace_id: u128,
-    pub span_id: u64,
-    pub parent_span_id: u64,
-    pub tracestate: Option<HeaderValue>,
-    pub kind: SpanKind,
-    pub start: SystemTime,
-    pub end: SystemTime,
-    pub name: String,
-    pub status_code: u16,
-    pub attributes: Vec<(&'static str, OwnedAttr)>,
+pub(super) struct EncodedSpan(pub Vec<u8>);
+
+impl AsRef<[u8]> for EncodedSpan {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
