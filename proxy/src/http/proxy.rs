@@ -105,7 +105,8 @@ pub async fn handle(
         // Rewritten before anything else, so that local replies are traced too.
         ex.span = shared
             .tracers
-            .begin(snap.local.tracing.as_ref(), kind, req.headers_mut());
+            .begin(snap.local.tracing.as_ref(), kind, req.headers_mut())
+            .map(Box::new);
     }
     let mut tunnel = None;
     let result = forward(&shared, &snap, &conn, req, &mut ex, &mut tunnel).await;

@@ -140,8 +140,9 @@ pub struct Exchange {
     pub(crate) local: Arc<LocalWorkload>,
     /// The workload on the other side, from the metadata exchange (mesh peers only).
     pub peer_meta: Option<WorkloadMeta>,
-    /// The span of this request, when it is sampled, with the tracer that finishes it.
-    pub span: Option<(ActiveSpan, Arc<TracerSlot>)>,
+    /// The span of this request, when it is sampled, with the tracer that finishes it (boxed:
+    /// most requests have none, and the exchange moves with the response).
+    pub span: Option<Box<(ActiveSpan, Arc<TracerSlot>)>>,
     /// The service port the request was routed by.
     pub service_port: Option<u16>,
     /// The service the request addressed (inbound: resolved from its authority).
@@ -301,7 +302,7 @@ impl Exchange {
             "trace_id" => self
                 .span
                 .as_ref()
-                .map_or(Value::Null, |(span, _)| span.trace_id_hex().into()),
+                .map_or(Value::Null, |s| s.0.trace_id_hex().into()),
             _ => Value::Null,
         }
     }
@@ -389,7 +390,8 @@ impl OnFinish for Exchange {
         if let (Some(fields), Some(log)) = (&self.log, &self.shared.access_log) {
             log.write(self.line(fields, bytes_sent));
         }
-        if let Some((span, slot)) = self.span.take() {
+        if let Some(sampled) = self.span.take() {
+            let (span, slot) = *sampled;
             self.finish_span(span, &slot);
         }
     }

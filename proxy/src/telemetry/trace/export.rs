@@ -14,7 +14,6 @@ use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::{timeout, MissedTickBehavior};
 use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::transport::Channel;
@@ -22,6 +21,7 @@ use tonic_prost::ProstDecoder;
 
 use super::config::{Endpoint, OtlpProtocol, TraceConfig, TraceError, TraceMetrics};
 use super::otlp;
+use super::queue::SpanReceiver;
 use super::span::EncodedSpan;
 use super::{EXPORT_TIMEOUT, MAX_EXPORT_BATCH};
 
@@ -145,16 +145,11 @@ impl Exporter {
     }
 }
 
-/// What woke the exporter loop.
-enum Event {
-    Received(usize),
-    Tick,
-}
-
-/// The exporter future: collects spans until a batch is full or the flush interval passes,
-/// and flushes the rest once every sender is gone.
+/// The exporter future: wakes when a batch is full or the flush interval passes, sends
+/// everything queued in batches of at most `MAX_EXPORT_BATCH`, and ends after sending the
+/// rest once the tracer is gone.
 pub(super) async fn run(
-    mut rx: mpsc::Receiver<EncodedSpan>,
+    mut rx: SpanReceiver,
     mut exporter: Exporter,
     flush_interval: Duration,
     metrics: Arc<TraceMetrics>,
@@ -163,18 +158,17 @@ pub(super) async fn run(
     let mut tick = tokio::time::interval(flush_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        let room = MAX_EXPORT_BATCH - batch.len();
-        let event = tokio::select! {
-            n = rx.recv_many(&mut batch, room) => Event::Received(n),
-            _ = tick.tick() => Event::Tick,
-        };
-        let closed = matches!(event, Event::Received(0));
-        let full = batch.len() >= MAX_EXPORT_BATCH;
-        if !batch.is_empty() && (closed || full || matches!(event, Event::Tick)) {
+        tokio::select! {
+            _ = rx.batch_ready() => {}
+            _ = tick.tick() => {}
+        }
+        // Read before draining: once the tracer is gone, the queue holds all that will come.
+        let last = rx.sender_gone();
+        while rx.drain(&mut batch) > 0 {
             exporter.export(&batch, &metrics).await;
             batch.clear();
         }
-        if closed {
+        if last {
             return;
         }
     }

@@ -9,6 +9,7 @@ mod config;
 mod context;
 mod export;
 mod otlp;
+mod queue;
 mod span;
 
 #[cfg(test)]

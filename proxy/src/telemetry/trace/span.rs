@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderValue};
-use tokio::sync::mpsc;
 
 use super::config::{Endpoint, TraceConfig, TraceError, TraceMetrics};
-use super::{context, export, otlp, QUEUE_CAPACITY};
+use super::queue::{self, PushError, SpanSender};
+use super::{context, export, otlp};
 
 /// Which side of a request the proxy's span describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +49,7 @@ pub struct Tracer {
 }
 
 struct Inner {
-    tx: mpsc::Sender<EncodedSpan>,
+    queue: SpanSender,
     metrics: Arc<TraceMetrics>,
     sampling_percent: f64,
 }
@@ -73,10 +73,10 @@ impl Tracer {
         cfg.validate()?;
         let endpoint = Endpoint::parse(&cfg.endpoint, cfg.protocol)?;
         let exporter = export::Exporter::new(&cfg, endpoint)?;
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let (queue, rx) = queue::channel();
         let tracer = Tracer {
             inner: Arc::new(Inner {
-                tx,
+                queue,
                 metrics: Arc::clone(&metrics),
                 sampling_percent: cfg.sampling_percent,
             }),
@@ -173,10 +173,10 @@ impl ActiveSpan {
             attributes: end.attributes,
         }));
         let metrics = &tracer.inner.metrics;
-        match tracer.inner.tx.try_send(span) {
+        match tracer.inner.queue.push(span) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => metrics.dropped_queue_full.inc(),
-            Err(mpsc::error::TrySendError::Closed(_)) => metrics.dropped_exporter_closed.inc(),
+            Err(PushError::Full) => metrics.dropped_queue_full.inc(),
+            Err(PushError::Closed) => metrics.dropped_exporter_closed.inc(),
         }
     }
 

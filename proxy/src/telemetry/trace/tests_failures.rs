@@ -171,6 +171,36 @@ async fn drop_flushes_in_batches() {
     assert_eq!(metrics.exports_ok.get(), 2);
 }
 
+/// A partial batch waits for the flush interval; a full one goes at once, without waiting.
+#[tokio::test]
+async fn full_batch_goes_before_the_flush_interval() {
+    let mut receiver = http_receiver(StatusCode::OK).await;
+    let endpoint = format!("http://{}", receiver.addr);
+    let (tracer, _exporter, metrics) = start(config(
+        endpoint,
+        OtlpProtocol::Http,
+        Duration::from_secs(3600),
+    ));
+    // The interval's first tick is immediate; let it pass with nothing queued.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    finish_many(&tracer, MAX_EXPORT_BATCH - 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(receiver.rx.try_recv().is_err(), "a partial batch waits");
+    assert_eq!(metrics.exports_ok.get(), 0);
+    finish_many(&tracer, 1).await;
+    let got = collect(&mut receiver.rx, MAX_EXPORT_BATCH).await;
+    assert!(
+        got.iter().all(|(r, _)| Arc::ptr_eq(r, &got[0].0)),
+        "one request"
+    );
+    // Counted once the collector's answer is read.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metrics.spans_exported.get() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(metrics.spans_exported.get(), MAX_EXPORT_BATCH as u64);
+}
+
 #[tokio::test]
 async fn http_reconnects_when_collector_closes() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
