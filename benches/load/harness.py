@@ -2108,6 +2108,8 @@ def run_telemetry(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int,
                 f"settings {json.dumps(r['settings'])}")
         if proxies:
             telemetry_measure(oha, dur, warm, res, problem, sink, proxies)
+        # The measured proxies stay up but idle; the sink stays for (c) and (d).
+        telemetry_instructions(args, tmp, procs, oha, res, problem)
         plain = (results["scenarios"].get("h1-0", {}).get("targets", {}).get("halyard", {})
                  .get("capacity", {}).get("cpu_us_per_req"))
         res["plain_h1_cpu_us_per_req"] = plain
@@ -2138,6 +2140,78 @@ def run_telemetry(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int,
             procs.stop(px.proc)
         sink.stop()
         res["load_after"] = loadavg()
+
+
+# Two runs per configuration under callgrind; their difference cancels start-up and warm-up.
+INSTR_REQUESTS = (2_000, 12_000)
+INSTR_CONNS = 8
+
+
+def callgrind_total(path: Path) -> int | None:
+    """The instruction total callgrind wrote to `path` when the process exited."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None
+    m = re.search(r"^(?:totals|summary):\s+(\d+)", text, re.M)
+    return int(m.group(1)) if m else None
+
+
+def telemetry_instructions(args, tmp: Path, procs: Procs, oha: Oha, res: dict,
+                           problem) -> None:
+    """User-space instructions per request of each telemetry configuration, counted by
+    callgrind: deterministic where CPU time on a shared 2-core VM is not, but blind to the
+    kernel's share (system calls, loopback TCP), which telemetry does not change."""
+    out: dict = {"requests": list(INSTR_REQUESTS), "conns": INSTR_CONNS, "targets": {}}
+    res["instructions"] = out
+    valgrind = shutil.which("valgrind")
+    if not valgrind:
+        out["skipped"] = "valgrind not installed"
+        return
+    out["tool"] = subprocess.run([valgrind, "--version"], capture_output=True,
+                                 text=True).stdout.strip()
+    sc = {"key": "telemetry", "proto": "h1", "path": "/0", "host": HOST_TELEMETRY, "body": 0}
+    for key, label, _, _, _ in TELEMETRY_CASES:
+        cfg = tmp / f"halyard-telemetry-{key}.yaml"
+        if not cfg.exists():
+            continue
+        totals: list[int] = []
+        for n in INSTR_REQUESTS:
+            name = f"callgrind-{key}-{n}"
+            dump = tmp / f"{name}.out"
+            port, admin, inb = free_ports(3)
+            proc = procs.start(name, [
+                valgrind, "--tool=callgrind", f"--callgrind-out-file={dump}", args.halyard,
+                "--config", str(cfg), "--outbound-addr", f"127.0.0.1:{port}",
+                "--admin-addr", f"127.0.0.1:{admin}", "--stats-addr", "127.0.0.1:0",
+                "--inbound-addr", f"127.0.0.1:{inb}", "--concurrency", "1",
+                "--log-level", "warn"], PROXY_CORE, str(tmp), tmp)
+            try:
+                wait_http_ok(f"http://127.0.0.1:{admin}/ready", proc, timeout=120)
+                wait_port(port, proc, timeout=60)
+                t = Target(key, label, {"h1": port}, {})
+                t.host = HOST_TELEMETRY
+                s = outcome(oha.run(t, sc, requests=n, conns=(INSTR_CONNS, 1), timeout=900))
+                if s["ok"] != n:
+                    raise RuntimeError(f"{s['ok']} of {n} answered 2xx: {s['status']}")
+            except RuntimeError as e:
+                problem(f"instructions, {label}, {n} requests: {e}")
+                procs.stop(proc)
+                break
+            # SIGTERM: the proxy drains and exits, and callgrind writes its counts.
+            procs.stop(proc, grace=120)
+            total = callgrind_total(dump)
+            if total is None:
+                problem(f"instructions, {label}: callgrind wrote no total to {dump}")
+                break
+            totals.append(total)
+        if len(totals) == len(INSTR_REQUESTS):
+            per = (totals[1] - totals[0]) / (INSTR_REQUESTS[1] - INSTR_REQUESTS[0])
+            out["targets"][key] = {"label": label, "totals": totals, "per_request": per}
+            log(f"instructions {label}: {per:,.0f} per request")
+    base = out["targets"].get("off", {}).get("per_request")
+    for r in out["targets"].values():
+        r["overhead_pct"] = 100 * (r["per_request"] / base - 1) if base else None
 
 
 def telemetry_settings(admin: int) -> dict:

@@ -627,6 +627,24 @@ def telemetry_section(results: dict) -> list[str]:
             f"{_ov(paired.get('metrics'))}, (c) {_ov(paired.get('trace-1'))}, (d) "
             f"{_ov(paired.get('trace-100'))}; the spread of the rounds shows how much of a "
             "few-percent difference is noise on this machine.")
+    ins = te.get("instructions") or {}
+    if ins.get("targets"):
+        it = ins["targets"]
+        row = ", ".join(
+            f"{_tag(r['label'])} {r['per_request']:,.0f}"
+            + (f" ({_ov(r['overhead_pct'])})" if k != "off" and r.get("overhead_pct") is not None
+               else "")
+            for k, r in it.items())
+        parts.append(
+            "**User-space instructions per request** (callgrind; deterministic, so it tells "
+            "apart differences the CPU figures above cannot, but it does not see the kernel's "
+            "share of the work, which telemetry does not change): " + row + ". Each "
+            f"configuration served {ins['requests'][0]:,} and {ins['requests'][1]:,} requests "
+            f"(HTTP/1.1 keep-alive, {ins['conns']} connections) in two runs under "
+            f"`{ins.get('tool', 'valgrind')} --tool=callgrind`; the difference of the totals "
+            "over the difference of the requests cancels start-up and warm-up.")
+    elif ins.get("skipped"):
+        parts.append(f"User-space instructions per request: skipped ({ins['skipped']}).")
     spans = []
     for k in ("trace-1", "trace-100"):
         r = tg.get(k)

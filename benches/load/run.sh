@@ -110,6 +110,7 @@ command -v haproxy >/dev/null || pkgs+=(haproxy)
 command -v taskset >/dev/null || pkgs+=(util-linux)
 command -v getconf >/dev/null || pkgs+=(libc-bin)
 command -v openssl >/dev/null || pkgs+=(openssl)   # the upstream's certificate (mesh TCP)
+command -v valgrind >/dev/null || pkgs+=(valgrind) # telemetry: instructions per request
 if (( ${#pkgs[@]} )); then apt_install "${pkgs[@]}"; fi
 if ! have_nginx_h2; then apt_install nginx; fi
 have_nginx_h2 || die "nginx without the http_v2 module"
