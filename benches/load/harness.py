@@ -1912,6 +1912,7 @@ TELEMETRY_TARGET_PCT = 5.0  # the issue's target: metrics + default tracing unde
 # waits alike.
 TELEMETRY_FLUSH_WAIT = 1.3
 TELEMETRY_CONCURRENT_ROUNDS = 5  # (a) and one other configuration loaded at once
+TELEMETRY_FIXED_SHARE = 0.4  # fixed-rate side by side: this share of (a)'s side-by-side rps
 # key, label, istio metrics, sampling percent (None: no tracing), notes
 TELEMETRY_CASES = [
     ("off", "(a) telemetry off", False, None, "`istioMetrics: false`, no `tracing`"),
@@ -2225,16 +2226,20 @@ def telemetry_settings(admin: int) -> dict:
 
 
 def telemetry_concurrent(oha: Oha, dur: int, warm: int, res: dict, problem,
-                         proxies: dict, targets: dict, sc: dict, usable: list[str]) -> None:
+                         proxies: dict, targets: dict, sc: dict, usable: list[str],
+                         rate: int | None = None) -> None:
     """Each configuration against (a) at the same time: two oha runs of half the connections
     each, both proxies on the proxy core, CPU per 2xx request of each over the same window. The
     other tenants' interference then hits both sides of a ratio alike, which sequential rounds
-    cannot promise on a shared machine."""
+    cannot promise on a shared machine. Closed loop (`res["concurrent"]`), or with `rate` both
+    at that many requests per second (`res["concurrent_fixed"]`): the same load on both, as
+    Istio measures a proxy's CPU at a given request rate."""
     if "off" not in usable:
         return
     half = max(1, CAPACITY_CONNS // 2)
-    out: dict = {"rounds": TELEMETRY_CONCURRENT_ROUNDS, "conns_each": half, "by_key": {}}
-    res["concurrent"] = out
+    out: dict = {"rounds": TELEMETRY_CONCURRENT_ROUNDS, "conns_each": half, "by_key": {},
+                 "rate_each": rate}
+    res["concurrent_fixed" if rate else "concurrent"] = out
     for key in [k for k in usable if k != "off"]:
         ratios, rows = [], []
         for rnd in range(TELEMETRY_CONCURRENT_ROUNDS):
@@ -2246,7 +2251,8 @@ def telemetry_concurrent(oha: Oha, dur: int, warm: int, res: dict, problem,
                 def drive(k: str, seconds: int) -> None:
                     try:
                         results[k] = outcome(oha.run(targets[k], sc, duration=f"{seconds}s",
-                                                     conns=(half, 1), timeout=seconds + 60))
+                                                     conns=(half, 1), rate=rate,
+                                                     timeout=seconds + 60))
                     except RuntimeError as e:
                         errors.append(f"{k}: {e}")
 
@@ -2274,7 +2280,8 @@ def telemetry_concurrent(oha: Oha, dur: int, warm: int, res: dict, problem,
                 rows.append(row)
                 if per["off"] and per[key]:
                     ratios.append((per[key] / per["off"] - 1) * 100)
-                log(f"telemetry concurrent {key} vs off round {rnd + 1}: "
+                log(f"telemetry concurrent{f' @ {rate}/s' if rate else ''} {key} vs off "
+                    f"round {rnd + 1}: "
                     f"{per[key] or 0:.2f} vs {per['off'] or 0:.2f} CPU-us/req "
                     f"({ratios[-1] if ratios else 0:+.1f} %)")
             except RuntimeError as e:
@@ -2402,6 +2409,15 @@ def telemetry_measure(oha: Oha, dur: int, warm: int, res: dict, problem, sink: O
             + ("met" if res["target_met"] else "NOT met"))
 
     telemetry_concurrent(oha, dur, warm, res, problem, proxies, targets, sc, usable)
+    # The same at a fixed rate both proxies sustain: a share of (a)'s closed-loop rate when it
+    # shared the core, so that neither side saturates and both see the same load.
+    conc = res.get("concurrent", {}).get("by_key", {})
+    shared = [row["rps"]["off"] for v in conc.values() for row in v["rows"]
+              if row["rps"].get("off")]
+    if shared:
+        fixed = max(100, int(min(shared) * TELEMETRY_FIXED_SHARE / 100.0) * 100)
+        telemetry_concurrent(oha, dur, warm, res, problem, proxies, targets, sc, usable,
+                             rate=fixed)
 
     # Open loop at half of the slowest configuration's closed-loop rate.
     caps = {k: res["targets"][k].get("capacity", {}).get("rps") for k in usable}
