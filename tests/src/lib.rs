@@ -637,7 +637,35 @@ pub fn url(addr: SocketAddr, path: &str) -> String {
 }
 
 /// A loopback port nobody listens on right now (for addresses a config must name in advance).
+/// Taken below the kernel's ephemeral range: a port from `bind(0)` is free only until someone
+/// binds it again, and the kernel hands the same range out to every test's outgoing
+/// connections, one of which once took a sidecar's inbound port before the sidecar started.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_from > LOW + 1_000 {
+        let span = ephemeral_from - LOW;
+        // Test binaries run side by side: each starts somewhere else in the range.
+        let seed = std::process::id().wrapping_mul(2_654_435_761)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = LOW + seed.wrapping_add(n.wrapping_mul(7_919)) % span;
+            let Ok(port) = u16::try_from(port) else {
+                continue;
+            };
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
