@@ -386,6 +386,13 @@ fn traces_cross_the_mesh_with_the_callers_context() {
     assert_eq!(server["service_name"], "backend.demo");
     assert_eq!(client["trace_state"], "vendor=opaque");
     assert_eq!(server["attributes"]["http.response.status_code"], 200);
+    // The server span names the peer that called it (the frontend sidecar, on loopback); a
+    // client span has no client address.
+    assert_eq!(server["attributes"]["client.address"], "127.0.0.1");
+    assert!(
+        client["attributes"].get("client.address").is_none(),
+        "{client}"
+    );
     // The app saw the context of the backend's server span.
     let app_tp = seen["traceparent"].as_str().unwrap_or_default().to_string();
     assert_eq!(

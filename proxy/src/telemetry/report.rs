@@ -207,7 +207,8 @@ impl Exchange {
             Version::HTTP_2 => "2",
             _ => "1.1",
         };
-        let peer_ip = self.conn.peer.ip().to_string();
+        // Only a server span names its client.
+        let peer_ip = (span.kind() == SpanKind::Server).then(|| self.conn.peer.ip().to_string());
         let mut attrs: Vec<(&'static str, AttrValue<'_>)> = vec![
             ("http.request.method", AttrValue::Str(self.method.as_str())),
             ("url.path", AttrValue::Str(self.uri.path())),
@@ -239,7 +240,11 @@ impl Exchange {
             attrs.push(("server.port", AttrValue::Int(i64::from(p))));
         }
         match span.kind() {
-            SpanKind::Server => attrs.push(("client.address", AttrValue::Str(&peer_ip))),
+            SpanKind::Server => {
+                if let Some(ip) = &peer_ip {
+                    attrs.push(("client.address", AttrValue::Str(ip)));
+                }
+            }
             SpanKind::Client => {
                 if let Some(c) = &self.cluster {
                     attrs.push(("upstream_cluster", AttrValue::Str(c)));
