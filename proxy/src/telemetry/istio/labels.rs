@@ -269,29 +269,26 @@ impl<'a> RequestLabels<'a> {
                 self.response_flags,
             ],
         );
-        key.push(u8::from(self.grpc));
-        key.extend_from_slice(&self.response_code.to_le_bytes());
-        match self.grpc_status {
-            Some(status) => {
-                key.push(1);
-                key.extend_from_slice(&status.to_le_bytes());
-            }
-            None => key.push(0),
-        }
+        push_outcome(key, self.grpc, self.response_code, self.grpc_status);
     }
 
     /// Appends the label values, as the shared map is keyed.
     pub(super) fn encode(&self, common: &Common<'_>, key: &mut Vec<u8>) {
         common.encode(key);
-        key.push(u8::from(self.grpc));
-        key.extend_from_slice(&self.code().to_le_bytes());
-        match self.grpc_status() {
-            Some(status) => {
-                key.push(1);
-                key.extend_from_slice(&status.to_le_bytes());
-            }
-            None => key.push(0),
+        push_outcome(key, self.grpc, self.code(), self.grpc_status());
+    }
+}
+
+/// Appends a request's outcome to a key: gRPC or not, the status code, the gRPC status.
+fn push_outcome(key: &mut Vec<u8>, grpc: bool, code: u16, grpc_status: Option<u32>) {
+    key.push(u8::from(grpc));
+    key.extend_from_slice(&code.to_le_bytes());
+    match grpc_status {
+        Some(status) => {
+            key.push(1);
+            key.extend_from_slice(&status.to_le_bytes());
         }
+        None => key.push(0),
     }
 }
 
