@@ -144,13 +144,7 @@ pub(super) fn inject(
     span_id: u64,
     sampled: bool,
 ) {
-    let mut buf = Buf::new();
-    buf.push(b"00-");
-    buf.hex(trace_id, 32);
-    buf.push(b"-");
-    buf.hex(u128::from(span_id), 16);
-    buf.push(if sampled { b"-01" } else { b"-00" });
-    if let Some(v) = buf.value() {
+    if let Some(v) = traceparent(trace_id, span_id, sampled) {
         headers.insert(TRACEPARENT, v);
     }
     if !incoming.w3c && incoming.tracestate {
@@ -214,6 +208,19 @@ pub(super) fn inject(
             headers.insert(name, HeaderValue::from_static(value));
         }
     }
+}
+
+/// A version-00 `traceparent`, written at fixed offsets: every traced request gets one, so
+/// it skips the bounds-checked appends the variable-length B3 values need.
+fn traceparent(trace_id: u128, span_id: u64, sampled: bool) -> Option<HeaderValue> {
+    let mut v = [b'-'; TRACEPARENT_LEN];
+    v[..2].copy_from_slice(b"00");
+    v[3..19].copy_from_slice(&hex16((trace_id >> 64) as u64));
+    v[19..35].copy_from_slice(&hex16(trace_id as u64));
+    v[36..52].copy_from_slice(&hex16(span_id));
+    v[53..].copy_from_slice(if sampled { b"01" } else { b"00" });
+    // Owned by the `Bytes` itself, so that cloning the request head for a retry shares it.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(v)).ok()
 }
 
 fn insert_hex(headers: &mut HeaderMap, name: HeaderName, v: u128, digits: usize) {

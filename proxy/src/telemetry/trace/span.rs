@@ -100,11 +100,17 @@ impl Tracer {
 
 /// Starts the proxy's span for a request: extracts the caller's context (W3C, else B3
 /// single, else B3 multi), decides sampling, and rewrites the propagation headers so the
-/// next hop sees the new span as its parent; `sampling_percent` decides for requests that
-/// carry no decision. Returns `Some` only when sampled; needs no tracer, so that an unsampled
+/// next hop sees the new span as its parent (a W3C context the caller chose not to sample is
+/// left as it is); `sampling_percent` decides for requests that carry no decision. Returns `Some` only when sampled; needs no tracer, so that an unsampled
 /// request touches nothing shared.
 pub fn begin(sampling_percent: f64, kind: SpanKind, headers: &mut HeaderMap) -> Option<ActiveSpan> {
     let incoming = context::extract(headers);
+    if incoming.w3c && incoming.sampled == Some(false) && incoming.b3.is_none() {
+        // A caller's decision not to sample travels on as it came: no span of ours will exist
+        // to be the next hop's parent, and W3C lets a participant that records nothing pass
+        // `traceparent` unchanged. (With B3 beside it, both are rewritten to agree.)
+        return None;
+    }
     let sampled = incoming.sampled.unwrap_or_else(|| draw(sampling_percent));
     let trace_id = match incoming.trace_id {
         0 => nonzero(fastrand::u128),

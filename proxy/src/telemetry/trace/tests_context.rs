@@ -51,6 +51,8 @@ struct Case {
     /// Expected B3 output (`{trace}`/`{span}` = ours): `b3` and the x-b3-* headers present.
     b3: Option<&'static str>,
     multi: &'static [(&'static str, &'static str)],
+    /// The caller's `traceparent` goes on unchanged (a W3C decision not to sample).
+    unchanged: bool,
 }
 
 const fn case(name: &'static str, input: &'static [(&'static str, &'static str)]) -> Case {
@@ -63,6 +65,7 @@ const fn case(name: &'static str, input: &'static [(&'static str, &'static str)]
         parent: None,
         b3: None,
         multi: &[],
+        unchanged: false,
     }
 }
 
@@ -88,6 +91,10 @@ impl Case {
         self.multi = v;
         self
     }
+    const fn unchanged(mut self) -> Self {
+        self.unchanged = true;
+        self
+    }
 }
 
 const TP_SAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -108,9 +115,9 @@ fn cases() -> Vec<Case> {
         // W3C.
         case("w3c sampled at 100%", &[("traceparent", TP_SAMPLED)]).pct(100.0).sampled().ctx(TRACE, SPAN),
         case("w3c sampled beats 0%", &[("traceparent", TP_SAMPLED)]).sampled().ctx(TRACE, SPAN),
-        case("w3c unsampled at 100%", &[("traceparent", TP_UNSAMPLED)]).pct(100.0).ctx(TRACE, SPAN),
+        case("w3c unsampled at 100%", &[("traceparent", TP_UNSAMPLED)]).pct(100.0).ctx(TRACE, SPAN).unchanged(),
         case("w3c other flag bits", &[("traceparent", TP_03)]).sampled().ctx(TRACE, SPAN),
-        case("w3c random bit only", &[("traceparent", TP_02)]).pct(100.0).ctx(TRACE, SPAN),
+        case("w3c random bit only", &[("traceparent", TP_02)]).pct(100.0).ctx(TRACE, SPAN).unchanged(),
         case("w3c future version", &[("traceparent", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-ever")]).sampled().ctx(TRACE, SPAN),
         case("w3c future version exact", &[("traceparent", "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")]).sampled().ctx(TRACE, SPAN),
         case("w3c future version junk", &[("traceparent", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x")]).pct(100.0).sampled(),
@@ -215,6 +222,12 @@ fn propagation_table() {
         let (trace, span_id, flags) = parse_out(&h);
         let n = c.name;
         assert_eq!(span.is_some(), c.sampled, "{n}: sampled");
+        if c.unchanged {
+            let sent = c.input.iter().find(|(k, _)| *k == "traceparent");
+            assert_eq!(h.get("traceparent").unwrap(), sent.unwrap().1, "{n}");
+            assert_eq!(span_id, c.parent.unwrap(), "{n}");
+            continue;
+        }
         assert_eq!(flags, if c.sampled { "01" } else { "00" }, "{n}: flags");
         assert_ne!(trace, "0".repeat(32), "{n}");
         assert_ne!(span_id, "0".repeat(16), "{n}");
@@ -357,4 +370,15 @@ fn next_hop_continues_our_span() {
             "{input:?}"
         );
     }
+
+    // A root the first proxy does not sample: the second honours that and passes the first
+    // one's context on as it is.
+    let (first, second) = (tracer(0.0), tracer(100.0));
+    let mut h = HeaderMap::new();
+    assert!(first.begin(SpanKind::Client, &mut h).is_none());
+    let sent = h.get("traceparent").unwrap().clone();
+    assert!(sent.to_str().unwrap().ends_with("-00"), "{sent:?}");
+    assert!(second.begin(SpanKind::Server, &mut h).is_none());
+    assert_eq!(h.get("traceparent"), Some(&sent));
+    assert_eq!(h.len(), 1);
 }
