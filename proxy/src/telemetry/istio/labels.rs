@@ -203,24 +203,50 @@ fn push_str(key: &mut Vec<u8>, s: &str) {
     key.push(0xFF);
 }
 
-/// Appends what a thread key has in common for both kinds: the instance, both workloads by
-/// id, the reporter, mTLS, and the texts that are not ids.
+/// What a request ended with, as a thread key holds it: gRPC or not, the status code, the
+/// gRPC status (TCP keys hold the default).
+#[derive(Clone, Copy, Default)]
+struct Outcome {
+    grpc: bool,
+    code: u16,
+    grpc_status: Option<u32>,
+}
+
+/// Length of a thread key's fixed part.
+const THREAD_KEY_FIXED: usize = 8 + 8 + 8 + 1 + 1 + 2 + 5 + 4 * 4;
+
+/// Appends a thread key: the instance, both workloads by id, the reporter and mTLS, the
+/// outcome and the texts' lengths in one fixed part, then the texts that are not ids. The
+/// lengths delimit the texts, so a request's key takes five appends rather than one per field.
 #[allow(clippy::too_many_arguments)]
-fn thread_key_common(
+fn thread_key(
     key: &mut Vec<u8>,
     instance: u64,
     reporter: Reporter,
     source: &WorkloadMeta,
     destination: &WorkloadMeta,
     mutual_tls: bool,
+    outcome: Outcome,
     texts: [&str; 4],
 ) {
-    key.extend_from_slice(&instance.to_le_bytes());
-    key.extend_from_slice(&source.id().to_le_bytes());
-    key.extend_from_slice(&destination.id().to_le_bytes());
-    key.push(u8::from(reporter == Reporter::Destination) | u8::from(mutual_tls) << 1);
+    let mut fixed = [0u8; THREAD_KEY_FIXED];
+    fixed[..8].copy_from_slice(&instance.to_le_bytes());
+    fixed[8..16].copy_from_slice(&source.id().to_le_bytes());
+    fixed[16..24].copy_from_slice(&destination.id().to_le_bytes());
+    fixed[24] = u8::from(reporter == Reporter::Destination) | u8::from(mutual_tls) << 1;
+    fixed[25] = u8::from(outcome.grpc);
+    fixed[26..28].copy_from_slice(&outcome.code.to_le_bytes());
+    if let Some(status) = outcome.grpc_status {
+        fixed[28] = 1;
+        fixed[29..33].copy_from_slice(&status.to_le_bytes());
+    }
+    for (slot, t) in fixed[33..].chunks_exact_mut(4).zip(texts) {
+        // Longer than 4 GiB cannot occur; saturating keeps the key well-formed regardless.
+        slot.copy_from_slice(&u32::try_from(t.len()).unwrap_or(u32::MAX).to_le_bytes());
+    }
+    key.extend_from_slice(&fixed);
     for t in texts {
-        push_str(key, t);
+        key.extend_from_slice(t.as_bytes());
     }
 }
 
@@ -255,13 +281,18 @@ impl<'a> RequestLabels<'a> {
     /// Appends the key of this label set in a thread's map of `instance`: the workloads
     /// by id (unique per value), everything else as given.
     pub(super) fn thread_key(&self, instance: u64, key: &mut Vec<u8>) {
-        thread_key_common(
+        thread_key(
             key,
             instance,
             self.reporter,
             self.source,
             self.destination,
             self.mutual_tls,
+            Outcome {
+                grpc: self.grpc,
+                code: self.response_code,
+                grpc_status: self.grpc_status,
+            },
             [
                 self.source_principal,
                 self.destination_principal,
@@ -269,7 +300,6 @@ impl<'a> RequestLabels<'a> {
                 self.response_flags,
             ],
         );
-        push_outcome(key, self.grpc, self.response_code, self.grpc_status);
     }
 
     /// Appends the label values, as the shared map is keyed.
@@ -279,7 +309,8 @@ impl<'a> RequestLabels<'a> {
     }
 }
 
-/// Appends a request's outcome to a key: gRPC or not, the status code, the gRPC status.
+/// Appends a request's outcome to a shared-map key: gRPC or not, the status code, the gRPC
+/// status.
 fn push_outcome(key: &mut Vec<u8>, grpc: bool, code: u16, grpc_status: Option<u32>) {
     key.push(u8::from(grpc));
     key.extend_from_slice(&code.to_le_bytes());
@@ -295,13 +326,14 @@ fn push_outcome(key: &mut Vec<u8>, grpc: bool, code: u16, grpc_status: Option<u3
 impl<'a> TcpLabels<'a> {
     /// As [`RequestLabels::thread_key`].
     pub(super) fn thread_key(&self, instance: u64, key: &mut Vec<u8>) {
-        thread_key_common(
+        thread_key(
             key,
             instance,
             self.reporter,
             self.source,
             self.destination,
             self.mutual_tls,
+            Outcome::default(),
             [
                 self.source_principal,
                 self.destination_principal,

@@ -511,6 +511,59 @@ fn instances_do_not_share_cached_handles() {
 }
 
 #[test]
+fn texts_that_run_together_stay_apart() {
+    // The same characters split differently between the principals, the service and the
+    // flags are different label sets, for HTTP and for TCP.
+    let registry = Registry::new();
+    let m = IstioMetrics::new(&registry, DEFAULT_MAX_LABEL_SETS).unwrap();
+    let f = Fixture::new();
+    let splits = [
+        ("spiffe://a", "bc", "d.svc"),
+        ("spiffe://ab", "c", "d.svc"),
+        ("spiffe://a", "b", "cd.svc"),
+    ];
+    for (i, (src, dst, service)) in splits.iter().enumerate() {
+        for _ in 0..=i {
+            let l = RequestLabels {
+                source_principal: src,
+                destination_principal: dst,
+                destination_service: service,
+                ..f.request()
+            };
+            m.record_request(&l, Duration::ZERO, 0, 0);
+        }
+        drop(m.tcp_open(&TcpLabels {
+            source_principal: src,
+            destination_principal: dst,
+            destination_service: service,
+            ..f.tcp()
+        }));
+    }
+    let text = render(&registry);
+    for (i, (src, dst, service)) in splits.iter().enumerate() {
+        let needle = format!(
+            "source_principal=\"{src}\",source_version=\"v1\",source_workload=\"productpage-v1\""
+        );
+        let hits: Vec<&str> = samples(&text, "istio_requests_total")
+            .into_iter()
+            .filter(|l| {
+                l.contains(&needle)
+                    && l.contains(&format!("destination_principal=\"{dst}\""))
+                    && l.contains(&format!("destination_service=\"{service}\""))
+            })
+            .collect();
+        assert_eq!(hits.len(), 1, "{src} {dst} {service}: {text}");
+        assert!(hits[0].ends_with(&format!(" {}", i + 1)), "{hits:?}");
+    }
+    assert_eq!(samples(&text, "istio_requests_total").len(), 3, "{text}");
+    assert_eq!(
+        samples(&text, "istio_tcp_connections_closed_total").len(),
+        3,
+        "{text}"
+    );
+}
+
+#[test]
 fn thread_cache_is_bounded() {
     std::thread::spawn(|| {
         let registry = Registry::new();
