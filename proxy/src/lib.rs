@@ -6,6 +6,7 @@ pub mod admin;
 pub mod app;
 pub mod detect;
 pub mod discovery;
+pub mod hex;
 pub mod http;
 pub mod identity;
 pub mod io;

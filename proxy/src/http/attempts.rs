@@ -336,9 +336,15 @@ pub fn adapt_request<B>(
     wanted: HttpVersion,
     actual: HttpVersion,
 ) -> Result<(), Local> {
-    if !up.mtls() && req.headers().contains_key(&PEER_METADATA) {
+    let [meta, meta_id, orig_proto] = headers::present(
+        req.headers(),
+        [&PEER_METADATA, &PEER_METADATA_ID, &headers::ORIG_PROTO],
+    );
+    if !up.mtls() && meta {
         req.headers_mut().remove(&PEER_METADATA);
-        req.headers_mut().remove(&PEER_METADATA_ID);
+        if meta_id {
+            req.headers_mut().remove(&PEER_METADATA_ID);
+        }
     }
     // Already in the right form (the usual case) when the version matches.
     if (req.version() == Version::HTTP_2) != (actual == HttpVersion::Http2) {
@@ -349,7 +355,7 @@ pub fn adapt_request<B>(
             headers::ORIG_PROTO.clone(),
             HeaderValue::from_static("HTTP/1.1"),
         );
-    } else {
+    } else if orig_proto {
         req.headers_mut().remove(&headers::ORIG_PROTO);
     }
     Ok(())

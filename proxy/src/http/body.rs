@@ -116,6 +116,18 @@ impl<F: OnFinish> OnFinish for Option<F> {
     }
 }
 
+/// A boxed recorder: a large one (the request's exchange) then moves with the response as a
+/// pointer rather than being copied at every hand-over inside hyper.
+impl<F: OnFinish> OnFinish for Box<F> {
+    fn finish(self, completed: bool, bytes_sent: u64) {
+        (*self).finish(completed, bytes_sent);
+    }
+
+    fn trailers(&mut self, trailers: &http::HeaderMap) {
+        (**self).trailers(trailers);
+    }
+}
+
 pin_project! {
     /// A response body that counts what it sends and reports once at the end.
     pub struct ResponseBody<F: OnFinish> {

@@ -4,6 +4,8 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::hex::hex16;
+
 /// `x-request-id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `x-forwarded-for`.
@@ -18,40 +20,79 @@ pub static ORIG_PROTO: HeaderName = HeaderName::from_static("halyard-orig-proto"
 /// Envoy's header telling the app which verified client certificate the request came with.
 pub static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
+/// Which of `names` the map holds, found in one pass over its names. Most headers the proxy
+/// strips are absent, and looking an absent custom name up hashes it byte by byte, which cost
+/// more than this scan of a request's few names.
+pub fn present<const N: usize>(headers: &HeaderMap, names: [&HeaderName; N]) -> [bool; N] {
+    let mut found = [false; N];
+    for name in headers.keys() {
+        if let Some(f) = names
+            .iter()
+            .position(|n| *n == name)
+            .and_then(|i| found.get_mut(i))
+        {
+            *f = true;
+        }
+    }
+    found
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named by `Connection`.
 /// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay (a protocol switch in progress).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Names listed in Connection are hop-by-hop too.
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    let [connection, keep_alive, proxy_connection, transfer_encoding, proxy_authorization, te, upgrade] =
+        present(
+            headers,
+            [
+                &header::CONNECTION,
+                &KEEP_ALIVE,
+                &PROXY_CONNECTION,
+                &header::TRANSFER_ENCODING,
+                &header::PROXY_AUTHORIZATION,
+                &header::TE,
+                &header::UPGRADE,
+            ],
+        );
+    if connection {
+        // Names listed in Connection are hop-by-hop too.
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TRANSFER_ENCODING,
-        &header::PROXY_AUTHORIZATION,
+    for (there, name) in [
+        (keep_alive, &KEEP_ALIVE),
+        (proxy_connection, &PROXY_CONNECTION),
+        (transfer_encoding, &header::TRANSFER_ENCODING),
+        (proxy_authorization, &header::PROXY_AUTHORIZATION),
     ] {
-        headers.remove(name);
+        if there {
+            headers.remove(name);
+        }
     }
-    if headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes() != b"trailers")
+    if te
+        && headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes() != b"trailers")
     {
         headers.remove(header::TE);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
-        headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
+        if connection {
+            headers.remove(header::CONNECTION);
+        }
+        if upgrade {
+            headers.remove(header::UPGRADE);
+        }
     }
 }
 
@@ -78,23 +119,20 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     v
 }
 
+/// A random UUIDv4, written at fixed offsets into a buffer the header value owns (cloning it
+/// for a retry or the access log then shares it instead of copying).
 fn new_request_id() -> HeaderValue {
-    let mut bytes = fastrand::u128(..).to_be_bytes();
-    bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
-    bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 36];
-    let mut o = 0;
-    for (i, b) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out[o] = b'-';
-            o += 1;
-        }
-        out[o] = HEX[(b >> 4) as usize];
-        out[o + 1] = HEX[(b & 0xf) as usize];
-        o += 2;
-    }
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    // Version 4 in bits 76..80, the RFC 4122 variant (0b10) in bits 62..64.
+    let v = fastrand::u128(..) & !(0xf << 76 | 0x3 << 62) | (0x4 << 76 | 0x2 << 62);
+    let (hi, lo) = (hex16((v >> 64) as u64), hex16(v as u64));
+    let mut out = [b'-'; 36];
+    out[..8].copy_from_slice(&hi[..8]);
+    out[9..13].copy_from_slice(&hi[8..12]);
+    out[14..18].copy_from_slice(&hi[12..]);
+    out[19..23].copy_from_slice(&lo[..4]);
+    out[24..].copy_from_slice(&lo[4..]);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// Appends the client address to `x-forwarded-for` and sets `x-forwarded-proto` when absent.
@@ -144,11 +182,38 @@ mod tests {
     }
 
     #[test]
+    fn request_ids_are_random_uuid_v4() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2000 {
+            let id = new_request_id().to_str().unwrap().to_string();
+            let groups: Vec<&str> = id.split('-').collect();
+            let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+            assert_eq!(lens, [8, 4, 4, 4, 12], "{id}");
+            assert!(groups.iter().all(|g| g
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))));
+            assert!(groups[2].starts_with('4'), "version 4: {id}");
+            assert!(
+                matches!(groups[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'),
+                "RFC 4122 variant: {id}"
+            );
+            assert!(seen.insert(id));
+        }
+        // Every other digit is random: each position takes more than one value.
+        for pos in (0..36).filter(|p| ![8, 13, 14, 18, 19, 23].contains(p)) {
+            let values: std::collections::HashSet<u8> =
+                seen.iter().map(|id| id.as_bytes()[pos]).collect();
+            assert!(values.len() > 8, "position {pos}: {values:?}");
+        }
+    }
+
+    #[test]
     fn request_id_and_forwarded() {
         let mut h = HeaderMap::new();
         let id = ensure_request_id(&mut h);
         assert_eq!(id.len(), 36);
         assert_eq!(ensure_request_id(&mut h), id);
+        assert_eq!(h["x-request-id"], id);
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
         add_forwarded(&mut h, "127.0.0.1".parse().unwrap());
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");

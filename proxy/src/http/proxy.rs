@@ -91,7 +91,7 @@ pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     mut req: Request<Incoming>,
-) -> Response<ResponseBody<Option<Exchange>>> {
+) -> Response<ResponseBody<Option<Box<Exchange>>>> {
     // Room for the headers the proxy adds (request id, forwarding, trace context, peer
     // metadata) up front, instead of growing the map once or twice on the way.
     req.headers_mut().reserve(8);
@@ -129,7 +129,7 @@ pub async fn handle(
             shared.tasks.spawn(run_tunnel(t, ex));
             Response::from_parts(parts, ResponseBody::new(body, None))
         }
-        None => Response::from_parts(parts, ResponseBody::new(body, Some(ex))),
+        None => Response::from_parts(parts, ResponseBody::new(body, Some(Box::new(ex)))),
     }
 }
 
@@ -192,19 +192,35 @@ async fn forward(
     ex: &mut Exchange,
     tunnel: &mut Option<Tunnel>,
 ) -> Result<Response<ProxyBody>, Local> {
+    let [orig_proto, meta, meta_id, xfcc] = headers::present(
+        req.headers(),
+        [
+            &headers::ORIG_PROTO,
+            &PEER_METADATA,
+            &PEER_METADATA_ID,
+            &headers::XFCC,
+        ],
+    );
     // Only a sidecar may say the request was HTTP/1.1 before it crossed the mesh as HTTP/2.
-    let orig_h1 = req.headers_mut().remove(&headers::ORIG_PROTO).is_some()
+    let orig_h1 = orig_proto
+        && req.headers_mut().remove(&headers::ORIG_PROTO).is_some()
         && conn.listener == ListenerKind::Inbound
         && conn.peer_cert.is_some();
     // Peer metadata is ours to add and read; an app's copy is never passed on.
-    let meta = req.headers_mut().remove(&PEER_METADATA);
-    req.headers_mut().remove(&PEER_METADATA_ID);
+    let meta = meta
+        .then(|| req.headers_mut().remove(&PEER_METADATA))
+        .flatten();
+    if meta_id {
+        req.headers_mut().remove(&PEER_METADATA_ID);
+    }
     if conn.listener == ListenerKind::Inbound {
         // Only what this proxy verified may reach the app as the client certificate.
-        let xfcc = req.headers_mut();
-        xfcc.remove(&headers::XFCC);
+        let h = req.headers_mut();
+        if xfcc {
+            h.remove(&headers::XFCC);
+        }
         if let Some(peer) = &conn.peer_cert {
-            xfcc.insert(headers::XFCC.clone(), peer.xfcc.clone());
+            h.insert(headers::XFCC.clone(), peer.xfcc.clone());
             // Only an authenticated mesh peer may say which workload it is.
             ex.peer_meta = meta.as_ref().and_then(peer::decode);
         }
@@ -454,8 +470,13 @@ async fn forward(
     if let Some(c) = set_cookie {
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
-    let meta = resp.headers_mut().remove(&PEER_METADATA);
-    resp.headers_mut().remove(&PEER_METADATA_ID);
+    let [meta, meta_id] = headers::present(resp.headers(), [&PEER_METADATA, &PEER_METADATA_ID]);
+    let meta = meta
+        .then(|| resp.headers_mut().remove(&PEER_METADATA))
+        .flatten();
+    if meta_id {
+        resp.headers_mut().remove(&PEER_METADATA_ID);
+    }
     match conn.listener {
         ListenerKind::Outbound if ex.upstream_identity.is_some() => {
             ex.peer_meta = meta.as_ref().and_then(peer::decode);

@@ -6,6 +6,8 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::hex::hex16;
+
 /// W3C trace context.
 pub(super) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// W3C vendor state; passed through unchanged.
@@ -401,21 +403,6 @@ impl AsRef<[u8]> for Buf {
     }
 }
 
-/// The 16 lower-case hex digits of `v`, computed on all digits at once: ids are written into
-/// every request's `traceparent`, and a digit-by-digit loop showed up in its cost.
-fn hex16(v: u64) -> [u8; 16] {
-    const BYTES: u128 = 0x0101_0101_0101_0101_0101_0101_0101_0101;
-    // Spread the nibbles over the bytes of a u128: byte i holds nibble i (little end first).
-    let mut x = u128::from(v);
-    x = (x | x << 32) & 0x0000_0000_ffff_ffff_0000_0000_ffff_ffff;
-    x = (x | x << 16) & 0x0000_ffff_0000_ffff_0000_ffff_0000_ffff;
-    x = (x | x << 8) & 0x00ff_00ff_00ff_00ff_00ff_00ff_00ff_00ff;
-    x = (x | x << 4) & (BYTES * 0x0f);
-    // A nibble of 10 or more gets the distance from '9' + 1 to 'a' added; no byte carries.
-    let letters = ((x + BYTES * 6) >> 4) & BYTES;
-    (x + BYTES * u128::from(b'0') + letters * u128::from(b'a' - b'0' - 10)).to_be_bytes()
-}
-
 /// Lower-case hex of a trace id (32 digits).
 pub(super) fn trace_id_hex(id: u128) -> String {
     format!("{id:032x}")
@@ -424,18 +411,4 @@ pub(super) fn trace_id_hex(id: u128) -> String {
 /// Lower-case hex of a span id (16 digits).
 pub(super) fn span_id_hex(id: u64) -> String {
     format!("{id:016x}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hex16_matches_format() {
-        let mut values = vec![0, 1, 9, 10, 15, 16, 0xa0, u64::MAX, 0x0123_4567_89ab_cdef];
-        values.extend((0..10_000).map(|_| fastrand::u64(..)));
-        for v in values {
-            assert_eq!(hex16(v), format!("{v:016x}").as_bytes(), "{v:#x}");
-        }
-    }
 }
