@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use super::labels::ThreadKey;
 use super::shards::HttpShard;
 use super::TcpHandles;
 
@@ -63,6 +64,23 @@ impl<H> LabelSets<H> {
 /// foldhash (randomly seeded): the keys are short, and a thread's map is bounded and cleared.
 pub(super) type Slots<V> = HashMap<Box<[u8]>, Option<V>, foldhash::fast::RandomState>;
 
+/// The label set a thread resolved last, checked before its map: a connection's requests
+/// mostly repeat their labels, and comparing them costs less than writing and hashing a key.
+pub(super) struct Last<V> {
+    /// Its key's bytes; empty before the first lookup (no key is empty).
+    key: Vec<u8>,
+    entry: Option<V>,
+}
+
+impl<V> Default for Last<V> {
+    fn default() -> Self {
+        Self {
+            key: Vec::new(),
+            entry: None,
+        }
+    }
+}
+
 /// One thread's maps, and the buffers keys are encoded into.
 #[derive(Default)]
 pub(super) struct Local {
@@ -70,6 +88,8 @@ pub(super) struct Local {
     content: Vec<u8>,
     http: Slots<Arc<HttpShard>>,
     tcp: Slots<Arc<TcpHandles>>,
+    last_http: Last<Arc<HttpShard>>,
+    last_tcp: Last<Arc<TcpHandles>>,
 }
 
 /// The buffers and one kind's map of a thread.
@@ -77,6 +97,7 @@ pub(super) struct Parts<'a, V> {
     key: &'a mut Vec<u8>,
     content: &'a mut Vec<u8>,
     slots: &'a mut Slots<V>,
+    last: &'a mut Last<V>,
 }
 
 impl Local {
@@ -86,6 +107,7 @@ impl Local {
             key: &mut self.key,
             content: &mut self.content,
             slots: &mut self.http,
+            last: &mut self.last_http,
         }
     }
 
@@ -95,6 +117,7 @@ impl Local {
             key: &mut self.key,
             content: &mut self.content,
             slots: &mut self.tcp,
+            last: &mut self.last_tcp,
         }
     }
 }
@@ -115,12 +138,13 @@ pub(super) struct Lookup<'s, S, V> {
 
 /// Calls `then` with what this thread records the label set into (None when it was dropped).
 ///
-/// `thread_key` writes a compact key (ids, not text, for the workloads) that this thread's
-/// map is searched by; only when that misses does `content_key` write the label values
-/// themselves, which the shared map (and its bound) goes by, creating the set with `make`.
-pub(super) fn with_handles<S, V, R>(
+/// `thread_key` is a compact key (ids, not text, for the workloads) that this thread's last
+/// label set and then its map are searched by; only when both miss does `content_key` write
+/// the label values themselves, which the shared map (and its bound) goes by, creating the
+/// set with `make`.
+pub(super) fn with_handles<S, V: Clone, R>(
     lookup: Lookup<'_, S, V>,
-    thread_key: impl Fn(&mut Vec<u8>),
+    thread_key: ThreadKey<'_>,
     content_key: impl Fn(&mut Vec<u8>),
     make: impl Fn() -> Option<S>,
     then: impl Fn(Option<&V>) -> R,
@@ -131,23 +155,33 @@ pub(super) fn with_handles<S, V, R>(
             key,
             content,
             slots,
+            last,
         } = (lookup.slots)(&mut local);
+        if thread_key.is(&last.key) {
+            return Some(then(last.entry.as_ref()));
+        }
         key.clear();
-        thread_key(key);
-        if let Some(entry) = slots.get(key.as_slice()) {
-            return Some(then(entry.as_ref()));
-        }
-        content.clear();
-        content_key(content);
-        let entry = lookup
-            .sets
-            .resolve(content, &make)
-            .map(|s| (lookup.view)(&s));
+        thread_key.write(key);
+        let entry = match slots.get(key.as_slice()) {
+            Some(entry) => entry.clone(),
+            None => {
+                content.clear();
+                content_key(content);
+                let entry = lookup
+                    .sets
+                    .resolve(content, &make)
+                    .map(|s| (lookup.view)(&s));
+                if slots.len() >= THREAD_CACHE_MAX {
+                    slots.clear();
+                }
+                slots.insert(key.as_slice().into(), entry.clone());
+                entry
+            }
+        };
         let out = then(entry.as_ref());
-        if slots.len() >= THREAD_CACHE_MAX {
-            slots.clear();
-        }
-        slots.insert(key.as_slice().into(), entry);
+        last.key.clear();
+        last.key.extend_from_slice(key);
+        last.entry = entry;
         Some(out)
     });
     match cached {

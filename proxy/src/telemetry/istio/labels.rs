@@ -215,38 +215,67 @@ struct Outcome {
 /// Length of a thread key's fixed part.
 const THREAD_KEY_FIXED: usize = 8 + 8 + 8 + 1 + 1 + 2 + 5 + 4 * 4;
 
-/// Appends a thread key: the instance, both workloads by id, the reporter and mTLS, the
-/// outcome and the texts' lengths in one fixed part, then the texts that are not ids. The
-/// lengths delimit the texts, so a request's key takes five appends rather than one per field.
-#[allow(clippy::too_many_arguments)]
-fn thread_key(
-    key: &mut Vec<u8>,
-    instance: u64,
-    reporter: Reporter,
-    source: &WorkloadMeta,
-    destination: &WorkloadMeta,
-    mutual_tls: bool,
-    outcome: Outcome,
-    texts: [&str; 4],
-) {
-    let mut fixed = [0u8; THREAD_KEY_FIXED];
-    fixed[..8].copy_from_slice(&instance.to_le_bytes());
-    fixed[8..16].copy_from_slice(&source.id().to_le_bytes());
-    fixed[16..24].copy_from_slice(&destination.id().to_le_bytes());
-    fixed[24] = u8::from(reporter == Reporter::Destination) | u8::from(mutual_tls) << 1;
-    fixed[25] = u8::from(outcome.grpc);
-    fixed[26..28].copy_from_slice(&outcome.code.to_le_bytes());
-    if let Some(status) = outcome.grpc_status {
-        fixed[28] = 1;
-        fixed[29..33].copy_from_slice(&status.to_le_bytes());
+/// A label set's key in a thread's map: the instance, both workloads by id, the reporter and
+/// mTLS, the outcome and the texts' lengths in one fixed part, then the texts that are not ids
+/// (the lengths delimit them).
+pub(super) struct ThreadKey<'a> {
+    fixed: [u8; THREAD_KEY_FIXED],
+    texts: [&'a str; 4],
+}
+
+impl<'a> ThreadKey<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        instance: u64,
+        reporter: Reporter,
+        source: &WorkloadMeta,
+        destination: &WorkloadMeta,
+        mutual_tls: bool,
+        outcome: Outcome,
+        texts: [&'a str; 4],
+    ) -> Self {
+        let mut fixed = [0u8; THREAD_KEY_FIXED];
+        fixed[..8].copy_from_slice(&instance.to_le_bytes());
+        fixed[8..16].copy_from_slice(&source.id().to_le_bytes());
+        fixed[16..24].copy_from_slice(&destination.id().to_le_bytes());
+        fixed[24] = u8::from(reporter == Reporter::Destination) | u8::from(mutual_tls) << 1;
+        fixed[25] = u8::from(outcome.grpc);
+        fixed[26..28].copy_from_slice(&outcome.code.to_le_bytes());
+        if let Some(status) = outcome.grpc_status {
+            fixed[28] = 1;
+            fixed[29..33].copy_from_slice(&status.to_le_bytes());
+        }
+        for (slot, t) in fixed[33..].chunks_exact_mut(4).zip(texts) {
+            // Longer than 4 GiB cannot occur; saturating keeps the key well-formed regardless.
+            slot.copy_from_slice(&u32::try_from(t.len()).unwrap_or(u32::MAX).to_le_bytes());
+        }
+        Self { fixed, texts }
     }
-    for (slot, t) in fixed[33..].chunks_exact_mut(4).zip(texts) {
-        // Longer than 4 GiB cannot occur; saturating keeps the key well-formed regardless.
-        slot.copy_from_slice(&u32::try_from(t.len()).unwrap_or(u32::MAX).to_le_bytes());
+
+    /// Appends the key's bytes: five appends rather than one per field.
+    pub(super) fn write(&self, key: &mut Vec<u8>) {
+        key.extend_from_slice(&self.fixed);
+        for t in self.texts {
+            key.extend_from_slice(t.as_bytes());
+        }
     }
-    key.extend_from_slice(&fixed);
-    for t in texts {
-        key.extend_from_slice(t.as_bytes());
+
+    /// Whether `bytes`, as [`ThreadKey::write`] wrote them, are this key; compared without
+    /// writing this one.
+    pub(super) fn is(&self, bytes: &[u8]) -> bool {
+        let Some((fixed, mut rest)) = bytes.split_first_chunk::<THREAD_KEY_FIXED>() else {
+            return false;
+        };
+        if *fixed != self.fixed {
+            return false;
+        }
+        for t in self.texts {
+            match rest.split_at_checked(t.len()) {
+                Some((head, tail)) if head == t.as_bytes() => rest = tail,
+                _ => return false,
+            }
+        }
+        rest.is_empty()
     }
 }
 
@@ -278,11 +307,10 @@ impl<'a> RequestLabels<'a> {
         self.grpc_status.filter(|_| self.grpc)
     }
 
-    /// Appends the key of this label set in a thread's map of `instance`: the workloads
-    /// by id (unique per value), everything else as given.
-    pub(super) fn thread_key(&self, instance: u64, key: &mut Vec<u8>) {
-        thread_key(
-            key,
+    /// The key of this label set in a thread's map of `instance`: the workloads by id
+    /// (unique per value), everything else as given.
+    pub(super) fn thread_key(&self, instance: u64) -> ThreadKey<'a> {
+        ThreadKey::new(
             instance,
             self.reporter,
             self.source,
@@ -299,7 +327,7 @@ impl<'a> RequestLabels<'a> {
                 self.destination_service,
                 self.response_flags,
             ],
-        );
+        )
     }
 
     /// Appends the label values, as the shared map is keyed.
@@ -325,9 +353,8 @@ fn push_outcome(key: &mut Vec<u8>, grpc: bool, code: u16, grpc_status: Option<u3
 
 impl<'a> TcpLabels<'a> {
     /// As [`RequestLabels::thread_key`].
-    pub(super) fn thread_key(&self, instance: u64, key: &mut Vec<u8>) {
-        thread_key(
-            key,
+    pub(super) fn thread_key(&self, instance: u64) -> ThreadKey<'a> {
+        ThreadKey::new(
             instance,
             self.reporter,
             self.source,
@@ -340,7 +367,7 @@ impl<'a> TcpLabels<'a> {
                 self.destination_service,
                 self.response_flags,
             ],
-        );
+        )
     }
 
     pub(super) fn common(&self) -> Common<'a> {

@@ -158,7 +158,7 @@ impl IstioMetrics {
                 slots: Local::http,
                 view: |set| set.shard(),
             },
-            |key| l.thread_key(self.id, key),
+            l.thread_key(self.id),
             |key| l.encode(&l.common(), key),
             || Some(Self::http_set(l)),
             |shard| match shard {
@@ -182,7 +182,7 @@ impl IstioMetrics {
                 slots: Local::tcp,
                 view: Arc::clone,
             },
-            |key| l.thread_key(self.id, key),
+            l.thread_key(self.id),
             |key| l.common().encode(key),
             || self.tcp_handles(&l.common()),
             |h| h.cloned(),

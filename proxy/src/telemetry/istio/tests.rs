@@ -512,8 +512,10 @@ fn instances_do_not_share_cached_handles() {
 
 #[test]
 fn texts_that_run_together_stay_apart() {
-    // The same characters split differently between the principals, the service and the
-    // flags are different label sets, for HTTP and for TCP.
+    // The same characters split differently between the principals and the service are
+    // different label sets, for HTTP and for TCP; so are texts of the same lengths that
+    // differ in one character (recorded right after each other, as a thread's last label set
+    // is checked first).
     let registry = Registry::new();
     let m = IstioMetrics::new(&registry, DEFAULT_MAX_LABEL_SETS).unwrap();
     let f = Fixture::new();
@@ -521,6 +523,7 @@ fn texts_that_run_together_stay_apart() {
         ("spiffe://a", "bc", "d.svc"),
         ("spiffe://ab", "c", "d.svc"),
         ("spiffe://a", "b", "cd.svc"),
+        ("spiffe://a", "b", "ce.svc"),
     ];
     for (i, (src, dst, service)) in splits.iter().enumerate() {
         for _ in 0..=i {
@@ -555,10 +558,10 @@ fn texts_that_run_together_stay_apart() {
         assert_eq!(hits.len(), 1, "{src} {dst} {service}: {text}");
         assert!(hits[0].ends_with(&format!(" {}", i + 1)), "{hits:?}");
     }
-    assert_eq!(samples(&text, "istio_requests_total").len(), 3, "{text}");
+    assert_eq!(samples(&text, "istio_requests_total").len(), 4, "{text}");
     assert_eq!(
         samples(&text, "istio_tcp_connections_closed_total").len(),
-        3,
+        4,
         "{text}"
     );
 }
