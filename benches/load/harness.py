@@ -2087,28 +2087,23 @@ def run_telemetry(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int,
             name = f"halyard-telemetry-{key}"
             cfg = tmp / f"{name}.yaml"
             cfg.write_text(telemetry_conf(key, up_h1, metrics_on, sampling, sink.port))
-            out, admin, inb = free_ports(3)
-            px = Sidecar(name, "", (out, admin, inb))
-            px.proc = procs.start(name, [
-                args.halyard, "--config", str(cfg), "--outbound-addr", f"127.0.0.1:{out}",
-                "--admin-addr", f"127.0.0.1:{admin}", "--stats-addr", "127.0.0.1:0",
-                "--inbound-addr", f"127.0.0.1:{inb}", "--concurrency", "1",
-                "--log-level", "warn"], PROXY_CORE, str(tmp), tmp)
             try:
-                wait_http_ok(f"http://127.0.0.1:{admin}/ready", px.proc)
-                wait_port(out, px.proc)
+                px = start_telemetry_proxy(args, tmp, procs, key, name)
             except RuntimeError as e:
-                r["error"] = f"{label}: the proxy did not start: {e}"
+                r["error"] = f"{label}: {e}"
                 problem(r["error"])
-                procs.stop(px.proc)
                 continue
-            r["settings"] = telemetry_settings(admin)
+            r["settings"] = telemetry_settings(px.admin)
             r["rss_idle_kib"] = mem_kib([px.proc.pid])["rss_kib"]
             proxies[key] = px
-            log(f"telemetry {label}: Halyard on 127.0.0.1:{out} (admin :{admin}), "
+            log(f"telemetry {label}: Halyard on 127.0.0.1:{px.outbound} (admin :{px.admin}), "
                 f"settings {json.dumps(r['settings'])}")
         if proxies:
-            telemetry_measure(oha, dur, warm, res, problem, sink, proxies)
+            def launch(key: str, name: str) -> Sidecar:
+                return start_telemetry_proxy(args, tmp, procs, key, name)
+
+            telemetry_measure(oha, dur, warm, res, problem, sink, proxies, launch,
+                              lambda px: procs.stop(px.proc))
         # The measured proxies stay up but idle; the sink stays for (c) and (d).
         telemetry_instructions(args, tmp, procs, oha, res, problem)
         plain = (results["scenarios"].get("h1-0", {}).get("targets", {}).get("halyard", {})
@@ -2141,6 +2136,25 @@ def run_telemetry(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int,
             procs.stop(px.proc)
         sink.stop()
         res["load_after"] = loadavg()
+
+
+def start_telemetry_proxy(args, tmp: Path, procs: Procs, key: str, name: str) -> Sidecar:
+    """Starts a proxy with the configuration of `key` (written by run_telemetry) on the proxy
+    core; raises RuntimeError when it does not come up."""
+    out, admin, inb = free_ports(3)
+    px = Sidecar(name, "", (out, admin, inb))
+    px.proc = procs.start(name, [
+        args.halyard, "--config", str(tmp / f"halyard-telemetry-{key}.yaml"),
+        "--outbound-addr", f"127.0.0.1:{out}", "--admin-addr", f"127.0.0.1:{admin}",
+        "--stats-addr", "127.0.0.1:0", "--inbound-addr", f"127.0.0.1:{inb}",
+        "--concurrency", "1", "--log-level", "warn"], PROXY_CORE, str(tmp), tmp)
+    try:
+        wait_http_ok(f"http://127.0.0.1:{admin}/ready", px.proc)
+        wait_port(out, px.proc)
+    except RuntimeError as e:
+        procs.stop(px.proc)
+        raise RuntimeError(f"the proxy did not start: {e}") from e
+    return px
 
 
 # Two runs per configuration under callgrind; their difference cancels start-up and warm-up.
@@ -2225,39 +2239,55 @@ def telemetry_settings(admin: int) -> dict:
     return (dump.get("config") or {}).get("settings") or {}
 
 
-def telemetry_concurrent(oha: Oha, dur: int, warm: int, res: dict, problem,
-                         proxies: dict, targets: dict, sc: dict, usable: list[str],
-                         rate: int | None = None) -> None:
+def telemetry_concurrent(oha: Oha, dur: int, warm: int, res: dict, problem, launch, stop,
+                         sc: dict, usable: list[str], rate: int | None = None) -> None:
     """Each configuration against (a) at the same time: two oha runs of half the connections
     each, both proxies on the proxy core, CPU per 2xx request of each over the same window. The
     other tenants' interference then hits both sides of a ratio alike, which sequential rounds
     cannot promise on a shared machine. Closed loop (`res["concurrent"]`), or with `rate` both
     at that many requests per second (`res["concurrent_fixed"]`): the same load on both, as
-    Istio measures a proxy's CPU at a given request rate."""
+    Istio measures a proxy's CPU at a given request rate.
+
+    Every round starts both proxies afresh (`launch`, `stop`): runs that reused one
+    long-lived process per configuration (which had also served the sequential rounds)
+    differed from each other by several percent while each run's rounds agreed, so a
+    process's state or placement weighed in; the median over fresh pairs leaves that out.
+    (a) against a second (a) (key `off`) comes first: the difference two identical proxies
+    show, the noise floor."""
     if "off" not in usable:
         return
     half = max(1, CAPACITY_CONNS // 2)
     out: dict = {"rounds": TELEMETRY_CONCURRENT_ROUNDS, "conns_each": half, "by_key": {},
-                 "rate_each": rate}
+                 "rate_each": rate, "fresh_processes": True}
     res["concurrent_fixed" if rate else "concurrent"] = out
-    for key in [k for k in usable if k != "off"]:
+    for key in usable:
         ratios, rows = [], []
         for rnd in range(TELEMETRY_CONCURRENT_ROUNDS):
-            pair = ("off", key) if rnd % 2 == 0 else (key, "off")
+            # Sides: the baseline and the configuration measured, started in alternating order.
+            sides = [("base", "off"), ("test", key)]
+            if rnd % 2:
+                sides.reverse()
+            fresh: dict[str, Sidecar] = {}
             try:
+                for side, k in sides:
+                    fresh[side] = launch(k, f"halyard-telemetry-{k}-{side}-{rnd + 1}")
+                targets = {side: mesh_target(side, side, px.outbound, HOST_TELEMETRY, [px], "")
+                           for side, px in fresh.items()}
                 results: dict = {}
                 errors: list[str] = []
 
-                def drive(k: str, seconds: int) -> None:
+                def drive(side: str, seconds: int) -> None:
                     try:
-                        results[k] = outcome(oha.run(targets[k], sc, duration=f"{seconds}s",
-                                                     conns=(half, 1), rate=rate,
-                                                     timeout=seconds + 60))
+                        results[side] = outcome(oha.run(targets[side], sc,
+                                                        duration=f"{seconds}s",
+                                                        conns=(half, 1), rate=rate,
+                                                        timeout=seconds + 60))
                     except RuntimeError as e:
-                        errors.append(f"{k}: {e}")
+                        errors.append(f"{side}: {e}")
 
                 def both(seconds: int) -> None:
-                    threads = [threading.Thread(target=drive, args=(k, seconds)) for k in pair]
+                    threads = [threading.Thread(target=drive, args=(side, seconds))
+                               for side, _ in sides]
                     for t in threads:
                         t.start()
                     for t in threads:
@@ -2267,25 +2297,27 @@ def telemetry_concurrent(oha: Oha, dur: int, warm: int, res: dict, problem,
 
                 both(warm)
                 time.sleep(TELEMETRY_FLUSH_WAIT)
-                c0 = {k: proxies[k].cpu() for k in pair}
+                c0 = {side: px.cpu() for side, px in fresh.items()}
                 results.clear()
                 both(dur)
                 time.sleep(TELEMETRY_FLUSH_WAIT)
-                cpu = {k: proxies[k].cpu() - c0[k] for k in pair}
-                per = {k: cpu[k] / results[k]["ok"] * 1e6 if results[k]["ok"] else None
-                       for k in pair}
+                per = {side: (px.cpu() - c0[side]) / results[side]["ok"] * 1e6
+                       if results[side]["ok"] else None for side, px in fresh.items()}
                 row = {"round": rnd + 1, "cpu_us_per_ok": per,
-                       "rps": {k: results[k]["rps"] for k in pair},
-                       "bad": {k: results[k]["bad"] for k in pair}}
+                       "rps": {side: results[side]["rps"] for side in fresh},
+                       "bad": {side: results[side]["bad"] for side in fresh}}
                 rows.append(row)
-                if per["off"] and per[key]:
-                    ratios.append((per[key] / per["off"] - 1) * 100)
+                if per["base"] and per["test"]:
+                    ratios.append((per["test"] / per["base"] - 1) * 100)
                 log(f"telemetry concurrent{f' @ {rate}/s' if rate else ''} {key} vs off "
                     f"round {rnd + 1}: "
-                    f"{per[key] or 0:.2f} vs {per['off'] or 0:.2f} CPU-us/req "
+                    f"{per['test'] or 0:.2f} vs {per['base'] or 0:.2f} CPU-us/req "
                     f"({ratios[-1] if ratios else 0:+.1f} %)")
             except RuntimeError as e:
                 problem(f"telemetry concurrent {key} round {rnd + 1}: {e}")
+            finally:
+                for px in fresh.values():
+                    stop(px)
         out["by_key"][key] = {"rows": rows, "overhead_pct_by_round": ratios,
                               "overhead_pct_median": median(ratios) if ratios else None}
     ov = out["by_key"].get("trace-1", {}).get("overhead_pct_median")
@@ -2293,7 +2325,7 @@ def telemetry_concurrent(oha: Oha, dur: int, warm: int, res: dict, problem,
 
 
 def telemetry_measure(oha: Oha, dur: int, warm: int, res: dict, problem, sink: OtlpSink,
-                      proxies: dict[str, Sidecar]) -> None:
+                      proxies: dict[str, Sidecar], launch, stop) -> None:
     sc = {"key": "telemetry", "proto": "h1", "path": "/0", "host": HOST_TELEMETRY, "body": 0}
     targets = {k: mesh_target(k, res["targets"][k]["label"], px.outbound, HOST_TELEMETRY, [px],
                               res["targets"][k]["notes"]) for k, px in proxies.items()}
@@ -2408,15 +2440,15 @@ def telemetry_measure(oha: Oha, dur: int, warm: int, res: dict, problem, sink: O
             + f"; target < {TELEMETRY_TARGET_PCT:.0f} % for (c): "
             + ("met" if res["target_met"] else "NOT met"))
 
-    telemetry_concurrent(oha, dur, warm, res, problem, proxies, targets, sc, usable)
+    telemetry_concurrent(oha, dur, warm, res, problem, launch, stop, sc, usable)
     # The same at a fixed rate both proxies sustain: a share of (a)'s closed-loop rate when it
     # shared the core, so that neither side saturates and both see the same load.
     conc = res.get("concurrent", {}).get("by_key", {})
-    shared = [row["rps"]["off"] for v in conc.values() for row in v["rows"]
-              if row["rps"].get("off")]
+    shared = [row["rps"]["base"] for v in conc.values() for row in v["rows"]
+              if row["rps"].get("base")]
     if shared:
         fixed = max(100, int(min(shared) * TELEMETRY_FIXED_SHARE / 100.0) * 100)
-        telemetry_concurrent(oha, dur, warm, res, problem, proxies, targets, sc, usable,
+        telemetry_concurrent(oha, dur, warm, res, problem, launch, stop, sc, usable,
                              rate=fixed)
 
     # Open loop at half of the slowest configuration's closed-loop rate.

@@ -608,9 +608,17 @@ def telemetry_section(results: dict) -> list[str]:
         return " / ".join(f"{x:+.1f}" for x in v) + " %" if v else "—"
 
     def three(d: dict) -> str:
+        floor = (f"; (a) against a second (a), the noise floor: "
+                 f"{_ov(d['off'].get('overhead_pct_median'))} ({rounds(d, 'off')})"
+                 if "off" in d else "")
         return ", ".join(
             f"({t}) **{_ov(d.get(k, {}).get('overhead_pct_median'))}** ({rounds(d, k)})"
-            for t, k in (("b", "metrics"), ("c", "trace-1"), ("d", "trace-100")))
+            for t, k in (("b", "metrics"), ("c", "trace-1"), ("d", "trace-100"))) + floor
+
+    fresh = (" Every round starts both proxies afresh: with one long-lived process per "
+             "configuration for every round, runs of the same commit disagreed by several "
+             "percent while each run's rounds agreed."
+             if fixed.get("fresh_processes") or conc.get("fresh_processes") else "")
 
     if fby:
         met = fixed.get("target_met")
@@ -621,7 +629,7 @@ def telemetry_section(results: dict) -> list[str]:
             "each, both proxies on the proxy core), so both do the same work under the same "
             "interference, the way Istio states a proxy's CPU at a given request rate; "
             f"{fixed.get('rounds')} rounds, median of the per-round overheads: {three(fby)}. "
-            f"Target for (c): **{'met' if met else 'not met'}**.")
+            f"Target for (c): **{'met' if met else 'not met'}**.{fresh}")
     if by:
         met = conc.get("target_met")
         parts.append(
