@@ -20,6 +20,13 @@ pub static ORIG_PROTO: HeaderName = HeaderName::from_static("halyard-orig-proto"
 /// Envoy's header telling the app which verified client certificate the request came with.
 pub static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
+/// A header value that owns `buf` rather than a copy in a `Vec`: request heads are cloned
+/// for retries (and ids kept for the access log), and cloning a `Vec`-backed value allocates
+/// again where this one shares. `None` when `buf` is not a valid header value.
+pub fn owned_value(buf: impl AsRef<[u8]> + Send + 'static) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf)).ok()
+}
+
 /// Which of `names` the map holds, found in one pass over its names. Most headers the proxy
 /// strips are absent, and looking an absent custom name up hashes it byte by byte, which cost
 /// more than this scan of a request's few names.
@@ -119,8 +126,7 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     v
 }
 
-/// A random UUIDv4, written at fixed offsets into a buffer the header value owns (cloning it
-/// for a retry or the access log then shares it instead of copying).
+/// A random UUIDv4, written at fixed offsets into a buffer the header value owns.
 fn new_request_id() -> HeaderValue {
     // Version 4 in bits 76..80, the RFC 4122 variant (0b10) in bits 62..64.
     let v = fastrand::u128(..) & !(0xf << 76 | 0x3 << 62) | (0x4 << 76 | 0x2 << 62);
@@ -131,8 +137,7 @@ fn new_request_id() -> HeaderValue {
     out[14..18].copy_from_slice(&hi[12..]);
     out[19..23].copy_from_slice(&lo[..4]);
     out[24..].copy_from_slice(&lo[4..]);
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
-        .unwrap_or_else(|_| HeaderValue::from_static("-"))
+    owned_value(out).unwrap_or_else(|| HeaderValue::from_static("-"))
 }
 
 /// Appends the client address to `x-forwarded-for` and sets `x-forwarded-proto` when absent.

@@ -7,6 +7,7 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::hex::hex16;
+use crate::http::headers::owned_value;
 
 /// W3C trace context.
 pub(super) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -221,8 +222,7 @@ fn traceparent(trace_id: u128, span_id: u64, sampled: bool) -> Option<HeaderValu
     v[19..35].copy_from_slice(&hex16(trace_id as u64));
     v[36..52].copy_from_slice(&hex16(span_id));
     v[53..].copy_from_slice(if sampled { b"01" } else { b"00" });
-    // Owned by the `Bytes` itself, so that cloning the request head for a retry shares it.
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(v)).ok()
+    owned_value(v)
 }
 
 fn insert_hex(headers: &mut HeaderMap, name: HeaderName, v: u128, digits: usize) {
@@ -390,10 +390,9 @@ impl Buf {
         self.push(&hex16(v as u64));
     }
 
-    /// The header value. It owns this buffer rather than a copy in a `Vec`: the request's
-    /// head is cloned for retries, and cloning a `Vec`-backed value allocates again.
+    /// The header value, owning this buffer (see [`owned_value`]).
     fn value(self) -> Option<HeaderValue> {
-        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(self)).ok()
+        owned_value(self)
     }
 }
 

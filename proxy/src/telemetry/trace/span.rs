@@ -101,8 +101,9 @@ impl Tracer {
 /// Starts the proxy's span for a request: extracts the caller's context (W3C, else B3
 /// single, else B3 multi), decides sampling, and rewrites the propagation headers so the
 /// next hop sees the new span as its parent (a W3C context the caller chose not to sample is
-/// left as it is); `sampling_percent` decides for requests that carry no decision. Returns `Some` only when sampled; needs no tracer, so that an unsampled
-/// request touches nothing shared.
+/// left as it is); `sampling_percent` decides for requests that carry no decision. Returns
+/// `Some` only when sampled; needs no tracer, so that an unsampled request touches nothing
+/// shared.
 pub fn begin(sampling_percent: f64, kind: SpanKind, headers: &mut HeaderMap) -> Option<ActiveSpan> {
     let incoming = context::extract(headers);
     if incoming.w3c && incoming.sampled == Some(false) && incoming.b3.is_none() {
