@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# peer-env: grpc  (the venv tests/install-deps.sh builds from tests/requirements-grpc.txt)
 """CA peer for the end-to-end tests: Python grpcio and the openssl CLI against Halyard's CA.
 
 The Istio CA proto (certs/proto/istio/v1/auth/ca.proto) is compiled at run time with

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# peer-env: grpc  (the venv tests/install-deps.sh builds from tests/requirements-grpc.txt)
 """gRPC peer for the end-to-end tests: grpcio on raw bytes (generic handlers, no codegen).
 
 server

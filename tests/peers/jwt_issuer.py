@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# peer-env: jwt  (the venv tests/install-deps.sh builds from tests/requirements-jwt.txt)
 """An OpenID Connect token issuer for the end-to-end tests, built on PyJWT and cryptography.
 
 server

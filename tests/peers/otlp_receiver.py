@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# peer-env: otlp  (the venv tests/install-deps.sh builds from tests/requirements-otlp.txt)
 """OTLP trace receiver for the end-to-end tests, on the official `opentelemetry-proto`
 package and grpcio (pip: opentelemetry-proto grpcio), not on Halyard's own types.
 

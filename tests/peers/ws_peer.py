@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# peer-env: ws  (the venv tests/install-deps.sh builds from tests/requirements-ws.txt)
 """WebSocket peer for the end-to-end tests (the `websockets` library, asyncio API).
 
 server

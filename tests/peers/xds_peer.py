@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# peer-env: xds  (the venv tests/install-deps.sh builds from tests/requirements-xds.txt)
 """xDS peer for the end-to-end tests: Python grpcio with Envoy's own discovery protos (the
 `xds-protos` package, generated from envoyproxy/data-plane-api) against Halyard's ADS server.
 

@@ -42,17 +42,32 @@ pub fn example_bin(name: &str) -> PathBuf {
     profile_dir().join("examples").join(name)
 }
 
-/// The Python with the test peers' packages: `$HALYARD_PYTHON` or the venv `tests/run.sh` makes.
-pub fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("HALYARD_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = PathBuf::from("/var/tmp/halyard-venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("python3")
-    }
+/// Where `tests/install-deps.sh` builds the peers' venvs: `$HALYARD_VENV` or its default.
+pub fn venv_root() -> PathBuf {
+    std::env::var_os("HALYARD_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/halyard-venv"))
+}
+
+/// The Python of a peer script's own venv, named by the script's `# peer-env: NAME` line, so
+/// peers whose packages clash never load each other's modules.
+pub fn peer_python(script: &str) -> PathBuf {
+    let path = peer(script);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let env = text
+        .lines()
+        .take(5)
+        .find_map(|l| l.strip_prefix("# peer-env: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{}: no `# peer-env: NAME` line", path.display()));
+    let python = venv_root().join(env).join("bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `bash tests/install-deps.sh` (HALYARD_VENV={})",
+        python.display(),
+        venv_root().display()
+    );
+    python
 }
 
 /// A peer script under `tests/peers/`.
@@ -756,8 +771,9 @@ pub fn is_root() -> bool {
 
 /// `python tests/peers/SCRIPT`, ready for arguments.
 pub fn peer_command(script: &str) -> Command {
-    let mut cmd = Command::new(python());
-    cmd.arg(peer(script));
+    let mut cmd = Command::new(peer_python(script));
+    // Isolated: no PYTHONPATH or user site-packages can slip other modules in.
+    cmd.arg("-I").arg(peer(script));
     cmd
 }
 

@@ -70,9 +70,8 @@ impl Receiver {
     fn start(dir: &Path) -> Receiver {
         let ready = dir.join("otlp.json");
         let out = dir.join("spans.jsonl");
-        let mut cmd = Command::new(python());
-        cmd.arg(peer("otlp_receiver.py"))
-            .args(["--http-port", "0", "--grpc-port", "0", "--ready-file"])
+        let mut cmd = peer_command("otlp_receiver.py");
+        cmd.args(["--http-port", "0", "--grpc-port", "0", "--ready-file"])
             .arg(&ready)
             .arg("--out")
             .arg(&out)
