@@ -1,6 +1,6 @@
 //! `halyard-control serve`: the CA on a plaintext and a TLS gRPC port until SIGTERM/SIGINT.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,6 +79,10 @@ pub struct ServeArgs {
     /// `NAMESPACE/NAME=IP:PORT` (repeatable; `up` passes these).
     #[arg(long = "sidecar", value_parser = parse_sidecar)]
     pub sidecars: Vec<(String, SocketAddr)>,
+    /// Where a workload's app listens when that is not the WorkloadEntry's address, as
+    /// `NAMESPACE/NAME=IP` (repeatable; `up` passes these for addresses not on this machine).
+    #[arg(long = "app", value_parser = parse_app)]
+    pub apps: Vec<(String, IpAddr)>,
     /// `/metrics` and `/debug/connections` (with `--config`).
     #[arg(long, default_value = crate::xds_server::DEFAULT_MONITORING)]
     pub monitoring_addr: SocketAddr,
@@ -91,14 +95,26 @@ pub struct StartError(String);
 
 /// `NAMESPACE/NAME=IP:PORT`.
 fn parse_sidecar(s: &str) -> Result<(String, SocketAddr), String> {
-    let (node, addr) = s
+    parse_node_value(s, "IP:PORT")
+}
+
+/// `NAMESPACE/NAME=IP`.
+fn parse_app(s: &str) -> Result<(String, IpAddr), String> {
+    parse_node_value(s, "IP")
+}
+
+fn parse_node_value<T: std::str::FromStr>(s: &str, what: &str) -> Result<(String, T), String>
+where
+    T::Err: std::fmt::Display,
+{
+    let (node, value) = s
         .split_once('=')
-        .ok_or_else(|| format!("`{s}` is not NAMESPACE/NAME=IP:PORT"))?;
+        .ok_or_else(|| format!("`{s}` is not NAMESPACE/NAME={what}"))?;
     if !node.contains('/') {
         return Err(format!("`{node}` is not NAMESPACE/NAME"));
     }
-    let addr = addr.parse().map_err(|e| format!("`{addr}`: {e}"))?;
-    Ok((node.to_string(), addr))
+    let value = value.parse().map_err(|e| format!("`{value}`: {e}"))?;
+    Ok((node.to_string(), value))
 }
 
 fn start_err(what: &str) -> impl FnOnce(String) -> StartError + '_ {
@@ -320,6 +336,7 @@ pub async fn run(args: ServeArgs) -> Outcome {
         Some(dir) => {
             let placement = crate::translate::Placement {
                 sidecars: args.sidecars.iter().cloned().collect(),
+                apps: args.apps.iter().cloned().collect(),
             };
             let state = match crate::xds_server::MeshState::load(dir, placement) {
                 Ok(s) => s,

@@ -20,7 +20,7 @@ pub use mesh::MeshConfig;
 pub use meta::Meta;
 pub use networking::{DestinationRule, ServiceEntry, VirtualService, WorkloadEntry};
 pub use security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
-pub use validate::resolve_host;
+pub use validate::{resolve_host, serving_ports};
 pub(crate) use values::{exported_to, selects};
 
 /// One loaded resource: its metadata, its typed spec, and where it came from.

@@ -30,6 +30,71 @@ pub(crate) fn cross_check(model: &Model, out: &mut Vec<Diagnostic>) {
     workload_selectors(model, out);
     peer_authentications(model, out);
     principals(model, out);
+    shared_listen_addresses(model, out);
+}
+
+/// The ports a workload serves, each with the ServiceEntry port it serves: for every
+/// ServiceEntry of its namespace that selects it, the WorkloadEntry's port of that name, else
+/// the port's `targetPort`, else its `number` (Istio's order). One entry per workload port.
+pub fn serving_ports<'a>(
+    model: &'a Model,
+    we: &Doc<super::WorkloadEntry>,
+) -> Vec<(u32, &'a super::networking::ServicePort)> {
+    let mut out: Vec<(u32, &super::networking::ServicePort)> = Vec::new();
+    for se in &model.service_entries {
+        let selected = se.meta.namespace == we.meta.namespace
+            && se
+                .spec
+                .workload_selector
+                .as_ref()
+                .is_some_and(|s| selects(&s.labels, &we.spec.labels));
+        if !selected {
+            continue;
+        }
+        for p in &se.spec.ports {
+            let port = we
+                .spec
+                .ports
+                .get(&p.name)
+                .copied()
+                .filter(|n| *n != 0)
+                .or(p.target_port.filter(|n| *n != 0))
+                .unwrap_or(p.number);
+            if !out.iter().any(|(n, _)| *n == port) {
+                out.push((port, p));
+            }
+        }
+    }
+    out.sort_by_key(|(n, _)| *n);
+    out
+}
+
+/// Two workloads cannot listen on one address and port: whichever is second is an error.
+fn shared_listen_addresses(model: &Model, out: &mut Vec<Diagnostic>) {
+    let mut seen: HashMap<(std::net::IpAddr, u32), &Doc<super::WorkloadEntry>> = HashMap::new();
+    for we in &model.workload_entries {
+        let Ok(ip) = we.spec.address.parse::<std::net::IpAddr>() else {
+            continue;
+        };
+        for (port, _) in serving_ports(model, we) {
+            match seen.get(&(ip, port)) {
+                Some(first) => cx_for(Kind::WorkloadEntry, &we.meta, &we.source, out).error(
+                    &FieldPath::root().f("spec").f("address"),
+                    format!(
+                        "{ip} port {port} is also served by WorkloadEntry {}/{} ({}:{}); two \
+                         workloads cannot listen on one address and port",
+                        first.meta.namespace,
+                        first.meta.name,
+                        first.source.file.display(),
+                        first.source.line
+                    ),
+                ),
+                None => {
+                    seen.insert((ip, port), we);
+                }
+            }
+        }
+    }
 }
 
 /// A host defined by a ServiceEntry.

@@ -13,7 +13,7 @@ mod services;
 mod traffic;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use halyard_xds::{
@@ -24,13 +24,38 @@ use halyard_xds::{
 use crate::model::mesh::{OtlpProtocol, OutboundMode};
 use crate::model::{Doc, Model, WorkloadEntry};
 
-/// Where sidecars run when there is no iptables capture (a mesh on one host): the inbound
-/// listener of each node's sidecar. Empty in production, where connections to a workload's
-/// address are redirected to its sidecar.
+/// Where sidecars and apps run when there is no iptables capture (a mesh on one host). Empty
+/// in production, where connections to a workload's address are redirected to its sidecar and
+/// the sidecar reaches its app on localhost.
 #[derive(Debug, Clone, Default)]
 pub struct Placement {
     /// Node id → the sidecar's inbound listener.
     pub sidecars: BTreeMap<String, SocketAddr>,
+    /// Node id → the address its app listens on, when that is not the workload's own address.
+    pub apps: BTreeMap<String, IpAddr>,
+}
+
+impl Placement {
+    /// The inbound listener of a workload's sidecar, when it is not reached by capture: from
+    /// the placement, else from the WorkloadEntry's sidecar-address annotation.
+    pub fn sidecar(&self, we: &Doc<WorkloadEntry>) -> Option<SocketAddr> {
+        self.sidecars.get(&node_id(we)).copied().or_else(|| {
+            we.meta
+                .annotations
+                .get(services::SIDECAR_ANNOTATION)
+                .and_then(|a| a.parse().ok())
+        })
+    }
+
+    /// Where a sidecar without capture reaches its app: the placed address, else the
+    /// workload's own (an IP); `None` with capture (the app is on the sidecar's localhost).
+    pub fn app_ip(&self, we: &Doc<WorkloadEntry>) -> Option<IpAddr> {
+        if let Some(ip) = self.apps.get(&node_id(we)) {
+            return Some(*ip);
+        }
+        self.sidecar(we)?;
+        we.spec.address.parse().ok()
+    }
 }
 
 /// One proxy's resources.
@@ -97,7 +122,7 @@ pub fn translate(model: &Model, placement: &Placement) -> Translation {
         nodes.insert(
             node_id(we),
             NodeResources {
-                workload: peer::workload(model, we, &registry),
+                workload: peer::workload(model, we, placement),
                 services,
                 virtual_hosts,
                 mesh: mesh.clone(),

@@ -1,13 +1,12 @@
 //! A node's own workload: its inbound ports (from the ServiceEntries that select it) and the
 //! inbound mutual TLS mode of each, from PeerAuthentication.
 
-use std::collections::BTreeMap;
-
 use halyard_xds::{InboundPort, MtlsMode, Workload};
 
-use super::services::Registry;
+use super::services::protocol;
+use super::Placement;
 use crate::model::security::MtlsMode as Mode;
-use crate::model::{selects, Doc, Model, PeerAuthentication, WorkloadEntry};
+use crate::model::{selects, serving_ports, Doc, Model, PeerAuthentication, WorkloadEntry};
 
 fn mode(m: Option<Mode>) -> MtlsMode {
     match m {
@@ -49,7 +48,7 @@ fn policies<'a>(model: &'a Model, we: &Doc<WorkloadEntry>) -> Vec<&'a Doc<PeerAu
 }
 
 /// The workload resource of a node.
-pub(super) fn workload(model: &Model, we: &Doc<WorkloadEntry>, registry: &Registry) -> Workload {
+pub(super) fn workload(model: &Model, we: &Doc<WorkloadEntry>, placement: &Placement) -> Workload {
     let pas = policies(model, we);
     let workload_mode = pas
         .iter()
@@ -63,40 +62,20 @@ pub(super) fn workload(model: &Model, we: &Doc<WorkloadEntry>, registry: &Regist
             .map_or(MtlsMode::MtlsUnset, |m| mode(m.mode))
     };
 
-    // Ports: each port of each ServiceEntry selecting this workload, at the workload's port.
-    let mut ports: BTreeMap<u32, InboundPort> = BTreeMap::new();
-    for se in &model.service_entries {
-        let sel = match &se.spec.workload_selector {
-            Some(s) if se.meta.namespace == we.meta.namespace => s,
-            _ => continue,
-        };
-        if !selects(&sel.labels, &we.spec.labels) {
-            continue;
-        }
-        let Some(svc) = registry.find(&se.spec.hosts[0], &se.meta.namespace) else {
-            continue;
-        };
-        for p in &svc.service.ports {
-            let target = we
-                .spec
-                .ports
-                .get(&p.name)
-                .copied()
-                .filter(|n| *n != 0)
-                .unwrap_or(if p.target_port != 0 {
-                    p.target_port
-                } else {
-                    p.port
-                });
-            ports.entry(target).or_insert_with(|| InboundPort {
-                port: target,
-                protocol: p.protocol,
-                name: p.name.clone(),
-                mtls: port_mode(target) as i32,
-                ..Default::default()
-            });
-        }
-    }
+    // Without iptables capture the sidecar reaches its app where the app really listens.
+    let app_ip = placement.app_ip(we);
+    let ports = serving_ports(model, we)
+        .into_iter()
+        .map(|(port, p)| InboundPort {
+            port,
+            protocol: protocol(p.protocol.as_deref()) as i32,
+            name: p.name.clone(),
+            mtls: port_mode(port) as i32,
+            app_address: app_ip.map_or_else(String::new, |ip| {
+                std::net::SocketAddr::new(ip, port as u16).to_string()
+            }),
+        })
+        .collect();
     Workload {
         name: we.meta.name.clone(),
         namespace: we.meta.namespace.clone(),
@@ -106,7 +85,7 @@ pub(super) fn workload(model: &Model, we: &Doc<WorkloadEntry>, registry: &Regist
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        ports: ports.into_values().collect(),
+        ports,
         service_account: we.spec.service_account().to_string(),
         mtls: workload_mode as i32,
     }

@@ -3,7 +3,7 @@
 
 use halyard_xds::{Endpoint, Protocol, Service, ServicePort};
 
-use super::{identity, node_id, policy, Placement};
+use super::{identity, policy, Placement};
 use crate::model::networking::ServiceEntry;
 use crate::model::{exported_to, resolve_host, selects, DestinationRule, Doc, Model};
 
@@ -26,7 +26,7 @@ pub(super) struct Registry {
 }
 
 /// Istio port protocol → the proxy's.
-fn protocol(p: Option<&str>) -> Protocol {
+pub(super) fn protocol(p: Option<&str>) -> Protocol {
     match p.map(str::to_ascii_uppercase).as_deref() {
         Some("HTTP") | Some("GRPC-WEB") => Protocol::Http,
         Some("HTTP2") => Protocol::Http2,
@@ -162,12 +162,7 @@ fn entry(
         Some(wes) => {
             for we in wes {
                 let identity = identity(td, we);
-                let sidecar = placement.sidecars.get(&node_id(we)).copied().or_else(|| {
-                    we.meta
-                        .annotations
-                        .get(SIDECAR_ANNOTATION)
-                        .and_then(|a| a.parse().ok())
-                });
+                let sidecar = placement.sidecar(we);
                 endpoints.push(Endpoint {
                     address: we.spec.address.clone(),
                     ports: we.spec.ports.iter().map(|(k, v)| (k.clone(), *v)).collect(),

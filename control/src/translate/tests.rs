@@ -191,6 +191,66 @@ fn services_carry_identities_ports_and_destination_rule_settings() {
     assert!(ext.endpoints[0].identity.is_empty());
 }
 
+/// Where each node's sidecar sends inbound requests, for a placement.
+fn app_addresses(placement: &Placement) -> Vec<(String, String)> {
+    demo(placement)
+        .nodes
+        .iter()
+        .map(|(n, r)| (n.clone(), r.workload.ports[0].app_address.clone()))
+        .collect()
+}
+
+#[test]
+fn inbound_app_address_follows_the_placement() {
+    // With capture (production) the sidecar reaches its app on localhost: no address.
+    let none = app_addresses(&Placement::default());
+    assert!(none.iter().all(|(_, a)| a.is_empty()), "{none:?}");
+    // Placed without capture: the workload's own address; an explicit app address wins.
+    let mut placement = Placement::default();
+    for node in ["demo/backend", "demo/frontend"] {
+        placement
+            .sidecars
+            .insert(node.into(), "127.0.0.1:15106".parse().unwrap());
+    }
+    placement
+        .apps
+        .insert("demo/frontend".into(), "127.100.0.1".parse().unwrap());
+    assert_eq!(
+        app_addresses(&placement),
+        [
+            ("demo/backend".to_string(), "127.0.0.1:18082".to_string()),
+            ("demo/frontend".to_string(), "127.100.0.1:18081".to_string()),
+        ]
+    );
+}
+
+#[test]
+fn workload_ports_come_from_the_entry_then_target_port_then_number() {
+    let cases: [(&str, &str, u32); 3] = [
+        ("ports: {http: 9000}", ", targetPort: 9100", 9000),
+        ("ports: {}", ", targetPort: 9100", 9100),
+        ("ports: {}", "", 8080),
+    ];
+    for (we_ports, target, want) in cases {
+        let yaml = format!(
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: a, \
+             namespace: n}}\nspec: {{address: 127.0.0.1, {we_ports}, labels: {{app: a}}}}\n\
+             ---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: a, \
+             namespace: n}}\nspec:\n  hosts: [a.n.svc.cluster.local]\n  location: MESH_INTERNAL\n  \
+             resolution: STATIC\n  ports: [{{number: 8080, name: http, protocol: HTTP{target}}}]\n  \
+             workloadSelector: {{labels: {{app: a}}}}\n"
+        );
+        let t = translate(&model(&yaml), &Placement::default());
+        let ports: Vec<u32> = t.nodes["n/a"]
+            .workload
+            .ports
+            .iter()
+            .map(|p| p.port)
+            .collect();
+        assert_eq!(ports, [want], "{we_ports} {target}");
+    }
+}
+
 #[test]
 fn routes_keep_order_matches_and_timeouts() {
     let t = demo(&Placement::default());
