@@ -216,6 +216,19 @@ async fn up(args: UpArgs) -> Result<u8, String> {
         None => std::env::temp_dir().join(format!("halyard-up-{}", std::process::id())),
     };
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    // The control server reads every YAML file under DIR; tokens.yaml must not be one of them.
+    let inside = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a.starts_with(b),
+        _ => false,
+    };
+    if inside(&work, &args.dir) {
+        return Err(format!(
+            "--work-dir {} is inside {}, whose YAML files are all read as mesh configuration; \
+             choose a directory outside it",
+            work.display(),
+            args.dir.display()
+        ));
+    }
     let td = model.mesh.trust_domain().to_string();
 
     // Addresses, identities and one CA token per workload.

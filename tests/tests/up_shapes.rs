@@ -333,6 +333,54 @@ fn several_workloads_behind_one_service() {
 }
 
 #[test]
+fn an_address_not_on_this_machine_gets_a_loopback_address_of_its_own() {
+    run_shape(
+        "up-remote",
+        &[
+            We {
+                name: "frontend",
+                app: "frontend",
+                address: "127.0.15.1",
+                port: None,
+            },
+            We {
+                name: "backend",
+                app: "backend",
+                address: "backend.vm.example",
+                port: None,
+            },
+        ],
+        None,
+        &[
+            ("frontend", "127.0.15.1:8080"),
+            ("backend", "127.100.0.1:8080"),
+        ],
+    );
+}
+
+#[test]
+fn a_work_dir_inside_the_mesh_dir_is_refused() {
+    let tmp = TempDir::new("up-workdir");
+    let front = We {
+        name: "frontend",
+        app: "frontend",
+        address: "127.0.16.1",
+        port: None,
+    };
+    let dir = write_mesh(&tmp, &mesh(&[front], None));
+    let out = Command::new(control_bin())
+        .arg("up")
+        .arg(&dir)
+        .arg("--work-dir")
+        .arg(dir.join("work"))
+        .output()
+        .expect("run up");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is inside"), "{err}");
+}
+
+#[test]
 fn two_workloads_on_one_address_and_port_are_refused_by_check_and_up() {
     let tmp = TempDir::new("up-clash");
     let dir = write_mesh(
