@@ -13,6 +13,7 @@ pub mod io;
 pub mod listener;
 pub mod live;
 pub mod mtls;
+pub mod plan;
 pub mod routes;
 pub mod shared;
 pub mod snapshot;

@@ -1,11 +1,11 @@
 //! Forwarding one HTTP request: pick the target, fix headers, choose an endpoint, send with
 //! retries on connect failure, and hand back the streamed response.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use halyard_xds::{LoadBalancer, Protocol};
+use halyard_xds::LoadBalancer;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -25,51 +25,21 @@ use crate::http::policy::{self, Refusal};
 use crate::http::replay::{ReplayBody, REPLAY_LIMIT};
 use crate::io::UpstreamIo;
 use crate::mtls::Alpn;
-use crate::routes::{lower_host, normalize_host, Action, Fault, RequestView, RetryPolicy};
+use crate::plan::{self, Forward, Step};
+use crate::routes::{normalize_host, Destination, Fault, Matched, RouteAction};
 use crate::shared::Shared;
-use crate::snapshot::{defaults, Cluster, ClusterPort, Snapshot};
+use crate::snapshot::{defaults, Snapshot};
 use crate::telemetry::access_log::{grpc_status_of, Exchange};
 use crate::telemetry::flags::Flags;
 use crate::telemetry::peer::{self, PEER_METADATA, PEER_METADATA_ID};
 use crate::telemetry::trace::SpanKind;
 use crate::telemetry::ListenerKind;
-use crate::upstream::hash::Ring;
 use crate::upstream::{pick, Avoid, HttpVersion, Upstream, UpstreamKey};
-
-/// The inbound side's policy: one try (connect failures included, as the app is local).
-static NO_RETRIES: RetryPolicy = RetryPolicy::none();
 
 pub use super::conn::ConnInfo;
 
 /// Attempts to open a CONNECT tunnel (Istio's default: 2 retries).
 const CONNECT_ATTEMPTS: u32 = 3;
-
-/// Where a request goes.
-struct Target<'a> {
-    cluster: Option<&'a Arc<Cluster>>,
-    endpoints: &'a [Arc<Upstream>],
-    lb: LoadBalancer,
-    rr: &'a AtomicUsize,
-    ring: Option<&'a Ring>,
-    protocol: Protocol,
-    idle: Duration,
-}
-
-impl<'a> Target<'a> {
-    /// A service's port, noted in the exchange as the port the request is routed by.
-    fn service(cluster: &'a Arc<Cluster>, cp: &'a ClusterPort, ex: &mut Exchange) -> Self {
-        ex.service_port = Some(cp.port);
-        Target {
-            cluster: Some(cluster),
-            endpoints: &cp.endpoints,
-            lb: cluster.lb,
-            rr: &cluster.rr,
-            ring: cp.ring.as_ref(),
-            protocol: cp.protocol,
-            idle: cluster.tcp_idle_timeout,
-        }
-    }
-}
 
 /// A connection to splice with the downstream once it is upgraded (WebSocket, CONNECT).
 struct Tunnel {
@@ -176,14 +146,6 @@ async fn run_tunnel(t: Tunnel, mut ex: Exchange) {
     ex.finish(true, moved.server_to_client);
 }
 
-fn authority_of(req: &Request<Incoming>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
-}
-
 async fn forward(
     shared: &Arc<Shared>,
     snap: &Arc<Snapshot>,
@@ -224,7 +186,7 @@ async fn forward(
             // Only an authenticated mesh peer may say which workload it is.
             ex.peer_meta = meta.as_ref().and_then(peer::decode);
         }
-        if let Some(host) = authority_of(&req).map(|a| normalize_host(a).0) {
+        if let Some(host) = plan::http_authority(&req).map(|a| normalize_host(a).0) {
             ex.service = snap.cluster_for_host(host).map(|c| c.service.clone());
         }
     }
@@ -244,116 +206,55 @@ async fn forward(
     if req.method() == Method::CONNECT {
         return connect_tunnel(shared, snap, conn, req, ex, tunnel).await;
     }
-    let passthrough;
-    let mut matched = None;
-    let mut dest = None;
-    let target = match conn.listener {
-        ListenerKind::Inbound => {
-            let t = snap.inbound_target(conn.dst_port).ok_or(Local::NO_ROUTE)?;
-            ex.service_port = Some(t.port);
-            Target {
-                cluster: None,
-                endpoints: std::slice::from_ref(&t.app),
-                lb: LoadBalancer::RoundRobin,
-                rr: &shared.inbound_rr,
-                ring: None,
-                protocol: t.protocol,
-                idle: defaults::TCP_IDLE_TIMEOUT,
-            }
-        }
-        ListenerKind::Outbound => {
-            let authority = authority_of(&req).ok_or(Local::BAD_REQUEST)?;
-            let (host, port) = normalize_host(authority);
-            let port = port.or(conn.orig_dst.map(|d| d.port()));
-            let lower = lower_host(host);
-            let host = &*lower;
-            let view = RequestView {
-                method: req.method(),
-                path: req.uri().path(),
-                query: req.uri().query(),
-                host,
-                authority,
-                scheme: "http",
-                port,
-                headers: req.headers(),
-            };
-            matched = snap.routes.find(&view);
-            if let Some(m) = matched {
-                let action = &m.route.action;
-                ex.route = Some(m.route.name.clone());
-                if let Some(fault) = &action.fault {
-                    if let Some(resp) = ops::inject_fault(shared, fault, ex).await {
-                        return Ok(resp);
-                    }
-                }
-                match &action.action {
-                    Action::Redirect(r) => {
-                        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                        return Ok(ops::redirect(r, host, port, pq));
-                    }
-                    Action::Forward(split) => dest = split.pick(),
-                }
-            }
-            match dest {
-                Some(d) => {
-                    let cluster = snap.clusters.get(d.cluster).ok_or(Local::NO_ROUTE)?;
-                    let cp = cluster.port(d.port.or(port)).ok_or(Local::NO_HEALTHY)?;
-                    Target::service(cluster, cp, ex)
-                }
-                None => match conn.orig_dst.and_then(|d| snap.by_addr(d)) {
-                    Some((cluster, cp)) => Target::service(cluster, cp, ex),
-                    None => {
-                        let dst = conn
-                            .orig_dst
-                            .filter(|_| !snap.registry_only)
-                            .ok_or(Local::NO_ROUTE)?;
-                        passthrough = [Arc::new(Upstream::new(UpstreamKey::plain(
-                            dst.ip().to_string(),
-                            dst.port(),
-                            defaults::CONNECT_TIMEOUT,
-                            defaults::IDLE_TIMEOUT,
-                        )))];
-                        ex.cluster = Some("PassthroughCluster".into());
-                        Target {
-                            cluster: None,
-                            endpoints: &passthrough,
-                            lb: LoadBalancer::RoundRobin,
-                            rr: &shared.inbound_rr,
-                            ring: None,
-                            protocol: Protocol::Auto,
-                            idle: defaults::TCP_IDLE_TIMEOUT,
-                        }
-                    }
-                },
-            }
-        }
+    let plan = match conn.listener {
+        ListenerKind::Inbound => plan::inbound(snap, &req, conn, orig_h1)?,
+        ListenerKind::Outbound => plan::outbound(snap, &req, conn, orig_h1, fastrand::u64(..))?,
     };
+    if let Some(m) = plan.route {
+        ex.route = Some(m.route.name.clone());
+    }
+    if let Some(fault) = plan.fault {
+        if let Some(resp) = ops::inject_fault(shared, fault, ex).await {
+            return Ok(resp);
+        }
+    }
+    match plan.step {
+        Step::Forward(fwd) => send(shared, snap, conn, req, plan.route, fwd, ex, tunnel).await,
+        Step::Redirect {
+            redirect,
+            host,
+            port,
+        } => {
+            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            Ok(ops::redirect(redirect, &host, port, pq))
+        }
+        Step::Reply(local) => Err(local),
+    }
+}
+
+/// Carries out a forwarding plan: the upstream request (headers, body kept for retries and
+/// mirrors), admission, the attempts, and the response on its way back.
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    shared: &Arc<Shared>,
+    snap: &Arc<Snapshot>,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    matched: Option<Matched<'_>>,
+    fwd: Forward<'_>,
+    ex: &mut Exchange,
+    tunnel: &mut Option<Tunnel>,
+) -> Result<Response<ProxyBody>, Local> {
+    let target = &fwd.target;
+    ex.service_port = target.service_port;
     if let Some(c) = target.cluster {
         ex.cluster = Some(c.name.clone());
         ex.service = Some(c.service.clone());
+    } else if target.is_passthrough() {
+        ex.cluster = Some("PassthroughCluster".into());
     }
     let action = matched.map(|m| &m.route.action);
-    let default_retry;
-    let retry = match action {
-        Some(a) => &a.retry,
-        // Retries belong to the caller's sidecar (Istio): the inbound side sends once.
-        None if conn.listener == ListenerKind::Inbound => &NO_RETRIES,
-        None => {
-            default_retry = RetryPolicy::default();
-            &default_retry
-        }
-    };
-
-    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
-    // Declared HTTP/2 and gRPC ports get HTTP/2; declared HTTP gets HTTP/1.1; undeclared
-    // ports speak whatever the client spoke.
-    let version = match target.protocol {
-        _ if upgrade => HttpVersion::Http1,
-        Protocol::Http2 | Protocol::Grpc => HttpVersion::Http2,
-        Protocol::Http => HttpVersion::Http1,
-        _ if req.version() == Version::HTTP_2 && !orig_h1 => HttpVersion::Http2,
-        _ => HttpVersion::Http1,
-    };
+    let (dest, retry, version, upgrade) = (fwd.dest, fwd.retry, fwd.version, fwd.upgrade);
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let mut set_cookie = None;
     let hash = match (target.ring, target.cluster.and_then(|c| c.hash.as_ref())) {
@@ -378,7 +279,7 @@ async fn forward(
             ops::rewrite(rw, matched.and_then(|m| m.by), &mut parts)?;
         }
     }
-    if conn.listener == ListenerKind::Outbound && target.endpoints.iter().any(|e| e.mtls()) {
+    if fwd.peer_metadata {
         // Tell mesh peers who is calling (Istio's metadata exchange); never external hosts.
         parts
             .headers
@@ -422,16 +323,14 @@ async fn forward(
     let template = (keep && retry.attempts > 0).then(|| Template::of(&upstream_req, replay));
 
     if let Some(c) = target.cluster {
-        let wait = action
-            .and_then(|a| a.timeout)
-            .unwrap_or(defaults::CONNECT_TIMEOUT);
+        let wait = fwd.timeout.unwrap_or(defaults::CONNECT_TIMEOUT);
         ex.admitted = Some(attempts::admit(shared, c, version == HttpVersion::Http1, wait).await?);
     }
     let call = Call {
         cluster: target.cluster.map(|c| &**c),
-        endpoints: target.endpoints,
+        endpoints: target.endpoints.as_slice(),
         lb: target.lb,
-        rr: target.rr,
+        rr: target.rr.unwrap_or(&shared.inbound_rr),
         hash,
         version,
         upgrade,
@@ -441,7 +340,7 @@ async fn forward(
             .map_or(0, |c| c.limits.max_requests_per_connection),
     };
     let send = attempts::send(shared, &call, upstream_req, template.as_ref(), ex);
-    let (mut resp, pooled) = match action.and_then(|a| a.timeout) {
+    let (resp, pooled) = match fwd.timeout {
         Some(t) => tokio::time::timeout(t, send)
             .await
             .map_err(|_| Local::TIMEOUT)??,
@@ -449,25 +348,54 @@ async fn forward(
     };
     ex.pooled = pooled;
 
+    let back = Back {
+        action,
+        dest,
+        set_cookie,
+        downstream_upgrade,
+        idle: target.idle,
+    };
+    Ok(respond(snap, conn, ex, resp, back, tunnel))
+}
+
+/// What the way back needs from the way out.
+struct Back<'s> {
+    action: Option<&'s RouteAction>,
+    dest: Option<&'s Destination>,
+    set_cookie: Option<HeaderValue>,
+    downstream_upgrade: Option<OnUpgrade>,
+    idle: Duration,
+}
+
+/// The upstream's response on its way back: hop-by-hop headers, the tunnel of a switched
+/// protocol, the route's response headers, a hash cookie, and Istio's peer metadata.
+fn respond(
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    ex: &mut Exchange,
+    mut resp: Response<Incoming>,
+    back: Back<'_>,
+    tunnel: &mut Option<Tunnel>,
+) -> Response<ProxyBody> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    match (switching, downstream_upgrade) {
+    match (switching, back.downstream_upgrade) {
         (true, Some(down)) => {
             *tunnel = Some(Tunnel {
                 down,
                 up: TunnelEnd::Upgraded(hyper::upgrade::on(&mut resp)),
-                idle: target.idle,
+                idle: back.idle,
             });
             headers::remove_hop_by_hop(resp.headers_mut(), true);
         }
         _ => headers::remove_hop_by_hop(resp.headers_mut(), false),
     }
-    if let Some(a) = action {
-        if let Some(d) = dest {
+    if let Some(a) = back.action {
+        if let Some(d) = back.dest {
             d.response_headers.apply(resp.headers_mut());
         }
         a.response_headers.apply(resp.headers_mut());
     }
-    if let Some(c) = set_cookie {
+    if let Some(c) = back.set_cookie {
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
     let [meta, meta_id] = headers::present(resp.headers(), [&PEER_METADATA, &PEER_METADATA_ID]);
@@ -489,7 +417,7 @@ async fn forward(
         _ => {}
     }
     let (parts, body) = resp.into_parts();
-    Ok(Response::from_parts(parts, ProxyBody::streamed(body, None)))
+    Response::from_parts(parts, ProxyBody::streamed(body, None))
 }
 
 /// Puts the URI and Host in the form the upstream protocol wants.

@@ -145,11 +145,16 @@ impl Split {
 
     /// Picks a destination with probability proportional to its weight.
     pub fn pick(&self) -> Option<&Destination> {
+        self.pick_at(fastrand::u64(..))
+    }
+
+    /// The destination that a uniformly random `roll` (any `u64`) falls on, by weight.
+    pub fn pick_at(&self, roll: u64) -> Option<&Destination> {
         let total = match self.cumulative.last() {
             None => return self.destinations.first(),
             Some(&t) => t,
         };
-        let r = fastrand::u64(..total);
+        let r = roll % total;
         let i = self.cumulative.partition_point(|&c| c <= r);
         self.destinations.get(i)
     }
