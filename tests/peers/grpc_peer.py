@@ -10,6 +10,9 @@ client --target HOST:PORT --authority NAME
     Unary with 1 MiB, a bidirectional ping-pong (each ping goes out only after the previous
     pong came back) and Fail. Prints a JSON summary on stdout, or "FAILED: ..." on stderr
     with exit code 1.
+call --target HOST:PORT --authority NAME
+    One Unary call; prints {"code": NAME, "details": TEXT, "trailing": {...}} as grpcio
+    reports it (code OK on success).
 """
 import argparse
 import json
@@ -157,9 +160,25 @@ def client(target: str, authority: str) -> dict:
         return summary
 
 
+def one_call(target: str, authority: str) -> dict:
+    options = [
+        ("grpc.default_authority", authority),
+        ("grpc.enable_http_proxy", 0),
+        ("grpc.enable_retries", 0),
+    ]
+    with grpc.insecure_channel(target, options=options) as channel:
+        try:
+            _, call = channel.unary_unary(UNARY).with_call(b"ping", timeout=TIMEOUT)
+            return {"code": "OK", "details": None,
+                    "trailing": dict(call.trailing_metadata() or ())}
+        except grpc.RpcError as e:
+            return {"code": e.code().name, "details": e.details(),
+                    "trailing": dict(e.trailing_metadata() or ())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=["server", "client"])
+    ap.add_argument("mode", choices=["server", "client", "call"])
     ap.add_argument("--target", help="HOST:PORT the client dials (the proxy)")
     ap.add_argument("--authority", default="grpc.local", help=":authority the client sends")
     args = ap.parse_args()
@@ -167,7 +186,10 @@ def main() -> None:
         serve()
         return
     if not args.target:
-        ap.error("client needs --target")
+        ap.error(f"{args.mode} needs --target")
+    if args.mode == "call":
+        print(json.dumps(one_call(args.target, args.authority)), flush=True)
+        return
     try:
         summary = client(args.target, args.authority)
     except Failed as e:

@@ -125,3 +125,53 @@ workload:
     assert_echoed(&logged_call(&proxy, "inbound", BIDI, port), BIDI_BODY);
     logged_call(&proxy, "inbound", FAIL, port);
 }
+
+/// One unary call through `target` as `authority`: grpcio's code and details.
+fn one_call(target: SocketAddr, authority: &str) -> Value {
+    run_peer(
+        "grpc call",
+        peer_command("grpc_peer.py")
+            .args(["call", "--target", &target.to_string()])
+            .args(["--authority", authority]),
+        CLIENT_DEADLINE,
+    )
+}
+
+#[test]
+fn proxy_errors_reach_grpc_clients_as_grpc_statuses() {
+    let (_server, port) = start_peer_server("grpc_peer.py");
+    let closed = free_port();
+    let proxy = Proxy::start(&format!(
+        "version: grpc-errors
+outboundTrafficPolicy: {{mode: REGISTRY_ONLY}}
+services:
+  - name: grpc.default.svc.cluster.local
+    hosts: [grpc.local]
+    ports: [{{port: 80, protocol: GRPC, targetPort: {port}}}]
+    endpoints: [{{address: 127.0.0.1}}]
+  - name: none.default.svc.cluster.local
+    hosts: [none.local]
+    ports: [{{port: 80, protocol: GRPC}}]
+  - name: closed.default.svc.cluster.local
+    hosts: [closed.local]
+    ports: [{{port: 80, protocol: GRPC, targetPort: {closed}}}]
+    endpoints: [{{address: 127.0.0.1}}]
+    connectTimeout: 1s
+"
+    ));
+    let ok = one_call(proxy.outbound, "grpc.local");
+    assert_eq!(ok["code"], "OK", "{ok}");
+    // Envoy's form: HTTP 200, trailers-only, grpc-status from the HTTP status.
+    for (authority, details, flags) in [
+        ("unknown.local", "no route to destination (NR)", "NR"),
+        ("none.local", "no healthy upstream (UH)", "UH"),
+        ("closed.local", "upstream connect error (UF)", "UF,URX"),
+    ] {
+        let r = one_call(proxy.outbound, authority);
+        assert_eq!(r["code"], "UNAVAILABLE", "{authority}: {r}");
+        assert_eq!(r["details"], details, "{authority}: {r}");
+        let e = proxy.wait_log(authority, |e| e["authority"] == authority);
+        assert_eq!(e["response_code"], 200, "{e}");
+        assert_eq!(e["response_flags"], flags, "{e}");
+    }
+}

@@ -130,6 +130,29 @@ fn keep_alive_chunked_and_expect_continue() {
 }
 
 #[test]
+fn a_malformed_chunked_body_is_the_clients_error() {
+    use std::io::{Read, Write};
+    let echo = Echo::start("echo-dpe");
+    let proxy = Proxy::start(&echo_config(echo.port(), ""));
+    let mut s = std::net::TcpStream::connect(proxy.outbound).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    s.write_all(
+        b"POST /bad-chunk HTTP/1.1\r\nHost: echo.local\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\nzz\r\n\r\n",
+    )
+    .expect("write");
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).expect("a response");
+    assert_eq!(&head, b"HTTP/1.1 400", "{}", String::from_utf8_lossy(&head));
+    let e = proxy.wait_log("/bad-chunk", |e| e["path"] == "/bad-chunk");
+    assert_eq!(e["response_code"], 400, "{e}");
+    assert_eq!(e["response_flags"], "DPE", "{e}");
+    // Not the upstream's fault: the next request goes through.
+    let out = curl(&["-H", &host("echo.local"), &url(proxy.outbound, "/after")]);
+    assert_eq!(out.status, 200, "{out:?}");
+}
+
+#[test]
 fn hop_by_hop_headers_are_removed() {
     let echo = Echo::start("echo-hop");
     let proxy = Proxy::start(&echo_config(echo.port(), ""));

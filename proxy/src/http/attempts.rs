@@ -96,7 +96,12 @@ pub type Sent = (Response<Incoming>, Option<PooledH1>);
 /// How one try ended when it produced no usable response.
 enum Failed {
     Connect(ConnectError),
-    Reset { refused: bool },
+    /// The client's own request body failed: its fault, not the upstream's (no retry, no
+    /// outlier record).
+    Downstream(Local),
+    Reset {
+        refused: bool,
+    },
     Timeout,
 }
 
@@ -161,6 +166,10 @@ pub async fn send(
                     call.retry.retry_connect_failure(),
                     Err(Local::connect_failed(retried)),
                 )
+            }
+            Err(Failed::Downstream(local)) => {
+                ex.flags.set(local.flags);
+                return Err(local);
             }
             Err(Failed::Reset { refused }) => (
                 Outcome::Reset,
@@ -272,6 +281,10 @@ async fn attempt(
                     *next = Some(unsent);
                 }
                 Err((unsent, e)) => {
+                    if let Some(local) = downstream_fault(&e) {
+                        tracing::debug!(error = %e, "the downstream request body failed");
+                        return Err(Failed::Downstream(local));
+                    }
                     tracing::debug!(upstream = %up.authority, error = %e, "upstream request failed");
                     let refused = unsent.is_some();
                     *next = unsent;
@@ -290,6 +303,36 @@ async fn attempt(
             .unwrap_or(Err(Failed::Timeout)),
         None => work.await,
     }
+}
+
+/// When sending failed because the downstream's request body did (a body error reaches the
+/// client connection as the user body's error): a malformed body is 400 `DPE`, a client that
+/// went away `DC`.
+fn downstream_fault(e: &hyper::Error) -> Option<Local> {
+    if !e.is_user() {
+        return None;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            let malformed = h.is_parse()
+                || std::error::Error::source(h)
+                    .and_then(|c| c.downcast_ref::<std::io::Error>())
+                    .is_some_and(|io| {
+                        matches!(
+                            io.kind(),
+                            std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+                        )
+                    });
+            return Some(if malformed {
+                Local::BAD_BODY
+            } else {
+                Local::DOWNSTREAM_GONE
+            });
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// Feeds an outcome to the cluster's outlier detection.

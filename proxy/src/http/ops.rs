@@ -56,21 +56,7 @@ pub async fn inject_fault(
             *r.status_mut() = status;
             r
         }
-        Abort::Grpc(code) => {
-            // A trailers-only gRPC response: HTTP 200 with the status in the headers.
-            let mut r = Response::new(ProxyBody::Empty);
-            let h = r.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/grpc"),
-            );
-            h.insert("grpc-status", HeaderValue::from(code));
-            h.insert(
-                "grpc-message",
-                HeaderValue::from_static("fault filter abort"),
-            );
-            r
-        }
+        Abort::Grpc(code) => crate::http::local::grpc_reply(code, "fault filter abort"),
     })
 }
 

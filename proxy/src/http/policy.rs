@@ -162,14 +162,19 @@ async fn authenticate(
             ex.redact_uri(&strip_query(&parts.uri));
             tracing::debug!(peer = %conn.peer, reason = %e, "JWT authentication failed");
             let challenge = e.www_authenticate(&realm_url(parts, scheme));
-            let mut resp = Response::new(ProxyBody::full(Bytes::from(format!("{e}\n"))));
-            *resp.status_mut() = StatusCode::UNAUTHORIZED;
+            let mut resp = if ex.grpc {
+                crate::http::local::grpc_reply(16, &e.to_string())
+            } else {
+                let mut r = Response::new(ProxyBody::full(Bytes::from(format!("{e}\n"))));
+                *r.status_mut() = StatusCode::UNAUTHORIZED;
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                r
+            };
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, challenge);
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
             Err(Refusal::Unauthenticated(resp))
         }
     }

@@ -84,7 +84,7 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(local) => {
             ex.flags.set(local.flags);
-            local.response()
+            local.response_for(ex.grpc)
         }
     };
     ex.code = resp.status().as_u16();

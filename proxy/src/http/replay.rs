@@ -21,7 +21,7 @@ pub const REPLAY_LIMIT: usize = 64 * 1024;
 pub enum ReplayError {
     /// The client's body stream failed.
     #[error("request body: {0}")]
-    Source(BoxError),
+    Source(#[source] BoxError),
     /// This reader fell behind after the kept copy was dropped (the body was too large).
     #[error("request body too large to replay")]
     Overflow,

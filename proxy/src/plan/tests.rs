@@ -3,8 +3,8 @@
 
 use std::net::SocketAddr;
 
-use halyard_filters::jwt::JwksStore;
 use ::http::{Method, Request, Version};
+use halyard_filters::jwt::JwksStore;
 
 use super::*;
 use crate::http::conn::ConnInfo;
