@@ -1,2 +1,1 @@
 //! Benchmark support.
-#![forbid(unsafe_code)]

@@ -1,6 +1,5 @@
 //! `halyard-control`: Halyard's control server. For now the mesh's certificate authority
 //! (Istio's certificate service over gRPC); translation and xDS serving come next.
-#![forbid(unsafe_code)]
 
 mod auth;
 mod ca_service;

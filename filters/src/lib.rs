@@ -1,7 +1,6 @@
 //! Halyard's request-path policy: authorization (Istio `AuthorizationPolicy`) and JWT
 //! authentication (Istio `RequestAuthentication`), each compiled from xDS resources when
 //! configuration arrives and evaluated per request without locks.
-#![forbid(unsafe_code)]
 
 pub mod attrs;
 pub mod jwt;

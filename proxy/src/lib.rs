@@ -1,6 +1,5 @@
 //! Halyard proxy: listeners, protocol detection, HTTP/TCP forwarding, upstream pools, live
 //! configuration and telemetry.
-#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;

@@ -1,5 +1,4 @@
 //! `halyard-proxy`: the sidecar/gateway proxy binary.
-#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

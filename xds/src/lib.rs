@@ -1,7 +1,6 @@
 //! Halyard's configuration resources: the protobuf types shared by the proxy and
 //! the control server, and loading of their static-file form with precise errors;
 //! and the xDS transport that carries them ([`ads`]).
-#![forbid(unsafe_code)]
 
 pub mod ads;
 mod duration;

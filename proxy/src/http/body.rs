@@ -14,6 +14,8 @@ use crate::http::replay::{BoxError, ReplayBody};
 
 pin_project! {
     /// A body the proxy forwards or generates.
+    // pin-project-lite takes no doc comments on variant fields; the variants say it all.
+    #[allow(missing_docs)]
     #[project = ProxyBodyProj]
     pub enum ProxyBody {
         /// No body.

@@ -31,6 +31,7 @@ impl CaClient {
         control_channel(Some(&self.identity), &opts.ca_addr, Some(REQUEST_TIMEOUT)).await
     }
 
+    /// Sends a CSR to the CA; the signed chain, leaf first, as PEM.
     pub async fn create_certificate(&self, csr: String) -> Result<Vec<String>, String> {
         let opts = &self.identity.options;
         let channel = self.channel().await?;
