@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use halyard_certs::tls::{ALPN_H2, ALPN_HTTP11};
-use halyard_xds::{LoadBalancer, MtlsMode, Protocol};
+use halyard_xds::{MtlsMode, Protocol};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -15,13 +15,14 @@ use crate::detect::{detect, Detected};
 use crate::http::proxy::ConnInfo;
 use crate::io::{DownstreamIo, PrefixedIo};
 use crate::mtls::{port_from_server_name, read_client_hello, Alpn, PeerCert, HANDSHAKE_TIMEOUT};
+use crate::plan;
 use crate::shared::Shared;
-use crate::snapshot::{defaults, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::telemetry::access_log::TcpRecord;
 use crate::telemetry::flags::Flags;
 use crate::telemetry::ListenerKind;
 use crate::upstream::ConnectError;
-use crate::upstream::{pick, Upstream, UpstreamKey};
+use crate::upstream::{pick, Upstream};
 
 /// Wait for the first bytes on a port declared HTTP (no fallback to TCP is needed there).
 const HINTED_DETECTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -297,113 +298,77 @@ async fn forward_tcp<I: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let start_wall = SystemTime::now();
     let start = Instant::now();
-    let passthrough;
+    let target = match plan::tcp(snap, info, fastrand::u64(..)) {
+        Ok(t) => t,
+        Err(local) => {
+            return log_tcp(
+                shared,
+                snap,
+                info,
+                start_wall,
+                start,
+                None,
+                None,
+                Default::default(),
+                local.flags,
+            )
+        }
+    };
+    if info.listener == ListenerKind::Inbound
+        && !tcp_allowed(
+            shared,
+            snap,
+            info,
+            info.dst_port.or(target.service_port).unwrap_or(0),
+        )
+    {
+        // Dropping the stream closes the connection before a byte reaches the app.
+        return log_tcp(
+            shared,
+            snap,
+            info,
+            start_wall,
+            start,
+            None,
+            None,
+            Default::default(),
+            Flags::RBAC,
+        );
+    }
     // The circuit-breaker slot, held for the life of the connection.
     let mut _admitted = None;
-    let (endpoints, lb, rr, idle, cluster): (&[Arc<Upstream>], _, _, _, Option<Arc<str>>) =
-        match info.listener {
-            ListenerKind::Inbound => match snap.inbound_target(info.dst_port) {
-                Some(t) if !tcp_allowed(shared, snap, info, info.dst_port.unwrap_or(t.port)) => {
-                    // Dropping the stream closes the connection before a byte reaches the app.
-                    return log_tcp(
-                        shared,
-                        snap,
-                        info,
-                        start_wall,
-                        start,
-                        None,
-                        None,
-                        Default::default(),
-                        Flags::RBAC,
-                    );
-                }
-                Some(t) => (
-                    std::slice::from_ref(&t.app),
-                    LoadBalancer::RoundRobin,
-                    &shared.inbound_rr,
-                    defaults::TCP_IDLE_TIMEOUT,
+    if let Some(c) = target.cluster {
+        // maxConnections applies to TCP as a hard cap: no queueing.
+        match c.breaker.admit(c.limits.max_connections, 0).await {
+            Ok(slot) => _admitted = Some(slot),
+            Err(_) => {
+                shared
+                    .metrics
+                    .traffic
+                    .overflow
+                    .with_label_values(&[&c.name])
+                    .inc();
+                return log_tcp(
+                    shared,
+                    snap,
+                    info,
+                    start_wall,
+                    start,
                     None,
-                ),
-                None => {
-                    return log_tcp(
-                        shared,
-                        snap,
-                        info,
-                        start_wall,
-                        start,
-                        None,
-                        None,
-                        Default::default(),
-                        Flags::NR,
-                    )
-                }
-            },
-            ListenerKind::Outbound => match (
-                info.orig_dst,
-                snap.tcp_target(info.orig_dst, info.sni.as_deref()),
-            ) {
-                (_, Some((c, p))) => {
-                    // maxConnections applies to TCP as a hard cap: no queueing.
-                    match c.breaker.admit(c.limits.max_connections, 0).await {
-                        Ok(slot) => _admitted = Some(slot),
-                        Err(_) => {
-                            shared
-                                .metrics
-                                .traffic
-                                .overflow
-                                .with_label_values(&[&c.name])
-                                .inc();
-                            return log_tcp(
-                                shared,
-                                snap,
-                                info,
-                                start_wall,
-                                start,
-                                None,
-                                Some(&c.name),
-                                Default::default(),
-                                Flags::UO,
-                            );
-                        }
-                    }
-                    (
-                        &p.endpoints[..],
-                        c.lb,
-                        &c.rr,
-                        c.tcp_idle_timeout,
-                        Some(c.name.clone()),
-                    )
-                }
-                (Some(dst), None) if !snap.registry_only => {
-                    passthrough = [Arc::new(Upstream::new(UpstreamKey::plain(
-                        dst.ip().to_string(),
-                        dst.port(),
-                        defaults::CONNECT_TIMEOUT,
-                        defaults::IDLE_TIMEOUT,
-                    )))];
-                    (
-                        &passthrough[..],
-                        LoadBalancer::RoundRobin,
-                        &shared.inbound_rr,
-                        defaults::TCP_IDLE_TIMEOUT,
-                        Some("PassthroughCluster".into()),
-                    )
-                }
-                _ => {
-                    return log_tcp(
-                        shared,
-                        snap,
-                        info,
-                        start_wall,
-                        start,
-                        None,
-                        None,
-                        Default::default(),
-                        Flags::NR,
-                    )
-                }
-            },
-        };
+                    Some(&c.name),
+                    Default::default(),
+                    Flags::UO,
+                );
+            }
+        }
+    }
+    let cluster: Option<Arc<str>> = match target.cluster {
+        Some(c) => Some(c.name.clone()),
+        None if target.is_passthrough() => Some("PassthroughCluster".into()),
+        None => None,
+    };
+    let (endpoints, lb, idle) = (target.endpoints.as_slice(), target.lb, target.idle);
+    let rr = target.rr.unwrap_or(&shared.inbound_rr);
     let mut tried: Vec<Arc<Upstream>> = Vec::new();
     let mut flags = Flags::default();
     for attempt in 1..=3 {

@@ -5,7 +5,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use halyard_xds::LoadBalancer;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -34,7 +33,7 @@ use crate::telemetry::flags::Flags;
 use crate::telemetry::peer::{self, PEER_METADATA, PEER_METADATA_ID};
 use crate::telemetry::trace::SpanKind;
 use crate::telemetry::ListenerKind;
-use crate::upstream::{pick, Avoid, HttpVersion, Upstream, UpstreamKey};
+use crate::upstream::{pick, Avoid, HttpVersion, Upstream};
 
 pub use super::conn::ConnInfo;
 
@@ -204,7 +203,7 @@ async fn forward(
         req = Request::from_parts(parts, body);
     }
     if req.method() == Method::CONNECT {
-        return connect_tunnel(shared, snap, conn, req, ex, tunnel).await;
+        return connect_tunnel(shared, snap, req, ex, tunnel).await;
     }
     let plan = match conn.listener {
         ListenerKind::Inbound => plan::inbound(snap, &req, conn, orig_h1)?,
@@ -464,45 +463,19 @@ pub fn set_uri_for<B>(req: &mut Request<B>, version: HttpVersion) -> Result<(), 
 async fn connect_tunnel(
     shared: &Arc<Shared>,
     snap: &Arc<Snapshot>,
-    conn: &ConnInfo,
     mut req: Request<Incoming>,
     ex: &mut Exchange,
     tunnel: &mut Option<Tunnel>,
 ) -> Result<Response<ProxyBody>, Local> {
-    if req.version() != Version::HTTP_11 {
-        return Err(Local::NOT_ALLOWED);
+    let target = plan::connect(snap, &req)?;
+    ex.service_port = target.service_port;
+    if let Some(c) = target.cluster {
+        ex.cluster = Some(c.name.clone());
+    } else if target.is_passthrough() {
+        ex.cluster = Some("PassthroughCluster".into());
     }
-    let authority = req.uri().authority().ok_or(Local::BAD_REQUEST)?.clone();
-    let port = authority.port_u16().ok_or(Local::BAD_REQUEST)?;
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
-    let _ = conn;
-    let passthrough;
-    let (endpoints, lb, rr, idle) = match snap.cluster_for_host(&host) {
-        Some(c) => {
-            ex.cluster = Some(c.name.clone());
-            let cp = c.port(Some(port)).ok_or(Local::NO_HEALTHY)?;
-            (&cp.endpoints[..], c.lb, &c.rr, c.tcp_idle_timeout)
-        }
-        None if snap.registry_only => return Err(Local::NO_ROUTE),
-        None => {
-            passthrough = [Arc::new(Upstream::new(UpstreamKey::plain(
-                host,
-                port,
-                defaults::CONNECT_TIMEOUT,
-                defaults::IDLE_TIMEOUT,
-            )))];
-            (
-                &passthrough[..],
-                LoadBalancer::RoundRobin,
-                &shared.inbound_rr,
-                defaults::TCP_IDLE_TIMEOUT,
-            )
-        }
-    };
+    let (endpoints, lb, idle) = (target.endpoints.as_slice(), target.lb, target.idle);
+    let rr = target.rr.unwrap_or(&shared.inbound_rr);
     let mut tried: Vec<Arc<Upstream>> = Vec::new();
     let mut attempts = 0;
     let (io, guard) = loop {

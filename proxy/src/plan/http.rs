@@ -65,7 +65,7 @@ pub struct Target<'s> {
 }
 
 impl<'s> Target<'s> {
-    fn service(cluster: &'s Arc<Cluster>, cp: &'s ClusterPort) -> Self {
+    pub(super) fn service(cluster: &'s Arc<Cluster>, cp: &'s ClusterPort) -> Self {
         Target {
             cluster: Some(cluster),
             endpoints: Endpoints::Shared(&cp.endpoints),
@@ -78,7 +78,7 @@ impl<'s> Target<'s> {
         }
     }
 
-    fn single(endpoints: Endpoints<'s>, protocol: Protocol, port: Option<u16>) -> Self {
+    pub(super) fn single(endpoints: Endpoints<'s>, protocol: Protocol, port: Option<u16>) -> Self {
         Target {
             cluster: None,
             endpoints,
@@ -223,16 +223,7 @@ pub fn outbound<'s, B>(
         None => match conn.orig_dst.and_then(|d| snap.by_addr(d)) {
             Some((cluster, cp)) => Target::service(cluster, cp),
             None => match conn.orig_dst.filter(|_| !snap.registry_only) {
-                Some(dst) => Target::single(
-                    Endpoints::Passthrough(Arc::new(Upstream::new(UpstreamKey::plain(
-                        dst.ip().to_string(),
-                        dst.port(),
-                        defaults::CONNECT_TIMEOUT,
-                        defaults::IDLE_TIMEOUT,
-                    )))),
-                    Protocol::Auto,
-                    None,
-                ),
+                Some(dst) => passthrough(dst.ip().to_string(), dst.port()),
                 None => return Ok(reply(route, fault, Local::NO_ROUTE)),
             },
         },
@@ -249,6 +240,21 @@ pub fn outbound<'s, B>(
         target,
     });
     Ok(HttpPlan { route, fault, step })
+}
+
+/// The original destination, outside the registry: plain, with the default timeouts.
+pub(super) fn passthrough(host: String, port: u16) -> Target<'static> {
+    let key = UpstreamKey::plain(
+        host,
+        port,
+        defaults::CONNECT_TIMEOUT,
+        defaults::IDLE_TIMEOUT,
+    );
+    Target::single(
+        Endpoints::Passthrough(Arc::new(Upstream::new(key))),
+        Protocol::Auto,
+        None,
+    )
 }
 
 fn reply<'s>(route: Option<Matched<'s>>, fault: Option<&'s Fault>, local: Local) -> HttpPlan<'s> {

@@ -4,10 +4,12 @@
 //! weighted pick) comes in as an argument, so every decision is table-tested.
 
 mod http;
+mod tcp;
 
 pub use self::http::{
     authority_of as http_authority, inbound, outbound, Endpoints, Forward, HttpPlan, Step, Target,
 };
+pub use self::tcp::{connect, tcp};
 
 #[cfg(test)]
 mod tests;

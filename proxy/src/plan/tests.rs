@@ -39,7 +39,39 @@ services:
   - name: empty
     hosts: [empty.local]
     ports: [{port: 80}]
+  - name: db
+    hosts: [db.local]
+    addresses: [240.0.0.2]
+    ports: [{port: 9000, protocol: TCP, targetPort: 7000}, {port: 9001, protocol: TCP}]
+    endpoints: [{address: 127.0.0.4}]
+    tcpIdleTimeout: 1s
+  - name: db-canary
+    ports: [{port: 9000, protocol: TCP}]
+    endpoints: [{address: 127.0.0.5}]
+  - name: alpha
+    hosts: [alpha.internal]
+    ports: [{port: 443, protocol: TCP}]
+    endpoints: [{address: 127.0.0.6}]
+  - name: beta
+    hosts: [beta.internal]
+    ports: [{port: 443, protocol: TCP}]
+    endpoints: [{address: 127.0.0.7}]
 virtualHosts:
+  - name: db
+    hosts: [db.local]
+    tcpRoutes:
+      - name: canary
+        match: [{port: 9001}]
+        destinations: [{service: db, port: 9001, weight: 50}, {service: db-canary, port: 9000, weight: 50}]
+  - name: external
+    hosts: ['*.example.com']
+    tlsRoutes:
+      - name: to-alpha
+        match: [{sniHosts: [a.example.com]}]
+        destinations: [{service: alpha}]
+      - name: rest
+        match: [{sniHosts: ['*.example.com']}]
+        destinations: [{service: beta}]
   - name: api
     hosts: [api.local]
     routes:
@@ -76,6 +108,30 @@ fn snapshot(extra: &str) -> Snapshot {
     Snapshot::build(cfg, None, &jwks).expect("snapshot")
 }
 
+/// One line for a target.
+fn describe_target(t: &Target<'_>) -> String {
+    let cluster = match (t.cluster, t.is_passthrough()) {
+        (Some(c), _) => c.name.to_string(),
+        (None, true) => "passthrough".into(),
+        (None, false) => "app".into(),
+    };
+    let eps: Vec<&str> = t
+        .endpoints
+        .as_slice()
+        .iter()
+        .map(|e| &*e.authority)
+        .collect();
+    format!(
+        "{cluster} port={} eps={}",
+        t.service_port.map_or("-".into(), |p| p.to_string()),
+        if eps.is_empty() {
+            "-".into()
+        } else {
+            eps.join(",")
+        },
+    )
+}
+
 /// One line for a plan: what was decided, in the order a reader checks it.
 fn describe(plan: &HttpPlan<'_>) -> String {
     let mut out = String::new();
@@ -91,26 +147,9 @@ fn describe(plan: &HttpPlan<'_>) -> String {
             out.push_str(&format!("redirect host={host} port={port:?}"))
         }
         Step::Forward(f) => {
-            let t = &f.target;
-            let cluster = match (t.cluster, t.is_passthrough()) {
-                (Some(c), _) => c.name.to_string(),
-                (None, true) => "passthrough".into(),
-                (None, false) => "app".into(),
-            };
-            let eps: Vec<&str> = t
-                .endpoints
-                .as_slice()
-                .iter()
-                .map(|e| &*e.authority)
-                .collect();
             out.push_str(&format!(
-                "{cluster} port={} eps={} {}",
-                t.service_port.map_or("-".into(), |p| p.to_string()),
-                if eps.is_empty() {
-                    "-".into()
-                } else {
-                    eps.join(",")
-                },
+                "{} {}",
+                describe_target(&f.target),
                 match f.version {
                     HttpVersion::Http1 => "h1",
                     HttpVersion::Http2 => "h2",
@@ -525,4 +564,100 @@ fn inbound_port_to_app() {
         )],
         |c| run_inbound(&bare, c),
     );
+}
+
+fn run_tcp(
+    snap: &Snapshot,
+    listener: ListenerKind,
+    dst: Option<&str>,
+    sni: Option<&str>,
+    roll: u64,
+) -> String {
+    let orig = dst.map(|d| d.parse::<SocketAddr>().expect("orig dst"));
+    let mut c = ConnInfo::new(listener, "127.0.0.1:40000".parse().expect("peer"), orig);
+    c.sni = sni.map(Into::into);
+    if listener == ListenerKind::Inbound {
+        c.dst_port = orig.map(|d| d.port());
+    }
+    match tcp(snap, &c, roll) {
+        Ok(t) => format!("{} idle={}s", describe_target(&t), t.idle.as_secs()),
+        Err(l) => format!("error {}", l.flags),
+    }
+}
+
+/// Name, snapshot, listener, original destination, server name, roll, expected line.
+type TcpCase<'a> = (
+    &'a str,
+    &'a Snapshot,
+    ListenerKind,
+    Option<&'a str>,
+    Option<&'a str>,
+    u64,
+    &'a str,
+);
+
+#[test]
+fn tcp_by_address_route_and_server_name() {
+    let allow = snapshot("");
+    let only = snapshot("outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n");
+    use ListenerKind::{Inbound, Outbound};
+    #[rustfmt::skip]
+    let table: Vec<TcpCase<'_>> = vec![
+        ("service address and port", &allow, Outbound, Some("240.0.0.2:9000"), None, 0, "db port=9000 eps=127.0.0.4:7000 idle=1s"),
+        ("TCP route by port, weight 50: roll 0", &allow, Outbound, Some("240.0.0.2:9001"), None, 0, "db port=9001 eps=127.0.0.4:9001 idle=1s"),
+        ("TCP route by port, weight 50: roll 51", &allow, Outbound, Some("240.0.0.2:9001"), None, 51, "db-canary port=9000 eps=127.0.0.5:9000 idle=3600s"),
+        ("TLS route by exact server name", &allow, Outbound, Some("10.1.2.3:443"), Some("a.example.com"), 0, "alpha port=443 eps=127.0.0.6:443 idle=3600s"),
+        ("TLS route by wildcard server name", &allow, Outbound, Some("10.1.2.3:443"), Some("b.example.com"), 0, "beta port=443 eps=127.0.0.7:443 idle=3600s"),
+        ("server name of a service host, not redirected", &allow, Outbound, None, Some("alpha.internal"), 0, "alpha port=443 eps=127.0.0.6:443 idle=3600s"),
+        ("unknown server name: original destination (ALLOW_ANY)", &allow, Outbound, Some("10.1.2.3:443"), Some("x.other.org"), 0, "passthrough port=- eps=10.1.2.3:443 idle=3600s"),
+        ("unknown address: passthrough (ALLOW_ANY)", &allow, Outbound, Some("10.1.2.3:5432"), None, 0, "passthrough port=- eps=10.1.2.3:5432 idle=3600s"),
+        ("no destination at all: NR", &allow, Outbound, None, None, 0, "error NR"),
+        ("unknown address: NR (REGISTRY_ONLY)", &only, Outbound, Some("10.1.2.3:5432"), None, 0, "error NR"),
+        ("service address under REGISTRY_ONLY", &only, Outbound, Some("240.0.0.2:9000"), None, 0, "db port=9000 eps=127.0.0.4:7000 idle=1s"),
+        ("inbound port to its app", &allow, Inbound, Some("10.0.0.5:8080"), None, 0, "app port=8080 eps=127.0.0.1:18080 idle=3600s"),
+        ("inbound without a destination: first port", &allow, Inbound, None, None, 0, "app port=8080 eps=127.0.0.1:18080 idle=3600s"),
+    ];
+    let mut failures = Vec::new();
+    for (name, snap, listener, dst, sni, roll, want) in table {
+        let got = run_tcp(snap, listener, dst, sni, roll);
+        if got != want {
+            failures.push(format!("{name}:\n   want {want}\n    got {got}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn connect_tunnels_to_services_or_named_addresses() {
+    let allow = snapshot("");
+    let only = snapshot("outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n");
+    let run = |snap: &Snapshot, authority: &str, version: Version| {
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(authority)
+            .version(version)
+            .body(())
+            .expect("request");
+        match connect(snap, &req) {
+            Ok(t) => describe_target(&t),
+            Err(l) => format!("error {} {}", l.status.as_u16(), l.flags),
+        }
+    };
+    #[rustfmt::skip]
+    let table: Vec<(&str, &Snapshot, &str, Version, &str)> = vec![
+        ("a service host and port", &allow, "db.local:9000", Version::HTTP_11, "db port=9000 eps=127.0.0.4:7000"),
+        ("host in upper case", &allow, "DB.local:9001", Version::HTTP_11, "db port=9001 eps=127.0.0.4:9001"),
+        ("unknown host: the named address (ALLOW_ANY)", &allow, "example.org:443", Version::HTTP_11, "passthrough port=- eps=example.org:443"),
+        ("IPv6 literal", &allow, "[::1]:8443", Version::HTTP_11, "passthrough port=- eps=[::1]:8443"),
+        ("unknown host: NR (REGISTRY_ONLY)", &only, "example.org:443", Version::HTTP_11, "error 502 NR"),
+        ("CONNECT over HTTP/2 is refused", &allow, "db.local:9000", Version::HTTP_2, "error 405 DPE"),
+    ];
+    let mut failures = Vec::new();
+    for (name, snap, authority, version, want) in table {
+        let got = run(snap, authority, version);
+        if got != want {
+            failures.push(format!("{name}:\n   want {want}\n    got {got}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -354,7 +354,11 @@ impl Snapshot {
         let mut tcp_routes: HashMap<usize, Vec<L4Route>> = HashMap::new();
         let mut tls_routes = Vec::new();
         for vh in &config.virtual_hosts {
-            routes.add(&vh.hosts, compile_vhost(vh, source, cluster_of)?);
+            let http = compile_vhost(vh, source, cluster_of)?;
+            // A host with only TCP or TLS routes keeps its service's default HTTP route.
+            if !http.routes.is_empty() {
+                routes.add(&vh.hosts, http);
+            }
             if !vh.tls_routes.is_empty() {
                 let compiled =
                     L4Route::compile_all(&vh.name, "tls", &vh.tls_routes, source, &cluster_of)?;
@@ -471,11 +475,13 @@ impl Snapshot {
     /// Where an outbound TCP or TLS connection goes: a TLS route for its server name first,
     /// then the TCP routes of the service at its destination address (port, subnet,
     /// weights), then that service itself, then — without a redirected address — the
-    /// service whose host is the server name.
+    /// service whose host is the server name. `roll` (any `u64`) picks among weighted
+    /// destinations.
     pub fn tcp_target(
         &self,
         dst: Option<SocketAddr>,
         sni: Option<&str>,
+        roll: u64,
     ) -> Option<(&Arc<Cluster>, &ClusterPort)> {
         let view = L4View {
             port: dst.map(|d| d.port()),
@@ -483,7 +489,7 @@ impl Snapshot {
             sni,
         };
         let via = |route: &L4Route| {
-            let d = route.split.pick()?;
+            let d = route.split.pick_at(roll)?;
             let c = self.clusters.get(d.cluster)?;
             let p = c.port(d.port.or(view.port))?;
             Some((c, p))
