@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::http::body::ProxyBody;
+use crate::io::body::ProxyBody;
 use crate::shared::Shared;
 use crate::telemetry::access_log::rfc3339;
 use crate::telemetry::logging::LogControl;

@@ -11,12 +11,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{Admin, Scope};
+use crate::ctx::ListenerKind;
 use crate::live::Live;
 use crate::shared::Shared;
 use crate::telemetry::access_log::{AccessLog, AccessLogWriter};
 use crate::telemetry::logging::LogControl;
 use crate::telemetry::metrics::Metrics;
-use crate::telemetry::ListenerKind;
 
 /// Start-up options (flags win over the config file).
 #[derive(Debug, Clone)]
@@ -169,12 +169,12 @@ pub async fn run(
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin.clone().run(admin_l, Scope::Admin, admin_stop.clone()));
     let stats_task = tokio::spawn(admin.clone().run(stats_l, Scope::Stats, admin_stop.clone()));
-    let out_task = tokio::spawn(crate::listener::run(
+    let out_task = tokio::spawn(crate::listeners::accept::run(
         shared.clone(),
         ListenerKind::Outbound,
         outbound,
     ));
-    let in_task = tokio::spawn(crate::listener::run(
+    let in_task = tokio::spawn(crate::listeners::accept::run(
         shared.clone(),
         ListenerKind::Inbound,
         inbound,

@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::{client, server, TlsConnector};
 
+use crate::ctx::PeerCert;
 use crate::io::PrefixedIo;
 
 /// Longest wait for a TLS handshake, either side.
@@ -269,17 +270,6 @@ where
             Ok(Ok(_)) => {}
         }
     }
-}
-
-/// What a verified peer is known by, computed once per connection.
-#[derive(Debug, Clone)]
-pub struct PeerCert {
-    /// The peer's SPIFFE ID.
-    pub identity: SpiffeId,
-    /// The same as text, for logs and metric labels.
-    pub principal: std::sync::Arc<str>,
-    /// `x-forwarded-client-cert` value for requests of this connection (Envoy's format).
-    pub xfcc: HeaderValue,
 }
 
 impl PeerCert {

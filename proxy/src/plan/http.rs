@@ -8,9 +8,9 @@ use std::time::Duration;
 use halyard_xds::{LoadBalancer, Protocol};
 use http::{header, Method, Request, Version};
 
-use crate::http::conn::ConnInfo;
-use crate::http::headers;
-use crate::http::local::Local;
+use crate::ctx::ConnInfo;
+use crate::ctx::LocalReply;
+use crate::headers;
 use crate::routes::{
     lower_host, normalize_host, Action, Destination, Fault, Matched, Redirect, RequestView,
     RetryPolicy,
@@ -131,7 +131,7 @@ pub enum Step<'s> {
         port: Option<u16>,
     },
     /// Answer locally (no service port, no such cluster).
-    Reply(Local),
+    Reply(LocalReply),
 }
 
 /// The plan for one HTTP request.
@@ -179,9 +179,9 @@ pub fn outbound<'s, B>(
     conn: &ConnInfo,
     orig_h1: bool,
     roll: u64,
-) -> Result<HttpPlan<'s>, Local> {
+) -> Result<HttpPlan<'s>, LocalReply> {
     debug_assert!(req.method() != Method::CONNECT, "CONNECT is planned apart");
-    let authority = authority_of(req).ok_or(Local::BAD_REQUEST)?;
+    let authority = authority_of(req).ok_or(LocalReply::BAD_REQUEST)?;
     let (host, port) = normalize_host(authority);
     let port = port.or(conn.orig_dst.map(|d| d.port()));
     let host = lower_host(host);
@@ -213,10 +213,10 @@ pub fn outbound<'s, B>(
     let target = match dest {
         Some(d) => {
             let Some(cluster) = snap.clusters.get(d.cluster) else {
-                return Ok(reply(route, fault, Local::NO_ROUTE));
+                return Ok(reply(route, fault, LocalReply::NO_ROUTE));
             };
             let Some(cp) = cluster.port(d.port.or(port)) else {
-                return Ok(reply(route, fault, Local::NO_HEALTHY));
+                return Ok(reply(route, fault, LocalReply::NO_HEALTHY));
             };
             Target::service(cluster, cp)
         }
@@ -224,7 +224,7 @@ pub fn outbound<'s, B>(
             Some((cluster, cp)) => Target::service(cluster, cp),
             None => match conn.orig_dst.filter(|_| !snap.registry_only) {
                 Some(dst) => passthrough(dst.ip().to_string(), dst.port()),
-                None => return Ok(reply(route, fault, Local::NO_ROUTE)),
+                None => return Ok(reply(route, fault, LocalReply::NO_ROUTE)),
             },
         },
     };
@@ -257,7 +257,11 @@ pub(super) fn passthrough(host: String, port: u16) -> Target<'static> {
     )
 }
 
-fn reply<'s>(route: Option<Matched<'s>>, fault: Option<&'s Fault>, local: Local) -> HttpPlan<'s> {
+fn reply<'s>(
+    route: Option<Matched<'s>>,
+    fault: Option<&'s Fault>,
+    local: LocalReply,
+) -> HttpPlan<'s> {
     HttpPlan {
         route,
         fault,
@@ -272,8 +276,10 @@ pub fn inbound<'s, B>(
     req: &Request<B>,
     conn: &ConnInfo,
     orig_h1: bool,
-) -> Result<HttpPlan<'s>, Local> {
-    let t = snap.inbound_target(conn.dst_port).ok_or(Local::NO_ROUTE)?;
+) -> Result<HttpPlan<'s>, LocalReply> {
+    let t = snap
+        .inbound_target(conn.dst_port)
+        .ok_or(LocalReply::NO_ROUTE)?;
     let upgrade = is_upgrade(req);
     let target = Target::single(
         Endpoints::Shared(std::slice::from_ref(&t.app)),

@@ -4,18 +4,20 @@
 use http::{Request, Version};
 
 use super::http::{passthrough, Endpoints, Target};
-use crate::http::conn::ConnInfo;
-use crate::http::local::Local;
+use crate::ctx::ConnInfo;
+use crate::ctx::ListenerKind;
+use crate::ctx::LocalReply;
 use crate::snapshot::Snapshot;
-use crate::telemetry::ListenerKind;
 
 /// Plans a TCP connection. Outbound: a TLS route for its server name, a TCP route or the
 /// service at its original destination, else the original destination itself (ALLOW_ANY);
 /// inbound: the app behind the workload port. `roll`: a random number for weighted routes.
-pub fn tcp<'s>(snap: &'s Snapshot, conn: &ConnInfo, roll: u64) -> Result<Target<'s>, Local> {
+pub fn tcp<'s>(snap: &'s Snapshot, conn: &ConnInfo, roll: u64) -> Result<Target<'s>, LocalReply> {
     match conn.listener {
         ListenerKind::Inbound => {
-            let t = snap.inbound_target(conn.dst_port).ok_or(Local::NO_ROUTE)?;
+            let t = snap
+                .inbound_target(conn.dst_port)
+                .ok_or(LocalReply::NO_ROUTE)?;
             Ok(Target::single(
                 Endpoints::Shared(std::slice::from_ref(&t.app)),
                 t.protocol,
@@ -28,7 +30,7 @@ pub fn tcp<'s>(snap: &'s Snapshot, conn: &ConnInfo, roll: u64) -> Result<Target<
             }
             match conn.orig_dst.filter(|_| !snap.registry_only) {
                 Some(dst) => Ok(passthrough(dst.ip().to_string(), dst.port())),
-                None => Err(Local::NO_ROUTE),
+                None => Err(LocalReply::NO_ROUTE),
             }
         }
     }
@@ -36,12 +38,12 @@ pub fn tcp<'s>(snap: &'s Snapshot, conn: &ConnInfo, roll: u64) -> Result<Target<
 
 /// Plans `CONNECT host:port` (HTTP/1.1 only): the service named by the host at that port, or
 /// with ALLOW_ANY the named address itself.
-pub fn connect<'s, B>(snap: &'s Snapshot, req: &Request<B>) -> Result<Target<'s>, Local> {
+pub fn connect<'s, B>(snap: &'s Snapshot, req: &Request<B>) -> Result<Target<'s>, LocalReply> {
     if req.version() != Version::HTTP_11 {
-        return Err(Local::NOT_ALLOWED);
+        return Err(LocalReply::NOT_ALLOWED);
     }
-    let authority = req.uri().authority().ok_or(Local::BAD_REQUEST)?;
-    let port = authority.port_u16().ok_or(Local::BAD_REQUEST)?;
+    let authority = req.uri().authority().ok_or(LocalReply::BAD_REQUEST)?;
+    let port = authority.port_u16().ok_or(LocalReply::BAD_REQUEST)?;
     let host = authority
         .host()
         .trim_start_matches('[')
@@ -49,10 +51,10 @@ pub fn connect<'s, B>(snap: &'s Snapshot, req: &Request<B>) -> Result<Target<'s>
         .to_ascii_lowercase();
     match snap.cluster_for_host(&host) {
         Some(c) => {
-            let cp = c.port(Some(port)).ok_or(Local::NO_HEALTHY)?;
+            let cp = c.port(Some(port)).ok_or(LocalReply::NO_HEALTHY)?;
             Ok(Target::service(c, cp))
         }
-        None if snap.registry_only => Err(Local::NO_ROUTE),
+        None if snap.registry_only => Err(LocalReply::NO_ROUTE),
         None => Ok(passthrough(host, port)),
     }
 }

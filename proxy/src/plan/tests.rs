@@ -7,9 +7,9 @@ use ::http::{Method, Request, Version};
 use halyard_filters::jwt::JwksStore;
 
 use super::*;
-use crate::http::conn::ConnInfo;
+use crate::ctx::ConnInfo;
+use crate::ctx::ListenerKind;
 use crate::snapshot::Snapshot;
-use crate::telemetry::ListenerKind;
 use crate::upstream::HttpVersion;
 
 const SERVICES: &str = "

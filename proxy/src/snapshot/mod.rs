@@ -105,7 +105,7 @@ pub struct Snapshot {
     tcp_routes: HashMap<usize, Vec<L4Route>>,
     /// TLS routes with the (lower-case) hosts of their virtual host, in config order.
     tls_routes: Vec<(Vec<String>, Vec<L4Route>)>,
-    /// Local workload ports.
+    /// LocalReply workload ports.
     pub inbound: Vec<InboundTarget>,
     /// Settings.
     pub settings: Settings,

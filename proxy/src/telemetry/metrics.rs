@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use super::ListenerKind;
+use crate::ctx::ListenerKind;
 
 /// Counters of one listener, label values pre-resolved.
 pub struct ListenerMetrics {

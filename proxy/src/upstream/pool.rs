@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::Upstream;
-use crate::http::body::ProxyBody;
+use crate::io::body::ProxyBody;
 use crate::mtls::{Alpn, MeshTls};
 
 /// Idle HTTP/1.1 connections kept per endpoint at most.

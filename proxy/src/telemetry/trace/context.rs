@@ -6,8 +6,8 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::headers::owned_value;
 use crate::hex::hex16;
-use crate::http::headers::owned_value;
 
 /// W3C trace context.
 pub(super) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");

@@ -9,7 +9,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::http::proxy::{handle, ConnInfo};
+use super::http::handle;
+use crate::ctx::ConnInfo;
 use crate::shared::Shared;
 
 /// Longest wait for a request's headers to arrive.

@@ -5,16 +5,16 @@ use std::sync::OnceLock;
 
 use http::Version;
 
-use super::access_log::Exchange;
-use super::istio::{Reporter, RequestLabels, TcpConn, TcpLabels};
-use super::peer::WorkloadMeta;
-use super::trace::{ActiveSpan, AttrValue, SpanEnd, SpanKind};
-use super::tracers::TracerSlot;
-use super::ListenerKind;
-use crate::http::proxy::ConnInfo;
+use super::RequestCtx;
+use crate::ctx::ConnInfo;
+use crate::ctx::ListenerKind;
 use crate::routes::normalize_host;
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
+use crate::telemetry::istio::{Reporter, RequestLabels, TcpConn, TcpLabels};
+use crate::telemetry::peer::WorkloadMeta;
+use crate::telemetry::trace::{ActiveSpan, AttrValue, SpanEnd, SpanKind};
+use crate::telemetry::tracers::TracerSlot;
 use crate::upstream::Upstream;
 
 /// A peer nobody described.
@@ -109,7 +109,7 @@ pub(crate) fn tcp_conn(
     })
 }
 
-impl Exchange {
+impl RequestCtx {
     fn sides(&self) -> Sides<'_> {
         let (peer_principal, service) = match self.conn.listener {
             ListenerKind::Outbound => {

@@ -9,8 +9,8 @@ use http::header::{self, HeaderValue};
 use http::Request;
 use http_body_util::BodyExt;
 
-use crate::http::attempts::{adapt_request, version_for};
-use crate::http::body::ProxyBody;
+use crate::exec::attempts::{adapt_request, version_for};
+use crate::io::body::ProxyBody;
 use crate::routes::normalize_host;
 use crate::shared::Shared;
 use crate::snapshot::Cluster;

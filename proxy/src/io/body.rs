@@ -10,7 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
-use crate::http::replay::{BoxError, ReplayBody};
+use crate::io::replay::{BoxError, ReplayBody};
 
 pin_project! {
     /// A body the proxy forwards or generates.

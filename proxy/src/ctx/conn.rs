@@ -4,8 +4,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::mtls::PeerCert;
-use crate::telemetry::ListenerKind;
+use halyard_certs::SpiffeId;
+use http::HeaderValue;
+
+use super::ListenerKind;
 
 /// What is known about the downstream connection a request arrived on.
 #[derive(Debug)]
@@ -70,4 +72,15 @@ impl ConnInfo {
         let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
         self.opened.elapsed().saturating_sub(since)
     }
+}
+
+/// What a verified peer is known by, computed once per connection.
+#[derive(Debug, Clone)]
+pub struct PeerCert {
+    /// The peer's SPIFFE ID.
+    pub identity: SpiffeId,
+    /// The same as text, for logs and metric labels.
+    pub principal: std::sync::Arc<str>,
+    /// `x-forwarded-client-cert` value for requests of this connection (Envoy's format).
+    pub xfcc: HeaderValue,
 }

@@ -10,14 +10,14 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
-use crate::http::body::ProxyBody;
-use crate::http::local::Local;
-use crate::http::replay::ReplayBody;
+use crate::ctx::Flags;
+use crate::ctx::LocalReply;
+use crate::io::body::ProxyBody;
+use crate::io::replay::ReplayBody;
+use crate::request::RequestCtx;
 use crate::routes::{query_value, Abort, Fault, Redirect, Rewrite, RouteMatch};
 use crate::shared::Shared;
 use crate::snapshot::HashOn;
-use crate::telemetry::access_log::Exchange;
-use crate::telemetry::flags::Flags;
 use crate::upstream::hash::hash_key as hash_bytes;
 
 /// Applies a route's fault: waits for an injected delay, and returns the response of an
@@ -25,7 +25,7 @@ use crate::upstream::hash::hash_key as hash_bytes;
 pub async fn inject_fault(
     shared: &Shared,
     fault: &Fault,
-    ex: &mut Exchange,
+    ex: &mut RequestCtx,
 ) -> Option<Response<ProxyBody>> {
     if let Some((delay, share)) = fault.delay {
         if Fault::roll(share) {
@@ -52,11 +52,11 @@ pub async fn inject_fault(
     ex.flags.set(Flags::FI);
     Some(match abort {
         Abort::Http(status) => {
-            let mut r = Local::new(status, Flags::FI, "fault filter abort").response();
+            let mut r = LocalReply::new(status, Flags::FI, "fault filter abort").response();
             *r.status_mut() = status;
             r
         }
-        Abort::Grpc(code) => crate::http::local::grpc_reply(code, "fault filter abort"),
+        Abort::Grpc(code) => crate::io::reply::grpc_reply(code, "fault filter abort"),
     })
 }
 
@@ -80,7 +80,7 @@ pub fn redirect(
 }
 
 /// Rewrites the path (the prefix `by` matched, else the whole path) and the authority.
-pub fn rewrite(rw: &Rewrite, by: Option<&RouteMatch>, parts: &mut Parts) -> Result<(), Local> {
+pub fn rewrite(rw: &Rewrite, by: Option<&RouteMatch>, parts: &mut Parts) -> Result<(), LocalReply> {
     let new_path = rw.path(
         parts.uri.path(),
         parts.uri.query(),
@@ -91,7 +91,7 @@ pub fn rewrite(rw: &Rewrite, by: Option<&RouteMatch>, parts: &mut Parts) -> Resu
     }
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
     if let Some(p) = new_path {
-        uri.path_and_query = Some(PathAndQuery::try_from(p).map_err(|_| Local::BAD_REQUEST)?);
+        uri.path_and_query = Some(PathAndQuery::try_from(p).map_err(|_| LocalReply::BAD_REQUEST)?);
     }
     if let Some(a) = &rw.authority {
         if uri.authority.is_some() {
@@ -99,12 +99,12 @@ pub fn rewrite(rw: &Rewrite, by: Option<&RouteMatch>, parts: &mut Parts) -> Resu
                 a.to_str()
                     .ok()
                     .and_then(|a| a.parse().ok())
-                    .ok_or(Local::BAD_REQUEST)?,
+                    .ok_or(LocalReply::BAD_REQUEST)?,
             );
         }
         parts.headers.insert(header::HOST, a.clone());
     }
-    parts.uri = Uri::from_parts(uri).map_err(|_| Local::BAD_REQUEST)?;
+    parts.uri = Uri::from_parts(uri).map_err(|_| LocalReply::BAD_REQUEST)?;
     Ok(())
 }
 

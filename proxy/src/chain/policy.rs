@@ -11,18 +11,18 @@ use halyard_filters::rbac::{Decision, Verdict};
 use http::request::Parts;
 use http::{header, HeaderValue, Response, StatusCode, Uri};
 
-use crate::http::body::ProxyBody;
-use crate::http::local::Local;
-use crate::http::proxy::ConnInfo;
+use crate::ctx::ConnInfo;
+use crate::ctx::LocalReply;
+use crate::io::body::ProxyBody;
+use crate::request::RequestCtx;
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
-use crate::telemetry::access_log::Exchange;
 use crate::telemetry::metrics::Metrics;
 
 /// Why a request does not go on to the app.
 pub enum Refusal {
     /// A local reply (403 from authorization, 400 for a path that cannot be normalised).
-    Local(Local),
+    LocalReply(LocalReply),
     /// 401 from authentication, with its `www-authenticate` challenge.
     Unauthenticated(Response<ProxyBody>),
 }
@@ -53,7 +53,7 @@ pub async fn inbound(
     conn: &ConnInfo,
     port: u16,
     parts: &mut Parts,
-    ex: &mut Exchange,
+    ex: &mut RequestCtx,
 ) -> Result<(), Refusal> {
     if snap.rbac.is_empty() && snap.authn.is_empty() {
         return Ok(());
@@ -67,7 +67,7 @@ pub async fn inbound(
         halyard_filters::path::normalize(parts.uri.path_and_query().map_or("/", |p| p.as_str()))
             .map_err(|e| {
                 tracing::debug!(peer = %conn.peer, error = %e, "request path cannot be normalised");
-                Refusal::Local(Local::BAD_PATH)
+                Refusal::LocalReply(LocalReply::BAD_PATH)
             })?;
     if path != parts.uri.path() {
         let rewritten = match parts.uri.query() {
@@ -78,9 +78,9 @@ pub async fn inbound(
         uri.path_and_query = Some(
             rewritten
                 .parse()
-                .map_err(|_| Refusal::Local(Local::BAD_PATH))?,
+                .map_err(|_| Refusal::LocalReply(LocalReply::BAD_PATH))?,
         );
-        parts.uri = Uri::from_parts(uri).map_err(|_| Refusal::Local(Local::BAD_PATH))?;
+        parts.uri = Uri::from_parts(uri).map_err(|_| Refusal::LocalReply(LocalReply::BAD_PATH))?;
     }
     if snap.rbac.is_empty() {
         return Ok(());
@@ -121,14 +121,14 @@ pub async fn inbound(
     if !policy.is_empty() {
         ex.denied_by = Some(policy.into());
     }
-    Err(Refusal::Local(Local::FORBIDDEN))
+    Err(Refusal::LocalReply(LocalReply::FORBIDDEN))
 }
 
 async fn authenticate(
     snap: &Snapshot,
     conn: &ConnInfo,
     parts: &mut Parts,
-    ex: &mut Exchange,
+    ex: &mut RequestCtx,
     metrics: &Metrics,
 ) -> Result<Option<Authenticated>, Refusal> {
     if snap.authn.is_empty() {
@@ -163,7 +163,7 @@ async fn authenticate(
             tracing::debug!(peer = %conn.peer, reason = %e, "JWT authentication failed");
             let challenge = e.www_authenticate(&realm_url(parts, scheme));
             let mut resp = if ex.grpc {
-                crate::http::local::grpc_reply(16, &e.to_string())
+                crate::io::reply::grpc_reply(16, &e.to_string())
             } else {
                 let mut r = Response::new(ProxyBody::full(Bytes::from(format!("{e}\n"))));
                 *r.status_mut() = StatusCode::UNAUTHORIZED;

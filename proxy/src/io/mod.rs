@@ -1,5 +1,9 @@
 //! Stream helpers: replaying bytes consumed by protocol detection; plain-or-TLS streams.
 
+pub mod body;
+pub mod replay;
+pub mod reply;
+
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};

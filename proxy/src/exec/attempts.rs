@@ -11,15 +11,15 @@ use http::header::HeaderValue;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
-use crate::http::body::ProxyBody;
-use crate::http::headers;
-use crate::http::local::Local;
-use crate::http::replay::ReplayBody;
+use crate::ctx::Flags;
+use crate::ctx::LocalReply;
+use crate::headers;
+use crate::io::body::ProxyBody;
+use crate::io::replay::ReplayBody;
+use crate::request::RequestCtx;
 use crate::routes::RetryPolicy;
 use crate::shared::Shared;
 use crate::snapshot::Cluster;
-use crate::telemetry::access_log::Exchange;
-use crate::telemetry::flags::Flags;
 use crate::telemetry::peer::{PEER_METADATA, PEER_METADATA_ID};
 use crate::upstream::hash::Ring;
 use crate::upstream::outlier::Outcome;
@@ -98,7 +98,7 @@ enum Failed {
     Connect(ConnectError),
     /// The client's own request body failed: its fault, not the upstream's (no retry, no
     /// outlier record).
-    Downstream(Local),
+    Downstream(LocalReply),
     Reset {
         refused: bool,
     },
@@ -112,8 +112,8 @@ pub async fn send(
     call: &Call<'_>,
     req: Request<ProxyBody>,
     template: Option<&Template>,
-    ex: &mut Exchange,
-) -> Result<Sent, Local> {
+    ex: &mut RequestCtx,
+) -> Result<Sent, LocalReply> {
     let mut next = Some(req);
     let mut tried: Vec<Arc<Upstream>> = Vec::new();
     let mut stale = 0;
@@ -129,7 +129,7 @@ pub async fn send(
             call.hash,
             Avoid { tried: &tried, now },
         )
-        .ok_or(Local::NO_HEALTHY)?
+        .ok_or(LocalReply::NO_HEALTHY)?
         .clone();
         tries += 1;
         ex.attempts = tries;
@@ -152,7 +152,7 @@ pub async fn send(
                         ex.flags.set(Flags::URX);
                     }
                     record(shared, call, &up, Outcome::Status(status), now);
-                    ex.in_flight = Some(guard);
+                    ex.guards.in_flight = Some(guard);
                     return Ok(sent);
                 }
                 (Outcome::Status(status), true, Ok(sent))
@@ -164,7 +164,7 @@ pub async fn send(
                 (
                     Outcome::ConnectFailure,
                     call.retry.retry_connect_failure(),
-                    Err(Local::connect_failed(retried)),
+                    Err(LocalReply::connect_failed(retried)),
                 )
             }
             Err(Failed::Downstream(local)) => {
@@ -174,12 +174,12 @@ pub async fn send(
             Err(Failed::Reset { refused }) => (
                 Outcome::Reset,
                 call.retry.retry_reset(refused),
-                Err(Local::UPSTREAM_RESET),
+                Err(LocalReply::UPSTREAM_RESET),
             ),
             Err(Failed::Timeout) => (
                 Outcome::Timeout,
                 call.retry.retry_timeout(),
-                Err(Local::TIMEOUT),
+                Err(LocalReply::TIMEOUT),
             ),
         };
         record(shared, call, &up, outcome, now);
@@ -231,7 +231,7 @@ pub async fn send(
         if next.is_none() {
             next = template.and_then(Template::rebuild);
             if next.is_none() {
-                return Err(Local::UPSTREAM_RESET);
+                return Err(LocalReply::UPSTREAM_RESET);
             }
         }
     }
@@ -308,7 +308,7 @@ async fn attempt(
 /// When sending failed because the downstream's request body did (a body error reaches the
 /// client connection as the user body's error): a malformed body is 400 `DPE`, a client that
 /// went away `DC`.
-fn downstream_fault(e: &hyper::Error) -> Option<Local> {
+fn downstream_fault(e: &hyper::Error) -> Option<LocalReply> {
     if !e.is_user() {
         return None;
     }
@@ -325,9 +325,9 @@ fn downstream_fault(e: &hyper::Error) -> Option<Local> {
                         )
                     });
             return Some(if malformed {
-                Local::BAD_BODY
+                LocalReply::BAD_BODY
             } else {
-                Local::DOWNSTREAM_GONE
+                LocalReply::DOWNSTREAM_GONE
             });
         }
         source = s.source();
@@ -378,7 +378,7 @@ pub fn adapt_request<B>(
     up: &Upstream,
     wanted: HttpVersion,
     actual: HttpVersion,
-) -> Result<(), Local> {
+) -> Result<(), LocalReply> {
     let [meta, meta_id, orig_proto] = headers::present(
         req.headers(),
         [&PEER_METADATA, &PEER_METADATA_ID, &headers::ORIG_PROTO],
@@ -391,7 +391,7 @@ pub fn adapt_request<B>(
     }
     // Already in the right form (the usual case) when the version matches.
     if (req.version() == Version::HTTP_2) != (actual == HttpVersion::Http2) {
-        super::proxy::set_uri_for(req, actual)?;
+        super::http::set_uri_for(req, actual)?;
     }
     if wanted == HttpVersion::Http1 && actual == HttpVersion::Http2 {
         req.headers_mut().insert(
@@ -405,8 +405,8 @@ pub fn adapt_request<B>(
 }
 
 /// Counts a failed connect and keeps a TLS failure's reason for the access log.
-pub fn note_connect_failure(shared: &Shared, ex: &mut Exchange, e: &ConnectError) {
-    crate::listener::count_connect_failure(shared, e);
+pub fn note_connect_failure(shared: &Shared, ex: &mut RequestCtx, e: &ConnectError) {
+    super::connect::count_connect_failure(shared, e);
     if let ConnectError::Tls(t) = e {
         ex.transport_failure = Some(t.reason());
     }
@@ -419,7 +419,7 @@ pub async fn admit(
     cluster: &Cluster,
     http1: bool,
     max_wait: Duration,
-) -> Result<crate::upstream::breaker::Active, Local> {
+) -> Result<crate::upstream::breaker::Active, LocalReply> {
     let overflow = || {
         shared
             .metrics
@@ -427,7 +427,7 @@ pub async fn admit(
             .overflow
             .with_label_values(&[&cluster.name])
             .inc();
-        Local::OVERFLOW
+        LocalReply::OVERFLOW
     };
     let cap = cluster.limits.concurrency(http1);
     let admitted = tokio::time::timeout(
