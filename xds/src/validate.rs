@@ -6,8 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::locate::Segment;
 use crate::{
-    consistent_hash, fault, ConsistentHash, HttpRoute, L4Route, OutlierDetection, ProxyConfig,
-    RouteDestination, Service, Settings,
+    consistent_hash, fault, ConsistentHash, HttpRoute, L4Route, OutlierDetection, PortTls,
+    ProxyConfig, RouteDestination, Service, Settings, UpstreamTls,
 };
 
 /// One rule broken by a configuration, with the path of the offending field.
@@ -488,7 +488,8 @@ fn check_service(c: &mut Checker, svc: &Service, names: &mut HashSet<String>) {
                 }
                 if let Some(p) = &sub.traffic_policy {
                     c.field("trafficPolicy", |c| {
-                        check_policy(c, p.consistent_hash.as_ref(), p.outlier_detection.as_ref())
+                        check_policy(c, p.consistent_hash.as_ref(), p.outlier_detection.as_ref());
+                        check_origin(c, svc, p.tls.as_ref(), &p.port_tls);
                     });
                 }
             })
@@ -499,6 +500,7 @@ fn check_service(c: &mut Checker, svc: &Service, names: &mut HashSet<String>) {
         svc.consistent_hash.as_ref(),
         svc.outlier_detection.as_ref(),
     );
+    check_origin(c, svc, svc.tls.as_ref(), &svc.port_tls);
     for (j, e) in svc.endpoints.iter().enumerate() {
         c.field("endpoints", |c| {
             c.at(Segment::Index(j), |c| {
@@ -562,6 +564,65 @@ fn check_policy(c: &mut Checker, hash: Option<&ConsistentHash>, od: Option<&Outl
                 c.fail("minHealthPercent", "must be 0-100");
             }
         });
+    }
+}
+
+/// TLS origination settings, for all ports and per port (ports of the service, once each).
+fn check_origin(c: &mut Checker, svc: &Service, tls: Option<&UpstreamTls>, ports: &[PortTls]) {
+    if let Some(t) = tls {
+        c.field("tls", |c| check_upstream_tls(c, t));
+    }
+    let mut seen = HashSet::new();
+    for (i, p) in ports.iter().enumerate() {
+        c.field("portTls", |c| {
+            c.at(Segment::Index(i), |c| {
+                if !svc.ports.iter().any(|sp| sp.port == p.port) {
+                    c.fail(
+                        "port",
+                        format!("service `{}` has no port {}", svc.name, p.port),
+                    );
+                } else if !seen.insert(p.port) {
+                    c.fail("port", format!("port {} has TLS settings twice", p.port));
+                }
+                if let Some(t) = &p.tls {
+                    c.field("tls", |c| check_upstream_tls(c, t));
+                }
+            })
+        });
+    }
+}
+
+fn check_upstream_tls(c: &mut Checker, t: &UpstreamTls) {
+    if !t.sni.is_empty()
+        && t.sni.parse::<IpAddr>().is_err()
+        && (t.sni.starts_with('*') || !valid_host(&t.sni))
+    {
+        c.fail(
+            "sni",
+            format!("`{}` is not a DNS name or IP address", t.sni),
+        );
+    }
+    match (t.client_certificate.is_empty(), t.private_key.is_empty()) {
+        (false, true) => c.fail("privateKey", "clientCertificate needs privateKey"),
+        (true, false) => c.fail("clientCertificate", "privateKey needs clientCertificate"),
+        _ => {}
+    }
+    for (i, san) in t.subject_alt_names.iter().enumerate() {
+        let ok = if san.starts_with("spiffe://") {
+            valid_spiffe(san)
+        } else {
+            san.parse::<IpAddr>().is_ok() || (!san.starts_with('*') && valid_host(san))
+        };
+        if !ok {
+            c.field("subjectAltNames", |c| {
+                c.at(Segment::Index(i), |c| {
+                    c.fail(
+                        "",
+                        format!("`{san}` is not a DNS name, IP address or spiffe:// URI"),
+                    )
+                })
+            });
+        }
     }
 }
 
@@ -640,6 +701,23 @@ mod tests {
             "services:\n  - {name: a, ports: [{port: 1}]}\n  - {name: a, ports: [{port: 1}]}\n",
         );
         assert_eq!(e, vec!["services[1].name: service `a` is defined twice"]);
+    }
+
+    #[test]
+    fn upstream_tls_settings() {
+        let base = "services:\n  - name: a\n    ports: [{port: 443}]\n";
+        let ok = errors(&format!("{base}    tls: {{sni: a.example, caCertificates: /ca.pem, clientCertificate: /c.pem, privateKey: /k.pem, subjectAltNames: [a.example, 10.0.0.1, 'spiffe://td/ns/x/sa/y']}}\n    portTls: [{{port: 443}}]\n"));
+        assert!(ok.is_empty(), "{ok:?}");
+        let e = errors(&format!("{base}    tls: {{sni: '*.x', clientCertificate: /c.pem, subjectAltNames: ['a b']}}\n    portTls: [{{port: 80}}]\n"));
+        let joined = e.join("\n");
+        for want in [
+            "services[0].tls.sni: `*.x` is not a DNS name",
+            "services[0].tls.privateKey: clientCertificate needs privateKey",
+            "services[0].tls.subjectAltNames[0]: `a b` is not",
+            "services[0].portTls[0].port: service `a` has no port 80",
+        ] {
+            assert!(joined.contains(want), "missing {want:?} in\n{joined}");
+        }
     }
 
     #[test]
