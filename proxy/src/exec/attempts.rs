@@ -454,7 +454,10 @@ mod tests {
             Duration::from_secs(1),
             Duration::from_secs(60),
         );
-        key.identity = identity.map(|i| i.parse().expect("SPIFFE ID"));
+        key.transport = crate::upstream::Transport::mesh_or_plain(
+            identity.map(|i| i.parse().expect("SPIFFE ID")),
+            None,
+        );
         Upstream::new(key)
     }
 

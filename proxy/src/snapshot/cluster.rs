@@ -5,13 +5,14 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
+use halyard_certs::SpiffeId;
 use halyard_xds::{self as xds, duration_or, LoadBalancer, Protocol};
 
-use super::defaults;
+use super::{defaults, BuildError};
 use crate::upstream::breaker::{Breaker, Limits};
 use crate::upstream::hash::Ring;
 use crate::upstream::outlier::OutlierConfig;
-use crate::upstream::Upstream;
+use crate::upstream::{TlsOrigin, Transport, Upstream, UpstreamKey};
 
 /// A port of a cluster with its endpoints.
 #[derive(Debug)]
@@ -91,6 +92,51 @@ pub(super) struct Policy {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub tcp_idle_timeout: Duration,
+    pub tls: OriginTls,
+}
+
+/// TLS origination of a service or subset: for all ports, and per port.
+#[derive(Debug, Clone, Default)]
+pub(super) struct OriginTls {
+    all: Option<Arc<TlsOrigin>>,
+    ports: Vec<(u16, Option<Arc<TlsOrigin>>)>,
+}
+
+impl OriginTls {
+    /// Reads the settings' files; `at` is the settings' config path (for errors), `host` the
+    /// service's first host (the default server name).
+    fn build(
+        tls: Option<&xds::UpstreamTls>,
+        port_tls: &[xds::PortTls],
+        host: Option<&str>,
+        at: &str,
+    ) -> Result<Self, BuildError> {
+        let one = |t: &xds::UpstreamTls, at: String| {
+            if t.insecure_skip_verify {
+                tracing::warn!(config = %at, "insecureSkipVerify: the upstream server's certificate is not verified");
+            }
+            TlsOrigin::from_xds(t, host).map_err(|source| BuildError::Tls { at, source })
+        };
+        let all = tls.map(|t| one(t, format!("{at}.tls"))).transpose()?;
+        let mut ports = Vec::with_capacity(port_tls.len());
+        for (i, p) in port_tls.iter().enumerate() {
+            let origin = p
+                .tls
+                .as_ref()
+                .map(|t| one(t, format!("{at}.portTls[{i}].tls")))
+                .transpose()?;
+            ports.push((p.port as u16, origin));
+        }
+        Ok(Self { all, ports })
+    }
+
+    /// The TLS originated on a service port, if any.
+    fn for_port(&self, port: u16) -> Option<&Arc<TlsOrigin>> {
+        match self.ports.iter().find(|(p, _)| *p == port) {
+            Some((_, origin)) => origin.as_ref(),
+            None => self.all.as_ref(),
+        }
+    }
 }
 
 impl Policy {
@@ -100,8 +146,10 @@ impl Policy {
         pool: Option<&xds::ConnectionPool>,
         outlier: Option<&xds::OutlierDetection>,
         timeouts: [Option<&pbjson_types::Duration>; 3],
+        tls: OriginTls,
     ) -> Self {
         Self {
+            tls,
             lb,
             hash: hash.and_then(hash_on),
             points_per_endpoint: hash.map_or(0, |h| h.points_per_endpoint),
@@ -113,8 +161,16 @@ impl Policy {
         }
     }
 
-    pub fn of_service(s: &xds::Service) -> Self {
-        Self::new(
+    /// The service's own policy; `si` is its index in the config (for errors).
+    pub fn of_service(s: &xds::Service, si: usize) -> Result<Self, BuildError> {
+        let at = format!("services[{si}]");
+        let tls = OriginTls::build(
+            s.tls.as_ref(),
+            &s.port_tls,
+            s.hosts.first().map(String::as_str),
+            &at,
+        )?;
+        Ok(Self::new(
             s.load_balancer(),
             s.consistent_hash.as_ref(),
             s.connection_pool.as_ref(),
@@ -124,11 +180,19 @@ impl Policy {
                 s.idle_timeout.as_ref(),
                 s.tcp_idle_timeout.as_ref(),
             ],
-        )
+            tls,
+        ))
     }
 
-    pub fn of(p: &xds::TrafficPolicy) -> Self {
-        Self::new(
+    /// A subset's (complete) policy; `at` is its config path.
+    pub fn of(p: &xds::TrafficPolicy, s: &xds::Service, at: &str) -> Result<Self, BuildError> {
+        let tls = OriginTls::build(
+            p.tls.as_ref(),
+            &p.port_tls,
+            s.hosts.first().map(String::as_str),
+            at,
+        )?;
+        Ok(Self::new(
             p.load_balancer(),
             p.consistent_hash.as_ref(),
             p.connection_pool.as_ref(),
@@ -138,7 +202,49 @@ impl Policy {
                 p.idle_timeout.as_ref(),
                 p.tcp_idle_timeout.as_ref(),
             ],
-        )
+            tls,
+        ))
+    }
+
+    /// The key of endpoint `e` of service `svc` on port `p` (whose endpoint port is
+    /// `target`): TLS origination when the port has it, else mutual TLS when the endpoint has
+    /// an identity, else plaintext.
+    pub fn endpoint_key(
+        &self,
+        svc: &xds::Service,
+        e: &xds::Endpoint,
+        p: &xds::ServicePort,
+        target: u16,
+    ) -> Result<UpstreamKey, BuildError> {
+        let transport = match self.tls.for_port(p.port as u16) {
+            Some(origin) => Transport::Tls(origin.clone()),
+            None => {
+                let identity = match e.identity.as_str() {
+                    "" => None,
+                    id => Some(id.parse::<SpiffeId>().map_err(|err| BuildError::Identity {
+                        service: svc.name.clone(),
+                        reason: err.to_string(),
+                    })?),
+                };
+                let sidecar = e
+                    .sidecar_address
+                    .parse()
+                    .ok()
+                    .filter(|_| identity.is_some());
+                Transport::mesh_or_plain(identity, sidecar)
+            }
+        };
+        Ok(UpstreamKey {
+            host: e.address.clone(),
+            port: match (e.ports.get(&p.name), e.port) {
+                (Some(&n), _) if n != 0 => n as u16,
+                (_, 0) => target,
+                (_, n) => n as u16,
+            },
+            connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
+            transport,
+        })
     }
 }
 

@@ -7,7 +7,6 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use halyard_certs::SpiffeId;
 use halyard_filters::jwt::{Authenticator, JwksStore, JwtError};
 use halyard_filters::rbac::{Engine, RbacError};
 use halyard_xds::{self as xds, duration_or, MtlsMode, Protocol, ProxyConfig};
@@ -185,6 +184,14 @@ pub enum BuildError {
     /// A route could not be compiled.
     #[error(transparent)]
     Route(#[from] RouteError),
+    /// TLS origination settings are unusable (a missing or invalid PEM file...).
+    #[error("{at}.{source}")]
+    Tls {
+        /// The settings' config path, e.g. `services[0].tls`.
+        at: String,
+        /// What is wrong.
+        source: crate::upstream::OriginError,
+    },
     /// An endpoint identity is not a valid SPIFFE ID.
     #[error("service {service}: endpoint identity: {reason}")]
     Identity {
@@ -198,6 +205,8 @@ pub enum BuildError {
 impl Snapshot {
     /// Compiles `config`; endpoint state (pools, load) is carried over from `previous`; JWT
     /// key sets come from (and are fetched by) `jwks`, which outlives snapshots.
+    // A TLS-origination key hashes only its settings, never its (internally cached) configs.
+    #[allow(clippy::mutable_key_type)]
     pub fn build(
         config: ProxyConfig,
         previous: Option<&Snapshot>,
@@ -223,15 +232,19 @@ impl Snapshot {
         // (service index, subset name) → cluster index; subset "" is the whole service.
         let mut cluster_index: HashMap<(usize, &str), usize> = HashMap::new();
         for (si, svc) in config.services.iter().enumerate() {
-            let base = Policy::of_service(svc);
-            let groups =
-                std::iter::once(("", None, base.clone())).chain(svc.subsets.iter().map(|sub| {
-                    let policy = sub
-                        .traffic_policy
-                        .as_ref()
-                        .map_or_else(|| base.clone(), Policy::of);
-                    (sub.name.as_str(), Some(&sub.labels), policy)
-                }));
+            let base = Policy::of_service(svc, si)?;
+            let mut groups = vec![("", None, base.clone())];
+            for (j, sub) in svc.subsets.iter().enumerate() {
+                let policy = match &sub.traffic_policy {
+                    Some(tp) => Policy::of(
+                        tp,
+                        svc,
+                        &format!("services[{si}].subsets[{j}].trafficPolicy"),
+                    )?,
+                    None => base.clone(),
+                };
+                groups.push((sub.name.as_str(), Some(&sub.labels), policy));
+            }
             let svc_name: Arc<str> = svc.name.as_str().into();
             for (subset, labels, policy) in groups {
                 let name: Arc<str> = if subset.is_empty() {
@@ -255,31 +268,7 @@ impl Snapshot {
                                 continue;
                             }
                         }
-                        let identity = match e.identity.as_str() {
-                            "" => None,
-                            id => Some(id.parse::<SpiffeId>().map_err(|err| {
-                                BuildError::Identity {
-                                    service: svc.name.clone(),
-                                    reason: err.to_string(),
-                                }
-                            })?),
-                        };
-                        let key = UpstreamKey {
-                            host: e.address.clone(),
-                            port: match (e.ports.get(&p.name), e.port) {
-                                (Some(&n), _) if n != 0 => n as u16,
-                                (_, 0) => target,
-                                (_, n) => n as u16,
-                            },
-                            connect_timeout: policy.connect_timeout,
-                            idle_timeout: policy.idle_timeout,
-                            sidecar: e
-                                .sidecar_address
-                                .parse()
-                                .ok()
-                                .filter(|_| identity.is_some()),
-                            identity,
-                        };
+                        let key = policy.endpoint_key(svc, e, p, target)?;
                         let u = upstream(key);
                         // Weights repeat an endpoint in the pick list (bounded to keep it small).
                         for k in 0..e.weight.clamp(1, 16) {
@@ -610,10 +599,10 @@ mod tests {
         let s = Snapshot::build(cfg("services:\n  - name: a\n    ports: [{port: 80}]\n    endpoints: [{address: 10.0.0.1, identity: 'spiffe://td/ns/a/sa/b', sidecarAddress: '127.0.0.1:15006'}, {address: 10.0.0.2}]\n"), None, &jwks()).unwrap();
         let eps = &s.clusters[0].ports[0].endpoints;
         assert!(eps[0].mtls() && !eps[1].mtls());
-        assert_eq!(
-            eps[0].key().sidecar,
-            Some("127.0.0.1:15006".parse().unwrap())
-        );
+        assert!(matches!(
+            eps[0].key().transport,
+            crate::upstream::Transport::Mesh { sidecar: Some(a), .. } if a == "127.0.0.1:15006".parse().unwrap()
+        ));
     }
 
     #[test]

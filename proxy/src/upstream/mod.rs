@@ -3,8 +3,11 @@
 mod balance;
 pub mod breaker;
 pub mod hash;
+pub mod origin;
 pub mod outlier;
 mod pool;
+pub mod transport;
+pub mod verify;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -13,9 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use balance::{pick, Avoid};
+pub use origin::{OriginError, TlsOrigin};
 pub use pool::{Conn, ConnectError, HttpVersion, PooledH1};
-
-use halyard_certs::SpiffeId;
+pub use transport::Transport;
 
 use crate::io::UpstreamIo;
 use crate::mtls::{Alpn, MeshTls};
@@ -33,11 +36,8 @@ pub struct UpstreamKey {
     pub connect_timeout: Duration,
     /// Idle keep-alive connections are closed after this.
     pub idle_timeout: Duration,
-    /// The SPIFFE ID the endpoint's sidecar must prove; traffic goes over mutual TLS when set.
-    pub identity: Option<SpiffeId>,
-    /// Where the endpoint's sidecar accepts mutual TLS when it is not reached through
-    /// iptables redirection.
-    pub sidecar: Option<SocketAddr>,
+    /// How the endpoint is reached: plaintext, mesh mutual TLS or TLS origination.
+    pub transport: Transport,
 }
 
 impl UpstreamKey {
@@ -53,8 +53,7 @@ impl UpstreamKey {
             port,
             connect_timeout,
             idle_timeout,
-            identity: None,
-            sidecar: None,
+            transport: Transport::Plain,
         }
     }
 }
@@ -97,7 +96,10 @@ impl Upstream {
         };
         Self {
             pool: Pool::new(key.idle_timeout),
-            identity: key.identity.as_ref().map(|i| i.to_string().into()),
+            identity: match &key.transport {
+                Transport::Mesh { identity, .. } => Some(identity.to_string().into()),
+                _ => None,
+            },
             key,
             authority,
             ip,
@@ -135,33 +137,46 @@ impl Upstream {
             .ok_or_else(|| ConnectError::Resolve(std::io::Error::other("no addresses")))
     }
 
-    /// Whether traffic to this endpoint goes over mutual TLS.
-    pub fn mtls(&self) -> bool {
-        self.key.identity.is_some()
+    /// Connects TCP to `via`, else to the endpoint itself.
+    async fn tcp(&self, via: Option<SocketAddr>) -> Result<tokio::net::TcpStream, ConnectError> {
+        let addr = match via {
+            Some(a) => a,
+            None => self.resolve().await?,
+        };
+        pool::connect_tcp(addr, self.key.connect_timeout).await
     }
 
-    /// Opens a connection: plain TCP, or mutual TLS (offering `alpn`) when the endpoint has
-    /// an identity, which then fails unless the proxy has a certificate and the peer proves
-    /// exactly that identity.
+    /// Whether traffic to this endpoint goes over the mesh's mutual TLS.
+    pub fn mtls(&self) -> bool {
+        matches!(self.key.transport, Transport::Mesh { .. })
+    }
+
+    /// Opens a connection over the endpoint's transport, offering `alpn` over TLS: plain TCP;
+    /// mesh mutual TLS, which fails unless the proxy has a certificate and the peer proves
+    /// exactly the expected identity; or originated TLS, verifying the server per its
+    /// settings.
     pub async fn connect(
         &self,
         tls: Option<&MeshTls>,
         alpn: Alpn,
     ) -> Result<UpstreamIo, ConnectError> {
-        let addr = match self.key.sidecar {
-            Some(a) if self.mtls() => a,
-            _ => self.resolve().await?,
-        };
-        let tcp = pool::connect_tcp(addr, self.key.connect_timeout).await?;
-        let Some(expected) = &self.key.identity else {
-            return Ok(UpstreamIo::Plain(tcp));
-        };
-        let tls = tls.ok_or(ConnectError::Tls(crate::mtls::TlsError::NoCertificate(
-            "the proxy has no identity (--ca-addr)",
-        )))?;
-        let name = crate::mtls::server_name_for_port(self.key.port);
-        let stream = tls.connect(tcp, expected, alpn, name).await?;
-        Ok(UpstreamIo::Tls(Box::new(stream)))
+        match &self.key.transport {
+            Transport::Plain => Ok(UpstreamIo::Plain(self.tcp(None).await?)),
+            Transport::Mesh { identity, sidecar } => {
+                let tcp = self.tcp(*sidecar).await?;
+                let tls = tls.ok_or(ConnectError::Tls(crate::mtls::TlsError::NoCertificate(
+                    "the proxy has no identity (--ca-addr)",
+                )))?;
+                let name = crate::mtls::server_name_for_port(self.key.port);
+                let stream = tls.connect(tcp, identity, alpn, name).await?;
+                Ok(UpstreamIo::Tls(Box::new(stream)))
+            }
+            Transport::Tls(origin) => {
+                let tcp = self.tcp(None).await?;
+                let stream = transport::originate(origin, tcp, alpn, &self.key.host).await?;
+                Ok(UpstreamIo::Tls(Box::new(stream)))
+            }
+        }
     }
 
     /// Gets a ready HTTP connection of the given version: pooled, or new.
