@@ -1505,9 +1505,9 @@ pub struct ClientTlsSettings {
 pub enum TlsMode {
     /// Plaintext.
     Disable,
-    /// TLS with server verification (unsupported).
+    /// TLS originated by the proxy, verifying the server.
     Simple,
-    /// mTLS with given certificates (unsupported).
+    /// TLS originated by the proxy with a client certificate from files.
     Mutual,
     /// mTLS with the mesh's own certificates.
     IstioMutual,
@@ -1782,43 +1782,145 @@ fn check_policy_parts(
         }
     }
     if let Some(tls) = tls {
-        let tp = p.f("tls");
-        match tls.mode {
-            Some(TlsMode::Simple) => cx.unsupported(
-                &tp.f("mode"),
-                "tls mode SIMPLE (only ISTIO_MUTUAL and DISABLE)",
-            ),
-            Some(TlsMode::Mutual) => cx.unsupported(
-                &tp.f("mode"),
-                "tls mode MUTUAL (only ISTIO_MUTUAL and DISABLE)",
-            ),
-            _ => {
-                if tls.sni.is_some() {
-                    cx.unsupported(&tp.f("sni"), "tls sni (the SNI is the destination host)");
-                }
-                if !tls.subject_alt_names.is_empty() {
-                    cx.unsupported(
-                        &tp.f("subjectAltNames"),
-                        "tls subjectAltNames (endpoints are verified by their SPIFFE identity)",
-                    );
-                }
-                let extra = [
-                    ("clientCertificate", tls.client_certificate.is_some()),
-                    ("privateKey", tls.private_key.is_some()),
-                    ("caCertificates", tls.ca_certificates.is_some()),
-                    ("credentialName", tls.credential_name.is_some()),
-                    ("insecureSkipVerify", tls.insecure_skip_verify.is_some()),
-                    ("caCrl", tls.ca_crl.is_some()),
-                ];
-                for (field, set) in extra {
-                    if set {
-                        cx.error(
-                            &tp.f(field),
-                            format!("{field} applies only to tls modes SIMPLE and MUTUAL"),
-                        );
-                    }
-                }
+        check_client_tls(cx, &p.f("tls"), tls);
+    }
+}
+
+/// `tls` of a traffic policy: SIMPLE and MUTUAL originate TLS with certificate files (read
+/// here, as the proxy will); ISTIO_MUTUAL and DISABLE take no other field.
+fn check_client_tls(cx: &mut Cx<'_>, tp: &FieldPath, tls: &ClientTlsSettings) {
+    let mode = match tls.mode {
+        Some(m @ (TlsMode::Simple | TlsMode::Mutual)) => m,
+        _ => return check_mesh_tls(cx, tp, tls),
+    };
+    if tls.credential_name.is_some() {
+        cx.unsupported(
+            &tp.f("credentialName"),
+            "tls credentialName (Kubernetes secrets); use caCertificates, clientCertificate and privateKey files",
+        );
+    }
+    if tls.ca_crl.is_some() {
+        cx.unsupported(&tp.f("caCrl"), "tls caCrl");
+    }
+    if mode == TlsMode::Mutual {
+        for (field, v) in [
+            ("clientCertificate", &tls.client_certificate),
+            ("privateKey", &tls.private_key),
+        ] {
+            if v.as_deref().is_none_or(str::is_empty) {
+                cx.required(&tp.f(field));
             }
+        }
+    } else {
+        for (field, v) in [
+            ("clientCertificate", &tls.client_certificate),
+            ("privateKey", &tls.private_key),
+        ] {
+            if v.is_some() {
+                cx.warn(
+                    &tp.f(field),
+                    format!("{field} applies only to tls mode MUTUAL; it is ignored"),
+                );
+            }
+        }
+    }
+    if let Some(sni) = &tls.sni {
+        if sni.starts_with('*')
+            || !(sni.parse::<std::net::IpAddr>().is_ok() || is_dns_subdomain(sni))
+        {
+            cx.error(
+                &tp.f("sni"),
+                format!("`{sni}` is not a DNS name or IP address"),
+            );
+        }
+    }
+    for (i, san) in tls.subject_alt_names.iter().enumerate() {
+        let ok = match san.strip_prefix("spiffe://") {
+            Some(_) => san.parse::<halyard_certs::SpiffeId>().is_ok(),
+            None => san.parse::<std::net::IpAddr>().is_ok() || is_dns_subdomain(san),
+        };
+        if !ok {
+            cx.error(
+                &tp.f("subjectAltNames").i(i),
+                format!("`{san}` is not a DNS name, IP address or spiffe:// URI"),
+            );
+        }
+    }
+    if tls.insecure_skip_verify == Some(true) {
+        cx.warn(
+            &tp.f("insecureSkipVerify"),
+            "the server's certificate is not verified (no CA, name or subjectAltNames check)",
+        );
+    }
+    check_pem(
+        cx,
+        &tp.f("caCertificates"),
+        tls.ca_certificates.as_deref(),
+        false,
+    );
+    if mode == TlsMode::Mutual {
+        check_pem(
+            cx,
+            &tp.f("clientCertificate"),
+            tls.client_certificate.as_deref(),
+            false,
+        );
+        check_pem(cx, &tp.f("privateKey"), tls.private_key.as_deref(), true);
+    }
+}
+
+/// A PEM file the proxies will read: it must exist and hold certificates (or a private key).
+fn check_pem(cx: &mut Cx<'_>, path: &FieldPath, file: Option<&str>, key: bool) {
+    use rustls::pki_types::pem::PemObject;
+    let Some(file) = file.filter(|f| !f.is_empty()) else {
+        return;
+    };
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => return cx.error(path, format!("cannot read `{file}`: {e}")),
+    };
+    let usable = if key {
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(&bytes).is_ok()
+    } else {
+        rustls::pki_types::CertificateDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .is_ok_and(|c| !c.is_empty())
+    };
+    if !usable {
+        let what = if key {
+            "a private key"
+        } else {
+            "PEM certificates"
+        };
+        cx.error(path, format!("`{file}` does not hold {what}"));
+    }
+}
+
+/// `tls` with ISTIO_MUTUAL, DISABLE or no mode: only the mode may be set.
+fn check_mesh_tls(cx: &mut Cx<'_>, tp: &FieldPath, tls: &ClientTlsSettings) {
+    if tls.sni.is_some() {
+        cx.unsupported(&tp.f("sni"), "tls sni (the SNI is the destination host)");
+    }
+    if !tls.subject_alt_names.is_empty() {
+        cx.unsupported(
+            &tp.f("subjectAltNames"),
+            "tls subjectAltNames (endpoints are verified by their SPIFFE identity)",
+        );
+    }
+    let extra = [
+        ("clientCertificate", tls.client_certificate.is_some()),
+        ("privateKey", tls.private_key.is_some()),
+        ("caCertificates", tls.ca_certificates.is_some()),
+        ("credentialName", tls.credential_name.is_some()),
+        ("insecureSkipVerify", tls.insecure_skip_verify.is_some()),
+        ("caCrl", tls.ca_crl.is_some()),
+    ];
+    for (field, set) in extra {
+        if set {
+            cx.error(
+                &tp.f(field),
+                format!("{field} applies only to tls modes SIMPLE and MUTUAL"),
+            );
         }
     }
 }

@@ -65,6 +65,8 @@ fn traffic_policy(b: Blocks<'_>, endpoints: usize) -> TrafficPolicy {
         connect_timeout: duration(tcp.and_then(|t| t.connect_timeout.as_ref())),
         idle_timeout: duration(http.and_then(|h| h.idle_timeout.as_ref())),
         tcp_idle_timeout: duration(tcp.and_then(|t| t.idle_timeout.as_ref())),
+        // TLS origination is filled in by services::origin_tls.
+        ..Default::default()
     }
 }
 
@@ -176,7 +178,10 @@ pub(super) fn mtls_off(tp: Option<&istio::TrafficPolicy>) -> bool {
 
 /// Notes for the parts of a policy the proxy does not apply; `what` names the policy.
 fn unapplied(tp: &istio::TrafficPolicy, what: &str, notes: &mut Vec<String>) {
-    if !tp.port_level_settings.is_empty() {
+    let port_blocks = tp.port_level_settings.iter().any(|p| {
+        p.load_balancer.is_some() || p.connection_pool.is_some() || p.outlier_detection.is_some()
+    });
+    if port_blocks {
         notes.push(format!(
             "{what}: portLevelSettings not applied yet (the proxy has no per-port policy; the policy for all ports applies)"
         ));
@@ -247,9 +252,12 @@ fn subsets(
         let own_tp = s.traffic_policy.as_ref();
         if let Some(tp) = own_tp {
             unapplied(tp, &sub_what, notes);
-            if tp.tls.as_ref().is_some_and(|t| t.mode.is_some())
-                && mtls_off(own_tp) != service_mtls_off
-            {
+            let mesh_mode = tp
+                .tls
+                .as_ref()
+                .and_then(|t| t.mode)
+                .is_some_and(|m| matches!(m, TlsMode::Disable | TlsMode::IstioMutual));
+            if mesh_mode && mtls_off(own_tp) != service_mtls_off {
                 notes.push(format!(
                     "{sub_what}: a tls mode other than the service's is not applied yet (the service's applies)"
                 ));

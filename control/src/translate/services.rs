@@ -1,10 +1,10 @@
 //! ServiceEntries (with their WorkloadEntry or inline endpoints) and DestinationRules →
 //! the proxies' services, with the policies and subsets of [`super::policy`].
 
-use halyard_xds::{Endpoint, Protocol, Service, ServicePort};
+use halyard_xds::{Endpoint, PortTls, Protocol, Service, ServicePort, Subset, UpstreamTls};
 
 use super::{identity, policy, Placement};
-use crate::model::networking::ServiceEntry;
+use crate::model::networking::{ClientTlsSettings, ServiceEntry, TlsMode, TrafficPolicy};
 use crate::model::{exported_to, resolve_host, selects, DestinationRule, Doc, Model};
 
 /// WorkloadEntry annotation naming its sidecar's inbound listener (`IP:port`) for meshes
@@ -210,7 +210,12 @@ fn entry(
         }
     }
 
-    let (tp, subsets) = policy::for_rule(dr, &endpoints, notes);
+    let (tp, mut subsets) = policy::for_rule(dr, &endpoints, notes);
+    let rule = dr.map(|d| &d.spec);
+    let (tls, port_tls) = origin_tls(rule.and_then(|r| r.traffic_policy.as_ref()), None);
+    if let Some(rule) = rule {
+        subsets_tls(rule, &mut subsets, &tp, (&tls, &port_tls));
+    }
 
     let service = Service {
         name: name.clone(),
@@ -240,10 +245,88 @@ fn entry(
         connection_pool: tp.connection_pool,
         outlier_detection: tp.outlier_detection,
         subsets,
+        tls,
+        port_tls,
     };
     Some(Entry {
         namespace: ns.clone(),
         export_to: spec.export_to.clone(),
         service,
     })
+}
+
+/// Istio client TLS → the proxy's origination settings: SIMPLE and MUTUAL originate TLS
+/// (client certificate files only in MUTUAL); other modes do not (`None`).
+pub(super) fn upstream_tls(t: &ClientTlsSettings) -> Option<UpstreamTls> {
+    let mutual = match t.mode? {
+        TlsMode::Simple => false,
+        TlsMode::Mutual => true,
+        TlsMode::Disable | TlsMode::IstioMutual => return None,
+    };
+    let file = |f: &Option<String>| f.clone().unwrap_or_default();
+    Some(UpstreamTls {
+        sni: file(&t.sni),
+        ca_certificates: file(&t.ca_certificates),
+        client_certificate: if mutual {
+            file(&t.client_certificate)
+        } else {
+            String::new()
+        },
+        private_key: if mutual {
+            file(&t.private_key)
+        } else {
+            String::new()
+        },
+        subject_alt_names: t.subject_alt_names.clone(),
+        insecure_skip_verify: t.insecure_skip_verify == Some(true),
+    })
+}
+
+/// TLS origination for all ports, and per port.
+type OriginTls = (Option<UpstreamTls>, Vec<PortTls>);
+
+/// TLS for all ports and per port of a policy. Most specific first: a port's own `tls`, the
+/// policy's `tls`, then (for a subset, `parent` being the rule's) the rule's per port and for
+/// all ports.
+pub(super) fn origin_tls(
+    tp: Option<&TrafficPolicy>,
+    parent: Option<(&Option<UpstreamTls>, &[PortTls])>,
+) -> OriginTls {
+    let own = tp.and_then(|t| t.tls.as_ref());
+    let (all, mut ports) = match (own, parent) {
+        (Some(t), _) => (upstream_tls(t), Vec::new()),
+        (None, Some((all, ports))) => (all.clone(), ports.to_vec()),
+        (None, None) => (None, Vec::new()),
+    };
+    for pl in tp.map_or(&[][..], |t| &t.port_level_settings[..]) {
+        let (Some(port), Some(t)) = (&pl.port, &pl.tls) else {
+            continue;
+        };
+        ports.retain(|p| p.port != port.number);
+        ports.push(PortTls {
+            port: port.number,
+            tls: upstream_tls(t),
+        });
+    }
+    (all, ports)
+}
+
+/// Each subset's TLS (its own over the rule's). The proxy takes a subset's policy as
+/// complete: a subset with a policy gets its TLS in it; one without gets a policy (the
+/// service's) only when its TLS differs from the service's.
+fn subsets_tls(
+    rule: &crate::model::DestinationRule,
+    subsets: &mut [Subset],
+    service: &halyard_xds::TrafficPolicy,
+    (all, ports): (&Option<UpstreamTls>, &Vec<PortTls>),
+) {
+    for (sub, out) in rule.subsets.iter().zip(subsets.iter_mut()) {
+        let (tls, port_tls) = origin_tls(sub.traffic_policy.as_ref(), Some((all, ports)));
+        if out.traffic_policy.is_none() && (&tls, &port_tls) == (all, ports) {
+            continue;
+        }
+        let tp = out.traffic_policy.get_or_insert_with(|| service.clone());
+        tp.tls = tls;
+        tp.port_tls = port_tls;
+    }
 }
