@@ -132,16 +132,7 @@ impl TlsOrigin {
         t: &halyard_xds::UpstreamTls,
         host: Option<&str>,
     ) -> Result<Arc<Self>, OriginError> {
-        let name = Some(t.sni.as_str())
-            .filter(|s| !s.is_empty())
-            .or(host.filter(|h| !h.is_empty() && !h.starts_with('*')));
-        let server_name = match name {
-            None => None,
-            Some(n) => Some(server_name(n).ok_or_else(|| OriginError::Setting {
-                field: "sni",
-                reason: format!("`{n}` is not a DNS name or IP address"),
-            })?),
-        };
+        let (name, server_name) = name_of(t, host)?;
         let mut digest = Vec::new();
         let mut file =
             |field: &'static str, p: &Option<PathBuf>| -> Result<Option<Vec<u8>>, OriginError> {
@@ -162,22 +153,7 @@ impl TlsOrigin {
             (Some(p), Some(pem)) => roots_from(p, pem)?,
             _ => public_roots(),
         };
-        let client = match (&cert_path, cert, &key_path, key) {
-            (Some(cp), Some(c), Some(kp), Some(k)) => Some(client_pair(cp, &c, kp, &k)?),
-            (None, _, None, _) => None,
-            (Some(_), _, None, _) => {
-                return Err(OriginError::Setting {
-                    field: "privateKey",
-                    reason: "clientCertificate needs privateKey".into(),
-                })
-            }
-            _ => {
-                return Err(OriginError::Setting {
-                    field: "clientCertificate",
-                    reason: "privateKey needs clientCertificate".into(),
-                })
-            }
-        };
+        let client = client_of((&cert_path, cert), (&key_path, key))?;
         let expect =
             v::Expect::parse(&t.subject_alt_names).map_err(|reason| OriginError::Setting {
                 field: "subjectAltNames",
@@ -245,6 +221,43 @@ impl TlsOrigin {
     }
 }
 
+/// The configured SNI, else the service host (no wildcard), and its TLS form.
+fn name_of<'a>(
+    t: &'a halyard_xds::UpstreamTls,
+    host: Option<&'a str>,
+) -> Result<(Option<&'a str>, Option<ServerName<'static>>), OriginError> {
+    let name = Some(t.sni.as_str())
+        .filter(|s| !s.is_empty())
+        .or(host.filter(|h| !h.is_empty() && !h.starts_with('*')));
+    let Some(n) = name else {
+        return Ok((None, None));
+    };
+    let sn = server_name(n).ok_or_else(|| OriginError::Setting {
+        field: "sni",
+        reason: format!("`{n}` is not a DNS name or IP address"),
+    })?;
+    Ok((name, Some(sn)))
+}
+
+type File<'a> = (&'a Option<PathBuf>, Option<Vec<u8>>);
+
+/// The client certificate and key, when both are configured (one without the other is an
+/// error).
+fn client_of(cert: File<'_>, key: File<'_>) -> Result<Option<ClientPair>, OriginError> {
+    match (cert, key) {
+        ((Some(cp), Some(c)), (Some(kp), Some(k))) => Ok(Some(client_pair(cp, &c, kp, &k)?)),
+        ((None, _), (None, _)) => Ok(None),
+        ((Some(_), _), (None, _)) => Err(OriginError::Setting {
+            field: "privateKey",
+            reason: "clientCertificate needs privateKey".into(),
+        }),
+        _ => Err(OriginError::Setting {
+            field: "clientCertificate",
+            reason: "privateKey needs clientCertificate".into(),
+        }),
+    }
+}
+
 /// Protocols offered in ALPN: HTTP/1.1 upstreams get only `http/1.1`, opaque TCP nothing.
 pub fn alpn_offer(alpn: Alpn) -> &'static [&'static [u8]] {
     use halyard_certs::tls::{ALPN_H2, ALPN_HTTP11};
@@ -290,4 +303,77 @@ fn client_pair(
         )
     })?;
     Ok((chain, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca_pem() -> String {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.self_signed(&key).expect("CA").pem()
+    }
+
+    fn tls(ca: &Path) -> halyard_xds::UpstreamTls {
+        halyard_xds::UpstreamTls {
+            ca_certificates: ca.display().to_string(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn files_names_and_alpn() {
+        let dir = std::env::temp_dir().join(format!("halyard-origin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, ca_pem()).expect("ca");
+
+        let o = TlsOrigin::from_xds(&tls(&ca), Some("svc.test")).expect("origin");
+        assert_eq!(o.spec().server_name.as_deref(), Some("svc.test"));
+        assert_eq!(o.config(Alpn::H2).alpn_protocols, vec![b"h2".to_vec()]);
+        assert_eq!(
+            o.config(Alpn::Http1).alpn_protocols,
+            vec![b"http/1.1".to_vec()]
+        );
+        assert!(o.config(Alpn::Opaque).alpn_protocols.is_empty());
+        // The SNI wins over the service host; without either, the endpoint's address.
+        let mut t = tls(&ca);
+        t.sni = "sni.test".into();
+        let o2 = TlsOrigin::from_xds(&t, Some("svc.test")).expect("origin");
+        assert_eq!(o2.spec().server_name.as_deref(), Some("sni.test"));
+        assert_ne!(*o, *o2);
+        let o3 = TlsOrigin::from_xds(&tls(&ca), None).expect("origin");
+        assert_eq!(o3.server_name_for("10.0.0.1"), server_name("10.0.0.1"));
+        // Same settings and contents: the same key; new contents: another.
+        assert_eq!(
+            *o,
+            *TlsOrigin::from_xds(&tls(&ca), Some("svc.test")).expect("origin")
+        );
+        std::fs::write(&ca, ca_pem()).expect("ca");
+        assert_ne!(
+            *o,
+            *TlsOrigin::from_xds(&tls(&ca), Some("svc.test")).expect("origin")
+        );
+
+        let missing = dir.join("missing.pem");
+        let e = TlsOrigin::from_xds(&tls(&missing), None).expect_err("missing file");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("caCertificates: ") && text.contains("missing.pem"),
+            "{text}"
+        );
+        std::fs::write(&missing, "not PEM").expect("write");
+        let e = TlsOrigin::from_xds(&tls(&missing), None).expect_err("no certificates");
+        assert!(e.to_string().contains("no CERTIFICATE block"), "{e}");
+        let mut t = tls(&ca);
+        t.client_certificate = ca.display().to_string();
+        t.private_key = ca.display().to_string();
+        let e = TlsOrigin::from_xds(&t, None).expect_err("a certificate is no key");
+        assert!(e.to_string().starts_with("privateKey: "), "{e}");
+        // Debug shows paths, never contents.
+        assert!(!format!("{o:?}").contains("BEGIN"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -76,15 +76,7 @@ pub fn client_config(
     client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 ) -> Result<Arc<ClientConfig>, ConfigError> {
     let provider = provider();
-    let algs = provider.signature_verification_algorithms;
-    let verifier: Arc<dyn ServerCertVerifier> = if insecure {
-        Arc::new(AnyServer { algs })
-    } else {
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| ConfigError::Roots(e.to_string()))?;
-        Arc::new(SanVerifier { inner, expect })
-    };
+    let verifier = verifier(roots, expect, insecure, &provider)?;
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .dangerous()
@@ -96,6 +88,23 @@ pub fn client_config(
         None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(cfg))
+}
+
+/// The server verifier of [`client_config`].
+fn verifier(
+    roots: RootCertStore,
+    expect: Expect,
+    insecure: bool,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ServerCertVerifier>, ConfigError> {
+    if insecure {
+        let algs = provider.signature_verification_algorithms;
+        return Ok(Arc::new(AnyServer { algs }));
+    }
+    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| ConfigError::Roots(e.to_string()))?;
+    Ok(Arc::new(SanVerifier { inner, expect }))
 }
 
 /// A name no certificate carries: verifying it checks the chain alone (webpki checks the
@@ -305,5 +314,161 @@ pub fn failure_reason(err: &rustls::Error, asked: &Asked) -> &'static str {
             "protocol_mismatch"
         }
         _ => "handshake_failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+
+    /// A CA and a leaf it signed for `sans` (DER), plus a foreign CA's root.
+    fn pki(sans: Vec<SanType>) -> (RootCertStore, CertificateDer<'static>, RootCertStore) {
+        let root = |name: &str| {
+            let key = KeyPair::generate().expect("key");
+            let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name.push(rcgen::DnType::CommonName, name);
+            let cert = p.self_signed(&key).expect("self-signed");
+            let mut store = RootCertStore::empty();
+            store.add(cert.der().clone()).expect("root");
+            (store, Issuer::new(p, key))
+        };
+        let (roots, issuer) = root("ca");
+        let (foreign, _) = root("foreign");
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.subject_alt_names = sans;
+        let key = KeyPair::generate().expect("key");
+        let leaf = p.signed_by(&key, &issuer).expect("leaf");
+        (roots, leaf.der().clone(), foreign)
+    }
+
+    #[derive(Debug)]
+    struct NoCert;
+
+    impl ResolvesClientCert for NoCert {
+        fn resolve(
+            &self,
+            _: &[&[u8]],
+            _: &[SignatureScheme],
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            None
+        }
+        fn has_certs(&self) -> bool {
+            false
+        }
+    }
+
+    fn checker(
+        roots: RootCertStore,
+        expect: Expect,
+        insecure: bool,
+    ) -> Arc<dyn ServerCertVerifier> {
+        verifier(roots, expect, insecure, &provider()).expect("verifier")
+    }
+
+    fn verify(
+        cfg: &Arc<dyn ServerCertVerifier>,
+        leaf: &CertificateDer<'_>,
+        name: &str,
+    ) -> Result<(), rustls::Error> {
+        let name = ServerName::try_from(name.to_string()).expect("name");
+        cfg.verify_server_cert(leaf, &[], &name, &[], UnixTime::now())
+            .map(|_| ())
+    }
+
+    fn reason(r: Result<(), rustls::Error>) -> &'static str {
+        let asked = Asked::new(Arc::new(NoCert));
+        match r {
+            Ok(()) => "ok",
+            Err(e) => failure_reason(&e, &asked),
+        }
+    }
+
+    fn dns(n: &str) -> SanType {
+        SanType::DnsName(n.try_into().expect("DNS name"))
+    }
+
+    #[test]
+    fn server_name_is_verified_without_subject_alt_names() {
+        let (roots, leaf, foreign) = pki(vec![dns("server.test")]);
+        let cfg = checker(roots, Expect::default(), false);
+        assert_eq!(reason(verify(&cfg, &leaf, "server.test")), "ok");
+        assert_eq!(reason(verify(&cfg, &leaf, "other.test")), "san_mismatch");
+        let cfg = checker(foreign, Expect::default(), false);
+        assert_eq!(
+            reason(verify(&cfg, &leaf, "server.test")),
+            "untrusted_certificate"
+        );
+    }
+
+    #[test]
+    fn subject_alt_names_replace_the_server_name() {
+        let id = "spiffe://td/ns/a/sa/b";
+        let (roots, leaf, foreign) = pki(vec![
+            dns("server.test"),
+            SanType::URI(id.try_into().expect("URI")),
+        ]);
+        let expect = |sans: &[&str]| {
+            Expect::parse(&sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("SANs")
+        };
+        let cfg = |sans: &[&str]| checker(roots.clone(), expect(sans), false);
+        // Any listed name will do, whatever the SNI was.
+        assert_eq!(
+            reason(verify(&cfg(&["x.test", "server.test"]), &leaf, "sni.test")),
+            "ok"
+        );
+        assert_eq!(reason(verify(&cfg(&[id]), &leaf, "sni.test")), "ok");
+        assert_eq!(
+            reason(verify(&cfg(&["x.test"]), &leaf, "server.test")),
+            "san_mismatch"
+        );
+        assert_eq!(
+            reason(verify(
+                &cfg(&["spiffe://td/ns/a/sa/c"]),
+                &leaf,
+                "server.test"
+            )),
+            "san_mismatch"
+        );
+        // A SPIFFE ID in an untrusted certificate is still untrusted.
+        let foreign_cfg = checker(foreign, expect(&[id]), false);
+        assert_eq!(
+            reason(verify(&foreign_cfg, &leaf, "server.test")),
+            "untrusted_certificate"
+        );
+        assert!(Expect::parse(&["a b".to_string()]).is_err());
+        assert!(Expect::parse(&["spiffe://".to_string()]).is_err());
+    }
+
+    #[test]
+    fn insecure_accepts_any_certificate() {
+        let (_, leaf, foreign) = pki(vec![dns("server.test")]);
+        let cfg = checker(foreign, Expect::default(), true);
+        assert_eq!(reason(verify(&cfg, &leaf, "anything.test")), "ok");
+    }
+
+    #[test]
+    fn alerts_after_a_certificate_request_name_the_client_certificate() {
+        let none = Asked::new(Arc::new(NoCert));
+        let alert = |a| rustls::Error::AlertReceived(a);
+        assert_eq!(
+            failure_reason(&alert(AlertDescription::CertificateRequired), &none),
+            "certificate_required"
+        );
+        assert_eq!(
+            failure_reason(&alert(AlertDescription::HandshakeFailure), &none),
+            "handshake_failed"
+        );
+        let _ = none.resolve(&[], &[]);
+        assert!(none.asked() && !none.sent());
+        assert_eq!(
+            failure_reason(&alert(AlertDescription::HandshakeFailure), &none),
+            "certificate_required"
+        );
+        assert_eq!(
+            failure_reason(&alert(AlertDescription::UnknownCA), &none),
+            "certificate_required"
+        );
     }
 }
