@@ -330,3 +330,124 @@ fn subsets_tls(
         tp.port_tls = port_tls;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DestinationRule;
+
+    fn rule(yaml: &str) -> DestinationRule {
+        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn simple(sni: &str) -> UpstreamTls {
+        UpstreamTls {
+            sni: sni.into(),
+            ca_certificates: "/ca.pem".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn modes_and_fields() {
+        let t: ClientTlsSettings = serde_yaml::from_str(
+            "{mode: MUTUAL, sni: a.test, caCertificates: /ca.pem, clientCertificate: /c.pem, privateKey: /k.pem, subjectAltNames: [a.test], insecureSkipVerify: true}",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let want = UpstreamTls {
+            sni: "a.test".into(),
+            ca_certificates: "/ca.pem".into(),
+            client_certificate: "/c.pem".into(),
+            private_key: "/k.pem".into(),
+            subject_alt_names: vec!["a.test".into()],
+            insecure_skip_verify: true,
+        };
+        assert_eq!(upstream_tls(&t), Some(want));
+        // SIMPLE presents no client certificate; mesh modes originate nothing.
+        let t: ClientTlsSettings =
+            serde_yaml::from_str("{mode: SIMPLE, clientCertificate: /c.pem, privateKey: /k.pem}")
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            upstream_tls(&t).map(|u| u.client_certificate),
+            Some(String::new())
+        );
+        for mode in ["ISTIO_MUTUAL", "DISABLE"] {
+            let t: ClientTlsSettings = serde_yaml::from_str(&format!("{{mode: {mode}}}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(upstream_tls(&t), None, "{mode}");
+        }
+    }
+
+    #[test]
+    fn most_specific_block_wins() {
+        let dr = rule(
+            "host: a
+trafficPolicy:
+  tls: {mode: SIMPLE, sni: all.test, caCertificates: /ca.pem}
+  portLevelSettings:
+    - port: {number: 80}
+      tls: {mode: SIMPLE, sni: p80.test, caCertificates: /ca.pem}
+    - port: {number: 81}
+      tls: {mode: ISTIO_MUTUAL}
+subsets:
+  - name: same
+    labels: {v: '1'}
+  - name: own
+    labels: {v: '2'}
+    trafficPolicy:
+      tls: {mode: SIMPLE, sni: own.test, caCertificates: /ca.pem}
+  - name: port
+    labels: {v: '3'}
+    trafficPolicy:
+      portLevelSettings:
+        - port: {number: 81}
+          tls: {mode: SIMPLE, sni: sub81.test, caCertificates: /ca.pem}
+",
+        );
+        let (all, ports) = origin_tls(dr.traffic_policy.as_ref(), None);
+        assert_eq!(all, Some(simple("all.test")));
+        let p80 = PortTls {
+            port: 80,
+            tls: Some(simple("p80.test")),
+        };
+        assert_eq!(
+            ports,
+            vec![
+                p80.clone(),
+                PortTls {
+                    port: 81,
+                    tls: None
+                }
+            ]
+        );
+
+        let mut subsets: Vec<Subset> = dr
+            .subsets
+            .iter()
+            .map(|s| Subset {
+                name: s.name.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let service = halyard_xds::TrafficPolicy::default();
+        subsets_tls(&dr, &mut subsets, &service, (&all, &ports));
+        // Same TLS as the service: no policy of its own.
+        assert_eq!(subsets[0].traffic_policy, None);
+        // Its own tls replaces the rule's, per port too.
+        let own = subsets[1].traffic_policy.clone().unwrap_or_default();
+        assert_eq!((own.tls, own.port_tls), (Some(simple("own.test")), vec![]));
+        // Its port-level tls over the rule's per port, the rule's for all ports.
+        let port = subsets[2].traffic_policy.clone().unwrap_or_default();
+        assert_eq!(port.tls, Some(simple("all.test")));
+        assert_eq!(
+            port.port_tls,
+            vec![
+                p80,
+                PortTls {
+                    port: 81,
+                    tls: Some(simple("sub81.test"))
+                }
+            ]
+        );
+    }
+}
