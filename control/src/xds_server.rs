@@ -9,11 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use halyard_xds::ads::{
-    AdsServer, MemorySource, Resource, AUTHORIZATION_POLICY_TYPE, MESH_SETTINGS_NAME,
-    MESH_SETTINGS_TYPE, REQUEST_AUTHENTICATION_TYPE, SERVICE_TYPE, VIRTUAL_HOST_TYPE,
-    WORKLOAD_TYPE,
-};
+use halyard_xds::ads::{AdsServer, Encoder, MemorySource};
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
@@ -109,58 +105,11 @@ impl MeshState {
         for gone in nodes.iter().filter(|n| !t.nodes.contains_key(*n)) {
             self.source.remove_node(gone);
         }
-        // Nodes of one namespace share their service and route sets (the same `Arc`): encode
-        // each set once and share the encoded resources too.
-        type Encoded = (Vec<Resource>, Vec<Resource>);
-        let mut encoded: Vec<(&Arc<Vec<halyard_xds::Service>>, Encoded)> = Vec::new();
+        // Nodes of one namespace share their service and route sets (the same `Arc`): the
+        // encoder encodes each set once and hands every node the encoded resources.
+        let mut encoder = Encoder::new();
         for (node, r) in &t.nodes {
-            let (services, vhosts) = match encoded.iter().find(|(k, _)| Arc::ptr_eq(k, &r.services))
-            {
-                Some((_, e)) => e.clone(),
-                None => {
-                    let e: Encoded = (
-                        r.services
-                            .iter()
-                            .map(|s| Resource::from_message(s.name.clone(), s))
-                            .collect(),
-                        r.virtual_hosts
-                            .iter()
-                            .map(|v| Resource::from_message(v.name.clone(), v))
-                            .collect(),
-                    );
-                    encoded.push((&r.services, e.clone()));
-                    e
-                }
-            };
-            self.source.set_node(
-                node,
-                [
-                    (
-                        WORKLOAD_TYPE.to_string(),
-                        vec![Resource::from_message(node.clone(), &r.workload)],
-                    ),
-                    (SERVICE_TYPE.to_string(), services),
-                    (VIRTUAL_HOST_TYPE.to_string(), vhosts),
-                    (
-                        MESH_SETTINGS_TYPE.to_string(),
-                        vec![Resource::from_message(MESH_SETTINGS_NAME, &r.mesh)],
-                    ),
-                    (
-                        AUTHORIZATION_POLICY_TYPE.to_string(),
-                        r.authorization
-                            .iter()
-                            .map(|p| Resource::from_message(p.name.clone(), p))
-                            .collect(),
-                    ),
-                    (
-                        REQUEST_AUTHENTICATION_TYPE.to_string(),
-                        r.authentication
-                            .iter()
-                            .map(|p| Resource::from_message(p.name.clone(), p))
-                            .collect(),
-                    ),
-                ],
-            );
+            self.source.set_node_state(node, encoder.encode(node, r));
         }
         *nodes = t.nodes.keys().cloned().collect();
         tracing::info!(proxies = nodes.len(), "configuration published");

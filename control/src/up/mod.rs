@@ -275,9 +275,9 @@ fn assign(setup: &Setup) -> Result<(Vec<Workload>, Placement), String> {
         w.app = translation
             .nodes
             .get(&w.node)
-            .map(|n| {
-                n.workload
-                    .ports
+            .and_then(|n| n.workload.as_ref())
+            .map(|wl| {
+                wl.ports
                     .iter()
                     .filter_map(|p| p.app_address.parse().ok())
                     .collect()
