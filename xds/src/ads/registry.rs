@@ -255,7 +255,9 @@ macro_rules! registry {
         $field:ident: $shape:ident $msg:ty, $konst:ident = $url:literal, $naming:expr;
     )+) => {
         $(
-            #[doc = concat!("`", $url, "`: the type of [`ProxyResources::", stringify!($field), "`].")]
+            #[doc = concat!(
+                "`", $url, "`: the type of [`ProxyResources::", stringify!($field), "`]."
+            )]
             pub const $konst: &str = $url;
 
             impl XdsResource for $msg {

@@ -1,6 +1,9 @@
-//! The configuration side of `serve --config DIR`: load and check the directory, translate it
-//! for every proxy, publish the result to the xDS server, watch the directory for changes
-//! (debounced) and serve `/metrics` and `/debug/connections` on the monitoring port.
+//! The mesh configuration in force (`serve --config DIR`): [`MeshState`] loads and checks the
+//! model, translates it for every proxy, publishes the result to the [`MemorySource`] the ADS
+//! server serves from, and watches the input for changes (debounced), keeping the last good
+//! configuration when an edit has errors. It does not speak xDS itself (`halyard_xds::ads` does).
+//! Also here: which node a stream may ask for ([`authorize`]) and the monitoring port
+//! (`/metrics`, `/debug/connections`, `/ready`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
