@@ -7,9 +7,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use halyard_xds::ads::{AdsServer, Encoder, MemorySource};
@@ -18,17 +17,18 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::ConnInfo;
-use crate::model::{load_dir, Severity};
+use crate::model::{ModelSource, Severity};
 use crate::translate::{translate, Placement, Translation};
 
-/// How often the directory is checked for changes.
+/// How often the input's fingerprint is checked for changes.
 const POLL: Duration = Duration::from_millis(150);
-/// A change is applied once the directory has been quiet this long (editors write in steps).
+/// A change is applied once the input has been quiet this long (editors write in steps).
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// The mesh configuration being served.
 pub struct MeshState {
-    dir: PathBuf,
+    /// Where the model is read from.
+    input: Box<dyn ModelSource>,
     placement: Placement,
     /// What proxies get.
     pub source: Arc<MemorySource>,
@@ -39,30 +39,34 @@ pub struct MeshState {
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
-#[error("{} problem(s) in {}:\n{}", .problems.len(), .dir.display(), .problems.join("\n"))]
+#[error("{} problem(s) in {}:\n{}", .problems.len(), .input, .problems.join("\n"))]
 pub struct ConfigError {
-    dir: PathBuf,
+    /// The input, as its source describes it.
+    input: String,
     problems: Vec<String>,
 }
 
 impl MeshState {
-    /// Loads, checks and translates `dir`; every error is reported at once.
-    pub fn load(dir: &Path, placement: Placement) -> Result<Arc<Self>, ConfigError> {
+    /// Loads, checks and translates the model of `input`; every error is reported at once.
+    pub fn load(
+        input: Box<dyn ModelSource>,
+        placement: Placement,
+    ) -> Result<Arc<Self>, ConfigError> {
         let registry = prometheus::Registry::new();
         let reloads = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "halyard_control_config_loads_total",
-                "Loads of the configuration directory, by result.",
+                "Loads of the mesh configuration, by result.",
             ),
             &["result"],
         )
         .map_err(|e| ConfigError {
-            dir: dir.into(),
+            input: input.describe(),
             problems: vec![e.to_string()],
         })?;
         let _ = registry.register(Box::new(reloads.clone()));
         let state = Arc::new(Self {
-            dir: dir.to_path_buf(),
+            input,
             placement,
             source: Arc::new(MemorySource::new()),
             nodes: Mutex::new(Vec::new()),
@@ -80,7 +84,7 @@ impl MeshState {
     }
 
     fn translate(&self) -> Result<Translation, ConfigError> {
-        let (model, diags) = load_dir(&self.dir);
+        let (model, diags) = self.input.load();
         let errors: Vec<String> = diags
             .iter()
             .filter(|d| d.severity == Severity::Error)
@@ -91,7 +95,7 @@ impl MeshState {
         }
         if !errors.is_empty() {
             return Err(ConfigError {
-                dir: self.dir.clone(),
+                input: self.input.describe(),
                 problems: errors,
             });
         }
@@ -118,8 +122,8 @@ impl MeshState {
         tracing::info!(proxies = nodes.len(), "configuration published");
     }
 
-    /// Re-reads the directory; a directory with errors is logged and the last good
-    /// configuration stays in force.
+    /// Re-reads the input; an input with errors is logged and the last good configuration
+    /// stays in force.
     pub fn reload(&self) {
         let started = Instant::now();
         match self.translate() {
@@ -138,23 +142,24 @@ impl MeshState {
         }
     }
 
-    /// Watches the directory until `cancel`, reloading (debounced) after changes.
+    /// Watches the input until `cancel` (polling its fingerprint), reloading (debounced)
+    /// after changes.
     pub async fn watch(self: Arc<Self>, cancel: CancellationToken) {
-        let mut seen = fingerprint(&self.dir);
+        let mut seen = self.input.fingerprint();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(POLL) => {}
             }
-            let now = fingerprint(&self.dir);
+            let now = self.input.fingerprint();
             if now == seen {
                 continue;
             }
-            // Wait until the files stop changing.
+            // Wait until the input stops changing.
             let mut settled = now;
             loop {
                 tokio::time::sleep(DEBOUNCE).await;
-                let again = fingerprint(&self.dir);
+                let again = self.input.fingerprint();
                 if again == settled {
                     break;
                 }
@@ -166,28 +171,6 @@ impl MeshState {
             let _ = tokio::task::spawn_blocking(move || me.reload()).await;
         }
     }
-}
-
-/// Names, sizes and modification times of the directory's YAML files.
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            let Ok(m) = e.metadata() else { continue };
-            if m.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
-                out.push((p, m.len(), m.modified().ok()));
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Allows a stream when the node's namespace is the caller's: over TLS the client

@@ -338,7 +338,8 @@ pub async fn run(args: ServeArgs) -> Outcome {
                 sidecars: args.sidecars.iter().cloned().collect(),
                 apps: args.apps.iter().cloned().collect(),
             };
-            let state = match crate::mesh_state::MeshState::load(dir, placement) {
+            let input = Box::new(crate::model::DirectorySource::new(dir));
+            let state = match crate::mesh_state::MeshState::load(input, placement) {
                 Ok(s) => s,
                 Err(e) => return Outcome::StartFailed(StartError(e.to_string())),
             };

@@ -1,5 +1,6 @@
 //! The control server's input model: Istio resources (and Halyard's `MeshConfig`) read from a
-//! directory of multi-document YAML, with every problem reported as `file:line`.
+//! [`ModelSource`] — today a directory of multi-document YAML ([`DirectorySource`]), with
+//! every problem reported at its [`Origin`] (`file:line`).
 //!
 //! [`load_dir`] reads everything it can and returns the [`Model`] with all [`Diagnostic`]s:
 //! YAML syntax, unknown kinds and fields, wrong types, missing and invalid values, features
@@ -11,6 +12,7 @@ pub mod mesh;
 pub mod meta;
 pub mod networking;
 pub mod security;
+mod source;
 mod validate;
 pub mod values;
 
@@ -20,6 +22,7 @@ pub use mesh::MeshConfig;
 pub use meta::Meta;
 pub use networking::{DestinationRule, ServiceEntry, VirtualService, WorkloadEntry};
 pub use security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
+pub use source::{DirectorySource, ModelSource};
 pub use validate::{resolve_host, serving_ports};
 pub(crate) use values::{exported_to, selects};
 
