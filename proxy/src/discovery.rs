@@ -102,3 +102,69 @@ pub async fn run(shared: std::sync::Arc<crate::shared::Shared>, opts: XdsOptions
     };
     client.run(applier, shared.shutdown.clone()).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use halyard_xds::{
+        outbound_traffic_policy, AuthorizationPolicy, MeshSettings, OutboundTrafficPolicy,
+        RequestAuthentication, Service, Settings, VirtualHost, Workload,
+    };
+
+    use super::*;
+
+    #[test]
+    fn assemble_maps_every_resource_to_its_place_in_the_config() {
+        let mode = outbound_traffic_policy::Mode::RegistryOnly as i32;
+        let resources = ProxyResources {
+            workload: Some(Workload {
+                name: "cart".into(),
+                ..Default::default()
+            }),
+            services: Arc::new(vec![Service {
+                name: "payments".into(),
+                ..Default::default()
+            }]),
+            virtual_hosts: Arc::new(vec![VirtualHost {
+                name: "payments".into(),
+                ..Default::default()
+            }]),
+            mesh_settings: Some(MeshSettings {
+                outbound_traffic_policy: Some(OutboundTrafficPolicy { mode }),
+                settings: Some(Settings {
+                    access_log: Some(false),
+                    ..Default::default()
+                }),
+            }),
+            authorization_policies: vec![AuthorizationPolicy {
+                name: "shop/deny".into(),
+                ..Default::default()
+            }],
+            request_authentications: vec![RequestAuthentication {
+                name: "shop/jwt".into(),
+                ..Default::default()
+            }],
+        };
+        let state = resources.to_state("shop/cart");
+        let cfg = assemble(&state, "shop/cart").expect("assembles");
+        assert_eq!(cfg.workload, resources.workload);
+        assert_eq!(cfg.services, *resources.services);
+        assert_eq!(cfg.virtual_hosts, *resources.virtual_hosts);
+        assert_eq!(cfg.outbound_traffic_policy.map(|p| p.mode), Some(mode));
+        assert_eq!(cfg.settings.and_then(|s| s.access_log), Some(false));
+        assert_eq!(cfg.authorization_policies, resources.authorization_policies);
+        assert_eq!(
+            cfg.request_authentications,
+            resources.request_authentications
+        );
+        assert_eq!(cfg.version, ProxyResources::version_of(&state));
+        assert!(cfg.version.starts_with("workload="), "{}", cfg.version);
+
+        let err = assemble(&state, "shop/other").expect_err("another node's workload");
+        assert_eq!(
+            err,
+            "workload resource `shop/cart` is not this proxy's (node id `shop/other`)"
+        );
+    }
+}
