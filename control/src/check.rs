@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::model::{load_dir, Severity};
+use crate::model::{DirectorySource, ModelSource, Severity};
 
 /// Arguments of `check`.
 #[derive(Debug, clap::Args)]
@@ -28,7 +28,12 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let (model, diags) = load_dir(&args.dir);
+    report(&DirectorySource::new(&args.dir))
+}
+
+/// Loads `input` and prints its diagnostics and a summary; fails when there are errors.
+fn report(input: &dyn ModelSource) -> ExitCode {
+    let (model, diags) = input.load();
     let errors = diags
         .iter()
         .filter(|d| d.severity == Severity::Error)

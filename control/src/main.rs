@@ -7,13 +7,13 @@ mod check;
 mod conn;
 mod duration;
 mod echo;
+mod mesh_state;
 pub mod model;
 mod serve;
 mod serving_cert;
 mod tokens;
 mod translate;
 mod up;
-mod xds_server;
 
 use std::process::ExitCode;
 

@@ -84,7 +84,7 @@ pub struct ServeArgs {
     #[arg(long = "app", value_parser = parse_app)]
     pub apps: Vec<(String, IpAddr)>,
     /// `/metrics` and `/debug/connections` (with `--config`).
-    #[arg(long, default_value = crate::xds_server::DEFAULT_MONITORING)]
+    #[arg(long, default_value = crate::mesh_state::DEFAULT_MONITORING)]
     pub monitoring_addr: SocketAddr,
 }
 
@@ -338,11 +338,12 @@ pub async fn run(args: ServeArgs) -> Outcome {
                 sidecars: args.sidecars.iter().cloned().collect(),
                 apps: args.apps.iter().cloned().collect(),
             };
-            let state = match crate::xds_server::MeshState::load(dir, placement) {
+            let input = Box::new(crate::model::DirectorySource::new(dir));
+            let state = match crate::mesh_state::MeshState::load(input, placement) {
                 Ok(s) => s,
                 Err(e) => return Outcome::StartFailed(StartError(e.to_string())),
             };
-            let monitoring = match crate::xds_server::bind_monitoring(args.monitoring_addr).await {
+            let monitoring = match crate::mesh_state::bind_monitoring(args.monitoring_addr).await {
                 Ok(l) => l,
                 Err(e) => {
                     return Outcome::StartFailed(StartError(format!(
@@ -383,13 +384,13 @@ pub async fn run(args: ServeArgs) -> Outcome {
     let svc = CaService::new(p.ca.clone(), p.auth.clone());
     let ads = mesh.map(|(state, listener)| {
         let ads = halyard_xds::ads::AdsServer::new(state.source.clone())
-            .with_authorizer(crate::xds_server::authorize)
+            .with_authorizer(crate::mesh_state::authorize)
             .with_shutdown(cancel.clone());
         if let Err(e) = ads.register_metrics(state.registry()) {
             tracing::warn!(error = %e, "xDS metrics not registered");
         }
         tasks.spawn(state.clone().watch(cancel.clone()));
-        tasks.spawn(crate::xds_server::monitoring(
+        tasks.spawn(crate::mesh_state::monitoring(
             listener,
             state,
             ads.clone(),

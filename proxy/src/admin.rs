@@ -24,7 +24,7 @@ pub struct Admin {
     /// Process state.
     pub shared: Arc<Shared>,
     /// Runtime log filter.
-    pub log: LogControl,
+    pub log: Option<LogControl>,
     /// Set once every listener is bound and a config applied.
     pub ready: AtomicBool,
     /// Bound addresses.
@@ -145,10 +145,18 @@ impl Admin {
                     self.shared.metrics.render(),
                 )
             }
-            (&Method::GET, "/logging") => text(StatusCode::OK, format!("level: {}", self.log.current())),
-            (&Method::POST, "/logging") => match query_param(req, "level") {
-                None => text(StatusCode::BAD_REQUEST, "usage: POST /logging?level=<filter>"),
-                Some(level) => match self.log.set(level) {
+            (&Method::GET | &Method::POST, "/logging") if self.log.is_none() => {
+                text(StatusCode::NOT_FOUND, "this proxy's logging is not managed here")
+            }
+            (&Method::GET, "/logging") => text(
+                StatusCode::OK,
+                format!("level: {}", self.log.as_ref().map(LogControl::current).unwrap_or_default()),
+            ),
+            (&Method::POST, "/logging") => match (query_param(req, "level"), &self.log) {
+                (None, _) | (_, None) => {
+                    text(StatusCode::BAD_REQUEST, "usage: POST /logging?level=<filter>")
+                }
+                (Some(level), Some(log)) => match log.set(level) {
                     Ok(()) => text(StatusCode::OK, format!("level: {level}")),
                     Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
                 },

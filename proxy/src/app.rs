@@ -1,8 +1,10 @@
-//! Process orchestration: bind listeners, serve, reload, and drain on shutdown.
+//! The whole proxy: [`bind`] its listeners and state, then [`Bound::serve`] until shutdown
+//! and drain; [`run`] does both and stops on signals. Tests run a proxy in-process this way.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{Admin, Scope};
 use crate::ctx::ListenerKind;
+use crate::listeners::accept;
 use crate::live::Live;
 use crate::shared::Shared;
 use crate::telemetry::access_log::{AccessLog, AccessLogWriter};
@@ -72,7 +75,7 @@ fn pick_addr(flag: Option<SocketAddr>, config: &str, default: &str) -> SocketAdd
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
-async fn bind(which: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+async fn bind_one(which: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
@@ -93,42 +96,101 @@ async fn bind(which: &'static str, addr: SocketAddr) -> Result<TcpListener, Star
     })
 }
 
-/// Runs the proxy until shutdown completes. Returns the access-log writer so the caller can
-/// flush it after the runtime has stopped.
-pub async fn run(
+/// The addresses the proxy's listeners are bound to.
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    /// Outbound (app → mesh).
+    pub outbound: SocketAddr,
+    /// Inbound (mesh → app).
+    pub inbound: SocketAddr,
+    /// Admin.
+    pub admin: SocketAddr,
+    /// Prometheus scrapes.
+    pub stats: SocketAddr,
+}
+
+/// Where access-log lines go.
+#[derive(Debug, Clone, Default)]
+pub enum AccessLogTo {
+    /// Standard output, from a writer thread of its own.
+    #[default]
+    Stdout,
+    /// A bounded channel (in-process tests read the lines from it).
+    Channel(SyncSender<String>),
+}
+
+/// A proxy whose listeners are bound and whose state is built, not yet serving.
+pub struct Bound {
+    /// Where it listens.
+    pub addrs: Addrs,
+    shared: Arc<Shared>,
+    admin: Arc<Admin>,
+    listeners: [TcpListener; 4],
+    writer: Option<AccessLogWriter>,
+    opts: Options,
+}
+
+/// Binds the listeners (flags, else the config file, else Istio's ports) and builds the
+/// proxy's shared state; nothing is served until [`Bound::serve`].
+pub async fn bind(
     opts: Options,
     live: Live,
-    log: LogControl,
-) -> Result<Option<AccessLogWriter>, StartError> {
+    log: Option<LogControl>,
+    access_log_to: AccessLogTo,
+) -> Result<Bound, StartError> {
     let metrics = Metrics::new()?;
-    let (access_log, writer) = {
-        let (a, w) = AccessLog::start(metrics.access_log_dropped.clone())?;
-        (Some(a), Some(w))
+    let (access_log, writer) = match access_log_to {
+        AccessLogTo::Stdout => {
+            let (a, w) = AccessLog::start(metrics.access_log_dropped.clone())?;
+            (a, Some(w))
+        }
+        AccessLogTo::Channel(tx) => (AccessLog::to(tx, metrics.access_log_dropped.clone()), None),
     };
     let snap = live.load();
     let listeners = snap.config.listeners.clone().unwrap_or_default();
     drop(snap);
-    let outbound = bind(
-        "outbound",
-        pick_addr(opts.outbound, &listeners.outbound, "127.0.0.1:15001"),
-    )
-    .await?;
-    let inbound = bind(
-        "inbound",
-        pick_addr(opts.inbound, &listeners.inbound, "0.0.0.0:15006"),
-    )
-    .await?;
-    let admin_l = bind(
-        "admin",
-        pick_addr(opts.admin, &listeners.admin, "127.0.0.1:15000"),
-    )
-    .await?;
-    let stats_l = bind(
-        "stats",
-        pick_addr(opts.stats, &listeners.stats, "0.0.0.0:15020"),
-    )
-    .await?;
+    let outbound = pick_addr(opts.outbound, &listeners.outbound, "127.0.0.1:15001");
+    let inbound = pick_addr(opts.inbound, &listeners.inbound, "0.0.0.0:15006");
+    let admin = pick_addr(opts.admin, &listeners.admin, "127.0.0.1:15000");
+    let stats = pick_addr(opts.stats, &listeners.stats, "0.0.0.0:15020");
+    let listeners = [
+        bind_one("outbound", outbound).await?,
+        bind_one("inbound", inbound).await?,
+        bind_one("admin", admin).await?,
+        bind_one("stats", stats).await?,
+    ];
+    let addrs = Addrs {
+        outbound: listeners[0].local_addr()?,
+        inbound: listeners[1].local_addr()?,
+        admin: listeners[2].local_addr()?,
+        stats: listeners[3].local_addr()?,
+    };
+    let shared = shared_state(&opts, live, metrics, access_log)?;
+    let admin = Arc::new(Admin {
+        shared: shared.clone(),
+        log,
+        ready: AtomicBool::new(false),
+        outbound: addrs.outbound,
+        inbound: addrs.inbound,
+        admin: addrs.admin,
+        stats: addrs.stats,
+    });
+    Ok(Bound {
+        addrs,
+        shared,
+        admin,
+        listeners,
+        writer,
+        opts,
+    })
+}
 
+fn shared_state(
+    opts: &Options,
+    live: Live,
+    metrics: Metrics,
+    access_log: AccessLog,
+) -> Result<Arc<Shared>, StartError> {
     let identity = match opts.identity.clone() {
         Some(o) => Some(crate::identity::Identity::new(o)?),
         None => None,
@@ -137,7 +199,7 @@ pub async fn run(
         Some(i) => Some(crate::mtls::MeshTls::new(i.store.clone())?),
         None => None,
     };
-    let shared = Arc::new(Shared {
+    Ok(Arc::new(Shared {
         tracers: crate::telemetry::tracers::Tracers::new(metrics.trace.clone()),
         principal: identity
             .as_ref()
@@ -147,46 +209,83 @@ pub async fn run(
         xds_status: std::sync::OnceLock::new(),
         live,
         metrics,
-        access_log,
+        access_log: Some(access_log),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
         inbound_rr: AtomicUsize::new(0),
         mirror_slots: Arc::new(tokio::sync::Semaphore::new(
             crate::shared::MIRRORS_IN_FLIGHT,
         )),
-    });
-    let admin = Arc::new(Admin {
-        shared: shared.clone(),
-        log,
-        ready: AtomicBool::new(false),
-        outbound: outbound.local_addr()?,
-        inbound: inbound.local_addr()?,
-        admin: admin_l.local_addr()?,
-        stats: stats_l.local_addr()?,
-    });
-    tracing::info!(outbound = %admin.outbound, inbound = %admin.inbound, admin = %admin.admin, stats = %admin.stats, "listening");
+    }))
+}
 
-    let admin_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(admin.clone().run(admin_l, Scope::Admin, admin_stop.clone()));
-    let stats_task = tokio::spawn(admin.clone().run(stats_l, Scope::Stats, admin_stop.clone()));
-    let out_task = tokio::spawn(crate::listeners::accept::run(
-        shared.clone(),
-        ListenerKind::Outbound,
-        outbound,
-    ));
-    let in_task = tokio::spawn(crate::listeners::accept::run(
-        shared.clone(),
-        ListenerKind::Inbound,
-        inbound,
-    ));
-    let watch_shared = shared.clone();
-    let watch_task = tokio::spawn(async move {
-        watch_shared
-            .live
-            .watch(&watch_shared.metrics, watch_shared.shutdown.clone())
+impl Bound {
+    /// Cancelling this token drains and stops the proxy (as SIGTERM or `/quitquitquit` do).
+    pub fn shutdown(&self) -> CancellationToken {
+        self.shared.shutdown.clone()
+    }
+
+    /// Serves until shutdown, then drains (up to the drain timeout). Returns the access-log
+    /// writer so the caller can flush it after the runtime has stopped.
+    pub async fn serve(self) -> Result<Option<AccessLogWriter>, StartError> {
+        let Bound {
+            addrs,
+            shared,
+            admin,
+            listeners: [outbound, inbound, admin_l, stats_l],
+            writer,
+            opts,
+        } = self;
+        tracing::info!(outbound = %addrs.outbound, inbound = %addrs.inbound, admin = %addrs.admin, stats = %addrs.stats, "listening");
+        let admin_stop = CancellationToken::new();
+        let admin_task = tokio::spawn(admin.clone().run(admin_l, Scope::Admin, admin_stop.clone()));
+        let stats_task = tokio::spawn(admin.clone().run(stats_l, Scope::Stats, admin_stop.clone()));
+        let out_task = tokio::spawn(accept::run(
+            shared.clone(),
+            ListenerKind::Outbound,
+            outbound,
+        ));
+        let in_task = tokio::spawn(accept::run(shared.clone(), ListenerKind::Inbound, inbound));
+        let watch_shared = shared.clone();
+        let watch_task = tokio::spawn(async move {
+            watch_shared
+                .live
+                .watch(&watch_shared.metrics, watch_shared.shutdown.clone())
+                .await
+        });
+        start_background(&shared, &opts);
+        if let Some(path) = &opts.admin_address_path {
+            // Write then rename, so readers never see a partial address.
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, addrs.admin.to_string())?;
+            std::fs::rename(&tmp, path)?;
+        }
+        admin.ready.store(true, Ordering::Release);
+
+        shared.shutdown.cancelled().await;
+        tracing::info!(drain_timeout = ?opts.drain_timeout, "draining");
+        let _ = tokio::join!(out_task, in_task, watch_task);
+        shared.tasks.close();
+        if tokio::time::timeout(opts.drain_timeout, shared.tasks.wait())
             .await
-    });
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = shared.tasks.len(),
+                "drain timeout: closing remaining connections"
+            );
+        }
+        // Spans of the drained requests reach the collector before the process exits.
+        shared.tracers.shutdown(Duration::from_secs(2)).await;
+        admin_stop.cancel();
+        let _ = tokio::join!(admin_task, stats_task);
+        tracing::info!("stopped");
+        Ok(writer)
+    }
+}
 
+/// Certificate rotation and the control-server connection, when configured.
+fn start_background(shared: &Arc<Shared>, opts: &Options) {
     if let Some(identity) = &shared.identity {
         tracing::info!(identity = %identity.options.identity, ca = %identity.options.ca_addr, "requesting a workload certificate");
         shared.tasks.spawn(crate::identity::run_rotation(
@@ -196,42 +295,30 @@ pub async fn run(
             shared.shutdown.clone(),
         ));
     }
-
     if let Some(xds) = opts.xds.clone() {
         tracing::info!(control = %xds.addr, node = %xds.node_id, delta = xds.delta, "configuration from the control server");
         shared
             .tasks
             .spawn(crate::discovery::run(shared.clone(), xds));
     }
+}
 
-    if let Some(path) = &opts.admin_address_path {
-        // Write then rename, so readers never see a partial address.
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, admin.admin.to_string())?;
-        std::fs::rename(&tmp, path)?;
-    }
-    admin.ready.store(true, Ordering::Release);
-
-    wait_for_signal(&shared.shutdown).await;
-    tracing::info!(drain_timeout = ?opts.drain_timeout, "draining");
-    shared.shutdown.cancel();
-    let _ = tokio::join!(out_task, in_task, watch_task);
-    shared.tasks.close();
-    if tokio::time::timeout(opts.drain_timeout, shared.tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            remaining = shared.tasks.len(),
-            "drain timeout: closing remaining connections"
-        );
-    }
-    // Spans of the drained requests reach the collector before the process exits.
-    shared.tracers.shutdown(Duration::from_secs(2)).await;
-    admin_stop.cancel();
-    let _ = tokio::join!(admin_task, stats_task);
-    tracing::info!("stopped");
-    Ok(writer)
+/// Runs the proxy until SIGTERM, SIGINT or `/quitquitquit`, then drains. Returns the
+/// access-log writer so the caller can flush it after the runtime has stopped.
+pub async fn run(
+    opts: Options,
+    live: Live,
+    log: LogControl,
+) -> Result<Option<AccessLogWriter>, StartError> {
+    let bound = bind(opts, live, Some(log), AccessLogTo::Stdout).await?;
+    let shutdown = bound.shutdown();
+    let signals = tokio::spawn(async move {
+        wait_for_signal(&shutdown).await;
+        shutdown.cancel();
+    });
+    let result = bound.serve().await;
+    signals.abort();
+    result
 }
 
 async fn wait_for_signal(shutdown: &CancellationToken) {

@@ -1,91 +1,26 @@
 //! Configuration from the control server: the proxy's resources, received over xDS, assembled
 //! into one `ProxyConfig` and applied atomically (or refused, keeping the last good one).
 
-use halyard_xds::ads::{
-    State, AUTHORIZATION_POLICY_TYPE, MESH_SETTINGS_TYPE, REQUEST_AUTHENTICATION_TYPE,
-    SERVICE_TYPE, VIRTUAL_HOST_TYPE, WORKLOAD_TYPE,
-};
-use halyard_xds::{
-    AuthorizationPolicy, MeshSettings, ProxyConfig, RequestAuthentication, Service, VirtualHost,
-    Workload,
-};
+use halyard_xds::ads::{ProxyResources, State};
+use halyard_xds::ProxyConfig;
 
-/// The resource types a sidecar subscribes to.
-pub const SIDECAR_TYPES: [&str; 6] = [
-    WORKLOAD_TYPE,
-    SERVICE_TYPE,
-    VIRTUAL_HOST_TYPE,
-    MESH_SETTINGS_TYPE,
-    AUTHORIZATION_POLICY_TYPE,
-    REQUEST_AUTHENTICATION_TYPE,
-];
-
-/// Builds the proxy's configuration from the xDS state: its workload (the resource named by
-/// `node_id`), every service and virtual host, and the mesh settings. The version names each
-/// type's resource versions, so `/config_dump` shows what the control server sent.
+/// Builds the proxy's configuration from the xDS state: the decoded [`ProxyResources`] (its
+/// workload is the one named by `node_id`; another node's is refused) and a version naming
+/// each type's set version, so `/config_dump` shows what the control server sent.
 pub fn assemble(state: &State, node_id: &str) -> Result<ProxyConfig, String> {
-    let mut config = ProxyConfig::default();
-    let empty = Default::default();
-    let of = |t: &str| state.get(t).unwrap_or(&empty);
-    let decode_err =
-        |t: &str, name: &str, e: &dyn std::fmt::Display| format!("{t} resource `{name}`: {e}");
-
-    let workloads = of(WORKLOAD_TYPE);
-    if let Some(r) = workloads.get(node_id) {
-        let w: Workload = r
-            .decode()
-            .map_err(|e| decode_err(WORKLOAD_TYPE, node_id, &e))?;
-        config.workload = Some(w);
-    } else if let Some(other) = workloads.keys().next() {
-        return Err(format!(
-            "workload resource `{other}` is not this proxy's (node id `{node_id}`)"
-        ));
-    }
-    for (name, r) in of(SERVICE_TYPE) {
-        let s: Service = r.decode().map_err(|e| decode_err(SERVICE_TYPE, name, &e))?;
-        config.services.push(s);
-    }
-    for (name, r) in of(VIRTUAL_HOST_TYPE) {
-        let v: VirtualHost = r
-            .decode()
-            .map_err(|e| decode_err(VIRTUAL_HOST_TYPE, name, &e))?;
-        config.virtual_hosts.push(v);
-    }
-    for (name, r) in of(AUTHORIZATION_POLICY_TYPE) {
-        let p: AuthorizationPolicy = r
-            .decode()
-            .map_err(|e| decode_err(AUTHORIZATION_POLICY_TYPE, name, &e))?;
-        config.authorization_policies.push(p);
-    }
-    for (name, r) in of(REQUEST_AUTHENTICATION_TYPE) {
-        let p: RequestAuthentication = r
-            .decode()
-            .map_err(|e| decode_err(REQUEST_AUTHENTICATION_TYPE, name, &e))?;
-        config.request_authentications.push(p);
-    }
-    if let Some((name, r)) = of(MESH_SETTINGS_TYPE).iter().next() {
-        let m: MeshSettings = r
-            .decode()
-            .map_err(|e| decode_err(MESH_SETTINGS_TYPE, name, &e))?;
-        config.outbound_traffic_policy = m.outbound_traffic_policy;
-        config.settings = m.settings;
-    }
-    config.version = version_of(state);
-    Ok(config)
-}
-
-/// `workload=V,service=V,...`: the set versions of each type, short type names.
-fn version_of(state: &State) -> String {
-    let mut parts = Vec::with_capacity(SIDECAR_TYPES.len());
-    for t in SIDECAR_TYPES {
-        let short = t.rsplit('.').next().unwrap_or(t).to_ascii_lowercase();
-        let v = state
-            .get(t)
-            .map(|m| halyard_xds::ads::types::set_version(m.values()))
-            .unwrap_or_default();
-        parts.push(format!("{short}={v}"));
-    }
-    parts.join(",")
+    let r = ProxyResources::from_state(state, node_id).map_err(|e| e.to_string())?;
+    let mesh = r.mesh_settings.unwrap_or_default();
+    Ok(ProxyConfig {
+        version: ProxyResources::version_of(state),
+        workload: r.workload,
+        services: std::sync::Arc::unwrap_or_clone(r.services),
+        virtual_hosts: std::sync::Arc::unwrap_or_clone(r.virtual_hosts),
+        outbound_traffic_policy: mesh.outbound_traffic_policy,
+        settings: mesh.settings,
+        authorization_policies: r.authorization_policies,
+        request_authentications: r.request_authentications,
+        ..Default::default()
+    })
 }
 
 /// How the proxy reaches the control server for its configuration.
@@ -110,7 +45,7 @@ pub async fn run(shared: std::sync::Arc<crate::shared::Shared>, opts: XdsOptions
         ..Default::default()
     };
     let mode = if opts.delta { Mode::Delta } else { Mode::Sotw };
-    let config = ClientConfig::new(node, SIDECAR_TYPES, mode);
+    let config = ClientConfig::new(node, ProxyResources::TYPE_URLS.iter().copied(), mode);
     let identity = shared.identity.clone();
     let addr = opts.addr.clone();
     let shutdown = shared.shutdown.clone();
@@ -141,7 +76,10 @@ pub async fn run(shared: std::sync::Arc<crate::shared::Shared>, opts: XdsOptions
     let applier = move |state: &State| -> Result<(), String> {
         // Delta streams deliver each type on its own: apply once all have arrived, so the
         // proxy never serves a half-built configuration (a workload without its services).
-        if !live_shared.live.has_config() && SIDECAR_TYPES.iter().any(|t| !state.contains_key(*t)) {
+        let partial = ProxyResources::TYPE_URLS
+            .iter()
+            .any(|t| !state.contains_key(*t));
+        if !live_shared.live.has_config() && partial {
             return Ok(());
         }
         let cfg = assemble(state, &node_id)?;
@@ -163,4 +101,70 @@ pub async fn run(shared: std::sync::Arc<crate::shared::Shared>, opts: XdsOptions
         }
     };
     client.run(applier, shared.shutdown.clone()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use halyard_xds::{
+        outbound_traffic_policy, AuthorizationPolicy, MeshSettings, OutboundTrafficPolicy,
+        RequestAuthentication, Service, Settings, VirtualHost, Workload,
+    };
+
+    use super::*;
+
+    #[test]
+    fn assemble_maps_every_resource_to_its_place_in_the_config() {
+        let mode = outbound_traffic_policy::Mode::RegistryOnly as i32;
+        let resources = ProxyResources {
+            workload: Some(Workload {
+                name: "cart".into(),
+                ..Default::default()
+            }),
+            services: Arc::new(vec![Service {
+                name: "payments".into(),
+                ..Default::default()
+            }]),
+            virtual_hosts: Arc::new(vec![VirtualHost {
+                name: "payments".into(),
+                ..Default::default()
+            }]),
+            mesh_settings: Some(MeshSettings {
+                outbound_traffic_policy: Some(OutboundTrafficPolicy { mode }),
+                settings: Some(Settings {
+                    access_log: Some(false),
+                    ..Default::default()
+                }),
+            }),
+            authorization_policies: vec![AuthorizationPolicy {
+                name: "shop/deny".into(),
+                ..Default::default()
+            }],
+            request_authentications: vec![RequestAuthentication {
+                name: "shop/jwt".into(),
+                ..Default::default()
+            }],
+        };
+        let state = resources.to_state("shop/cart");
+        let cfg = assemble(&state, "shop/cart").expect("assembles");
+        assert_eq!(cfg.workload, resources.workload);
+        assert_eq!(cfg.services, *resources.services);
+        assert_eq!(cfg.virtual_hosts, *resources.virtual_hosts);
+        assert_eq!(cfg.outbound_traffic_policy.map(|p| p.mode), Some(mode));
+        assert_eq!(cfg.settings.and_then(|s| s.access_log), Some(false));
+        assert_eq!(cfg.authorization_policies, resources.authorization_policies);
+        assert_eq!(
+            cfg.request_authentications,
+            resources.request_authentications
+        );
+        assert_eq!(cfg.version, ProxyResources::version_of(&state));
+        assert!(cfg.version.starts_with("workload="), "{}", cfg.version);
+
+        let err = assemble(&state, "shop/other").expect_err("another node's workload");
+        assert_eq!(
+            err,
+            "workload resource `shop/cart` is not this proxy's (node id `shop/other`)"
+        );
+    }
 }

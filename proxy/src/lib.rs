@@ -32,3 +32,6 @@ pub mod listeners;
 
 pub mod app;
 pub mod discovery;
+
+#[cfg(test)]
+mod test_util;

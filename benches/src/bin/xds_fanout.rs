@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use halyard_xds::ads::{AdsClient, ClientConfig, Mode, Node, VIRTUAL_HOST_TYPE};
+use halyard_xds::ads::{AdsClient, ClientConfig, Mode, Node, ProxyResources, VIRTUAL_HOST_TYPE};
 use tokio_util::sync::CancellationToken;
 
 fn rss_kib(pid: u32) -> u64 {
@@ -105,7 +105,8 @@ async fn main() {
             id: format!("bench/w{i}"),
             ..Default::default()
         };
-        let config = ClientConfig::new(node, halyard_xds::ads::types::HALYARD_TYPES, Mode::Delta);
+        let config =
+            ClientConfig::new(node, ProxyResources::TYPE_URLS.iter().copied(), Mode::Delta);
         let ch = channel.clone();
         let client = AdsClient::new(config, move || {
             let ch = ch.clone();
@@ -116,7 +117,7 @@ async fn main() {
         let mut seen_update = false;
         tokio::spawn(client.run(
             move |state| {
-                if !seen_initial && state.len() == halyard_xds::ads::types::HALYARD_TYPES.len() {
+                if !seen_initial && state.len() == ProxyResources::TYPE_URLS.len() {
                     seen_initial = true;
                     synced.fetch_add(1, Ordering::Relaxed);
                 }

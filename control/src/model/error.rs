@@ -1,4 +1,5 @@
-//! Diagnostics: what is wrong, where (`file:line`), in which resource and at which field.
+//! Diagnostics: what is wrong, where (an [`Origin`]: `file:line`, or a Kubernetes object), in
+//! which resource and at which field.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -33,17 +34,53 @@ impl fmt::Display for ResourceId {
     }
 }
 
+/// Where an object, or a field of it, came from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Origin {
+    /// A line of a file: displays as `file:line`.
+    File {
+        /// The file, relative to the directory given to `load_dir` (joined to it).
+        file: PathBuf,
+        /// 1-based line (of the field, of the document, or of a syntax error).
+        line: usize,
+    },
+    /// An object read from the Kubernetes API: displays as
+    /// `kind/namespace/name@resourceVersion`. Its fields have no lines of their own.
+    Kubernetes {
+        /// `kind` (`VirtualService`).
+        kind: String,
+        /// `metadata.namespace`.
+        namespace: String,
+        /// `metadata.name`.
+        name: String,
+        /// `metadata.resourceVersion` as the API server served it.
+        resource_version: String,
+    },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File { file, line } => write!(f, "{}:{line}", file.display()),
+            Origin::Kubernetes {
+                kind,
+                namespace,
+                name,
+                resource_version,
+            } => write!(f, "{kind}/{namespace}/{name}@{resource_version}"),
+        }
+    }
+}
+
 /// One problem found in the input.
 ///
-/// Displays as `file:line: Kind/namespace/name: field.path: message`; a part that does not
-/// apply (a YAML syntax error has no resource, a document-level problem has no field) is `-`,
-/// and warnings' messages start with `warning: `.
+/// Displays as `origin: Kind/namespace/name: field.path: message` (the origin is `file:line`
+/// for a directory); a part that does not apply (a YAML syntax error has no resource, a
+/// document-level problem has no field) is `-`, and warnings' messages start with `warning: `.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
-    /// The file, relative to the directory given to `load_dir` (joined to it).
-    pub file: PathBuf,
-    /// 1-based line of the offending field (or of the document, or of the syntax error).
-    pub line: usize,
+    /// Where: the offending field's line (or the document's, or the syntax error's).
+    pub origin: Origin,
     /// The resource, when the document got far enough to name one.
     pub resource: Option<ResourceId>,
     /// The field path (`spec.http[0].route[1].weight`), empty when the whole document is meant.
@@ -56,7 +93,7 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: ", self.file.display(), self.line)?;
+        write!(f, "{}: ", self.origin)?;
         match &self.resource {
             Some(r) => write!(f, "{r}: ")?,
             None => f.write_str("-: ")?,
@@ -141,14 +178,13 @@ impl fmt::Display for FieldPath {
     }
 }
 
-/// Where a document came from: its file, the line it starts at, and its text (so that later
-/// checks can still find the line of any field).
+/// Where a document came from — its [`Origin`] — and its text (so that later checks can
+/// still find the line of any field).
 #[derive(Debug, Clone)]
 pub struct Source {
-    /// The file, relative to the directory given to `load_dir` (joined to it).
-    pub file: PathBuf,
-    /// 1-based line of the document's first field (usually `apiVersion:`).
-    pub line: usize,
+    /// Where the document is: for a file, the line of its first field (usually
+    /// `apiVersion:`).
+    pub origin: Origin,
     /// The document's text and its line offset in the file.
     pub(crate) text: Arc<DocText>,
 }
@@ -161,12 +197,37 @@ pub(crate) struct DocText {
 }
 
 impl Source {
+    /// A document of `file` whose text starts after `offset` lines of the file.
     pub(crate) fn new(file: PathBuf, text: String, offset: usize) -> Self {
         let rel = line_of(&text, &[]).unwrap_or(1);
         Self {
-            file,
-            line: offset + rel,
+            origin: Origin::File {
+                file,
+                line: offset + rel,
+            },
             text: Arc::new(DocText { text, offset }),
+        }
+    }
+
+    /// Where line `rel` of the document is: that line of its file; a Kubernetes object is
+    /// named whole.
+    pub(crate) fn origin_at(&self, rel: usize) -> Origin {
+        self.at_line(self.text.offset + rel)
+    }
+
+    /// Where the field at `path` is: its [`Source::line_of`] in the file; a Kubernetes object
+    /// is named whole.
+    pub fn origin_of(&self, path: &FieldPath) -> Origin {
+        self.at_line(self.line_of(path))
+    }
+
+    fn at_line(&self, line: usize) -> Origin {
+        match &self.origin {
+            Origin::File { file, .. } => Origin::File {
+                file: file.clone(),
+                line,
+            },
+            other => other.clone(),
         }
     }
 
@@ -240,8 +301,7 @@ impl<'a> Cx<'a> {
 
     fn push(&mut self, path: &FieldPath, message: String, severity: Severity) {
         self.out.push(Diagnostic {
-            file: self.source.file.clone(),
-            line: self.source.line_of(path),
+            origin: self.source.origin_of(path),
             resource: Some(self.resource.clone()),
             path: path.to_string(),
             message,
@@ -291,8 +351,10 @@ mod tests {
     #[test]
     fn diagnostic_format() {
         let mut d = Diagnostic {
-            file: PathBuf::from("dir/a.yaml"),
-            line: 7,
+            origin: Origin::File {
+                file: PathBuf::from("dir/a.yaml"),
+                line: 7,
+            },
             resource: Some(ResourceId {
                 kind: "VirtualService".into(),
                 namespace: "default".into(),
@@ -316,13 +378,61 @@ mod tests {
     }
 
     #[test]
+    fn origins_display_as_file_line_or_kubernetes_object() {
+        let file = Origin::File {
+            file: PathBuf::from("mesh/bookinfo/reviews.yaml"),
+            line: 31,
+        };
+        assert_eq!(file.to_string(), "mesh/bookinfo/reviews.yaml:31");
+        let kube = Origin::Kubernetes {
+            kind: "VirtualService".into(),
+            namespace: "bookinfo".into(),
+            name: "reviews".into(),
+            resource_version: "48213".into(),
+        };
+        assert_eq!(kube.to_string(), "VirtualService/bookinfo/reviews@48213");
+        let d = Diagnostic {
+            origin: kube,
+            resource: None,
+            path: "spec.hosts".into(),
+            message: "required field is missing".into(),
+            severity: Severity::Error,
+        };
+        assert_eq!(
+            d.to_string(),
+            "VirtualService/bookinfo/reviews@48213: -: spec.hosts: required field is missing"
+        );
+        // Diagnostics sort by file, then line.
+        let at = |file: &str, line| Origin::File {
+            file: file.into(),
+            line,
+        };
+        let mut origins = vec![at("b.yaml", 1), at("a.yaml", 10), at("a.yaml", 9)];
+        origins.sort();
+        assert_eq!(
+            origins,
+            [at("a.yaml", 9), at("a.yaml", 10), at("b.yaml", 1)]
+        );
+    }
+
+    #[test]
     fn source_lines_include_the_offset() {
         let src = Source::new(
             PathBuf::from("f.yaml"),
             "---\n# c\napiVersion: v\nspec:\n  hosts:\n  - a\n".into(),
             10,
         );
-        assert_eq!(src.line, 13);
+        assert_eq!(
+            src.origin,
+            Origin::File {
+                file: "f.yaml".into(),
+                line: 13
+            }
+        );
+        assert_eq!(
+            src.origin_of(&FieldPath::root().f("spec")).to_string(),
+            "f.yaml:14"
+        );
         assert_eq!(
             src.line_of(&FieldPath::root().f("spec").f("hosts").i(0)),
             16

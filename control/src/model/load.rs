@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::error::{Cx, Diagnostic, FieldPath, ResourceId, Severity, Source};
+use super::error::{Cx, Diagnostic, FieldPath, Origin, ResourceId, Severity, Source};
 use super::meta::{Meta, ObjectMeta, DEFAULT_NAMESPACE};
 use super::values::null_as_default;
 use super::{resource_id, validate, Doc, Kind, Model};
@@ -49,14 +49,16 @@ pub fn load_dir(dir: &Path) -> (Model, Vec<Diagnostic>) {
         }
     }
     validate::cross_check(&model, &mut diags);
-    diags.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+    diags.sort_by(|a, b| a.origin.cmp(&b.origin));
     (model, diags)
 }
 
 fn file_error(path: &Path, message: String) -> Diagnostic {
     Diagnostic {
-        file: path.to_path_buf(),
-        line: 1,
+        origin: Origin::File {
+            file: path.to_path_buf(),
+            line: 1,
+        },
         resource: None,
         path: String::new(),
         message,
@@ -186,8 +188,10 @@ fn load_document(
         Err(e) => {
             let line = e.location().map_or(1, |l| l.line());
             diags.push(Diagnostic {
-                file: file.to_path_buf(),
-                line: offset + line,
+                origin: Origin::File {
+                    file: file.to_path_buf(),
+                    line: offset + line,
+                },
                 resource: None,
                 path: String::new(),
                 message: format!("YAML syntax error: {}", strip_positions(&e.to_string())),
@@ -202,8 +206,7 @@ fn load_document(
     let source = Source::new(file.to_path_buf(), text.to_string(), offset);
     let Some(map) = value.as_mapping() else {
         diags.push(Diagnostic {
-            file: file.to_path_buf(),
-            line: source.line,
+            origin: source.origin.clone(),
             resource: None,
             path: String::new(),
             message: "a resource is a mapping with apiVersion, kind, metadata and spec".into(),
@@ -376,10 +379,8 @@ fn load_document(
                         cx.error(
                             &FieldPath::root().f("kind"),
                             format!(
-                                "a second MeshConfig (MeshConfig {} is at {}:{}); there is one per mesh",
-                                meta.name,
-                                first.file.display(),
-                                first.line
+                                "a second MeshConfig (MeshConfig {} is at {}); there is one per mesh",
+                                meta.name, first.origin
                             ),
                         );
                     }
@@ -408,8 +409,7 @@ fn typed<T: DeserializeOwned + Default>(
             let line = e.location().map_or(1, |l| l.line());
             let (path, message) = split_serde_message(&strip_positions(&e.to_string()));
             diags.push(Diagnostic {
-                file: source.file.clone(),
-                line: source.text.offset + line,
+                origin: source.origin_at(line),
                 resource: Some(header.id.clone()),
                 path,
                 message,

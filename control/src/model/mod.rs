@@ -1,5 +1,6 @@
 //! The control server's input model: Istio resources (and Halyard's `MeshConfig`) read from a
-//! directory of multi-document YAML, with every problem reported as `file:line`.
+//! [`ModelSource`] — today a directory of multi-document YAML ([`DirectorySource`]), with
+//! every problem reported at its [`Origin`] (`file:line`).
 //!
 //! [`load_dir`] reads everything it can and returns the [`Model`] with all [`Diagnostic`]s:
 //! YAML syntax, unknown kinds and fields, wrong types, missing and invalid values, features
@@ -11,15 +12,17 @@ pub mod mesh;
 pub mod meta;
 pub mod networking;
 pub mod security;
+mod source;
 mod validate;
 pub mod values;
 
-pub use error::{Diagnostic, FieldPath, ResourceId, Severity, Source};
+pub use error::{Diagnostic, FieldPath, Origin, ResourceId, Severity, Source};
 pub use load::load_dir;
 pub use mesh::MeshConfig;
 pub use meta::Meta;
 pub use networking::{DestinationRule, ServiceEntry, VirtualService, WorkloadEntry};
 pub use security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
+pub use source::{DirectorySource, ModelSource};
 pub use validate::{resolve_host, serving_ports};
 pub(crate) use values::{exported_to, selects};
 
@@ -30,7 +33,7 @@ pub struct Doc<T> {
     pub meta: Meta,
     /// The `spec`.
     pub spec: T,
-    /// File and line of the document.
+    /// Where the document came from (file and line), with its text.
     pub source: Source,
 }
 
@@ -193,11 +196,11 @@ mod tests {
             .find(|d| d.meta.name == "reviews")
             .unwrap_or_else(|| panic!("no reviews VirtualService"));
         assert_eq!(reviews.meta.namespace, "bookinfo");
-        assert!(reviews
-            .source
-            .file
-            .ends_with("bookinfo/virtual-services.yaml"));
-        assert_eq!(reviews.source.line, 2);
+        let Origin::File { file, line } = &reviews.source.origin else {
+            panic!("{:?} is not a file", reviews.source.origin);
+        };
+        assert!(file.ends_with("bookinfo/virtual-services.yaml"));
+        assert_eq!(*line, 2);
         let canary = &reviews.spec.http[0];
         let header = &canary.matches[0].headers["end-user"];
         assert_eq!(header.exact.as_deref(), Some("jason"));
@@ -295,7 +298,10 @@ mod tests {
         let (model, diags) = load_dir(dir.path());
         let shown: Vec<String> = diags
             .iter()
-            .map(|d| format!("{}: {}", d.line, d.path))
+            .map(|d| match &d.origin {
+                Origin::File { line, .. } => format!("{line}: {}", d.path),
+                other => format!("{other}: {}", d.path),
+            })
             .collect();
         assert_eq!(
             shown,

@@ -81,12 +81,9 @@ fn shared_listen_addresses(model: &Model, out: &mut Vec<Diagnostic>) {
                 Some(first) => cx_for(Kind::WorkloadEntry, &we.meta, &we.source, out).error(
                     &FieldPath::root().f("spec").f("address"),
                     format!(
-                        "{ip} port {port} is also served by WorkloadEntry {}/{} ({}:{}); two \
+                        "{ip} port {port} is also served by WorkloadEntry {}/{} ({}); two \
                          workloads cannot listen on one address and port",
-                        first.meta.namespace,
-                        first.meta.name,
-                        first.source.file.display(),
-                        first.source.line
+                        first.meta.namespace, first.meta.name, first.source.origin
                     ),
                 ),
                 None => {
@@ -130,12 +127,11 @@ fn duplicates(model: &Model, out: &mut Vec<Diagnostic>) {
             let key = (doc.meta.namespace.as_str(), doc.meta.name.as_str());
             if let Some(first) = seen.get(&key) {
                 let msg = format!(
-                    "duplicate name: {} {}/{} is also defined at {}:{}",
+                    "duplicate name: {} {}/{} is also defined at {}",
                     kind.name(),
                     doc.meta.namespace,
                     doc.meta.name,
-                    first.file.display(),
-                    first.line
+                    first.origin
                 );
                 cx_for(kind, &doc.meta, &doc.source, out)
                     .error(&FieldPath::root().f("metadata").f("name"), msg);
@@ -179,11 +175,10 @@ fn routes(model: &Model, services: &[Service<'_>], out: &mut Vec<Diagnostic>) {
                 cx.error(
                     &FieldPath::root().f("spec").f("hosts").i(i),
                     format!(
-                        "host `{host}` is also routed by VirtualService {}/{} ({}:{}); merge the routes into one",
+                        "host `{host}` is also routed by VirtualService {}/{} ({}); merge the routes into one",
                         other.meta.namespace,
                         other.meta.name,
-                        other.source.file.display(),
-                        other.source.line
+                        other.source.origin
                     ),
                 );
             } else {
@@ -408,10 +403,8 @@ fn peer_authentications(model: &Model, out: &mut Vec<Diagnostic>) {
                 cx_for(Kind::PeerAuthentication, &pa.meta, &pa.source, out).error(
                     &FieldPath::root().f("spec").f("selector"),
                     format!(
-                        "another {scope}: {} ({}:{}) already applies there; give this one a selector",
-                        other.meta.name,
-                        other.source.file.display(),
-                        other.source.line
+                        "another {scope}: {} ({}) already applies there; give this one a selector",
+                        other.meta.name, other.source.origin
                     ),
                 );
             }

@@ -16,9 +16,10 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use halyard_xds::ads::ProxyResources;
 use halyard_xds::{
-    outbound_traffic_policy, AuthorizationPolicy, MeshSettings, OutboundTrafficPolicy,
-    RequestAuthentication, Service, Settings, Tracing, VirtualHost, Workload,
+    outbound_traffic_policy, MeshSettings, OutboundTrafficPolicy, Service, Settings, Tracing,
+    VirtualHost,
 };
 
 use crate::model::mesh::{OtlpProtocol, OutboundMode};
@@ -58,28 +59,12 @@ impl Placement {
     }
 }
 
-/// One proxy's resources.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeResources {
-    /// Its workload: ports, labels, inbound mutual TLS modes.
-    pub workload: Workload,
-    /// Services it may call (shared by every node of the namespace).
-    pub services: Arc<Vec<Service>>,
-    /// Routing for those services' hosts (shared by every node of the namespace).
-    pub virtual_hosts: Arc<Vec<VirtualHost>>,
-    /// Proxy-wide settings.
-    pub mesh: MeshSettings,
-    /// Authorization policies selecting the workload.
-    pub authorization: Vec<AuthorizationPolicy>,
-    /// JWT authentication selecting the workload.
-    pub authentication: Vec<RequestAuthentication>,
-}
-
 /// The result: resources per node id, and what could not be expressed (yet) for the proxies.
 #[derive(Debug, Clone, Default)]
 pub struct Translation {
-    /// Node id → its resources.
-    pub nodes: BTreeMap<String, NodeResources>,
+    /// Node id → its resources (every node has its workload and the mesh settings; the
+    /// nodes of a namespace share one `Arc` of services and one of virtual hosts).
+    pub nodes: BTreeMap<String, ProxyResources>,
     /// Parts of the model the proxies do not apply yet, one line each (logged, not fatal).
     pub notes: Vec<String>,
 }
@@ -121,13 +106,13 @@ pub fn translate(model: &Model, placement: &Placement) -> Translation {
             .clone();
         nodes.insert(
             node_id(we),
-            NodeResources {
-                workload: peer::workload(model, we, placement),
+            ProxyResources {
+                workload: Some(peer::workload(model, we, placement)),
                 services,
                 virtual_hosts,
-                mesh: mesh.clone(),
-                authorization: authz::authorization(model, we),
-                authentication: authz::authentication(model, we),
+                mesh_settings: Some(mesh.clone()),
+                authorization_policies: authz::authorization(model, we),
+                request_authentications: authz::authentication(model, we),
             },
         );
     }

@@ -108,17 +108,26 @@ spec:
 "#;
 
 /// A node's resources as the proxy assembles them.
-fn proxy_config(r: &NodeResources) -> halyard_xds::ProxyConfig {
+fn proxy_config(r: &ProxyResources) -> halyard_xds::ProxyConfig {
+    let mesh = r.mesh_settings.clone().unwrap_or_default();
     halyard_xds::ProxyConfig {
-        workload: Some(r.workload.clone()),
+        workload: r.workload.clone(),
         services: (*r.services).clone(),
         virtual_hosts: (*r.virtual_hosts).clone(),
-        settings: r.mesh.settings.clone(),
-        outbound_traffic_policy: r.mesh.outbound_traffic_policy,
-        authorization_policies: r.authorization.clone(),
-        request_authentications: r.authentication.clone(),
+        settings: mesh.settings,
+        outbound_traffic_policy: mesh.outbound_traffic_policy,
+        authorization_policies: r.authorization_policies.clone(),
+        request_authentications: r.request_authentications.clone(),
         ..Default::default()
     }
+}
+
+/// The workload of `node`, which every translated node has.
+fn workload<'a>(t: &'a Translation, node: &str) -> &'a halyard_xds::Workload {
+    t.nodes[node]
+        .workload
+        .as_ref()
+        .expect("every node has its workload")
 }
 
 fn demo(placement: &Placement) -> Translation {
@@ -132,7 +141,7 @@ fn one_node_per_workload_entry_with_its_workload() {
         t.nodes.keys().collect::<Vec<_>>(),
         ["demo/backend", "demo/frontend"]
     );
-    let w = &t.nodes["demo/backend"].workload;
+    let w = workload(&t, "demo/backend");
     assert_eq!(
         (
             w.name.as_str(),
@@ -150,7 +159,7 @@ fn one_node_per_workload_entry_with_its_workload() {
     // Namespace STRICT beats the mesh's PERMISSIVE; the selecting policy's port override.
     assert_eq!(w.mtls(), MtlsMode::Strict);
     assert_eq!(w.ports[0].mtls(), MtlsMode::Permissive);
-    let f = &t.nodes["demo/frontend"].workload;
+    let f = workload(&t, "demo/frontend");
     assert_eq!(
         (f.mtls(), f.ports[0].mtls()),
         (MtlsMode::Strict, MtlsMode::MtlsUnset)
@@ -196,7 +205,10 @@ fn app_addresses(placement: &Placement) -> Vec<(String, String)> {
     demo(placement)
         .nodes
         .iter()
-        .map(|(n, r)| (n.clone(), r.workload.ports[0].app_address.clone()))
+        .map(|(n, r)| {
+            let w = r.workload.as_ref().expect("workload");
+            (n.clone(), w.ports[0].app_address.clone())
+        })
         .collect()
 }
 
@@ -241,12 +253,7 @@ fn workload_ports_come_from_the_entry_then_target_port_then_number() {
              workloadSelector: {{labels: {{app: a}}}}\n"
         );
         let t = translate(&model(&yaml), &Placement::default());
-        let ports: Vec<u32> = t.nodes["n/a"]
-            .workload
-            .ports
-            .iter()
-            .map(|p| p.port)
-            .collect();
+        let ports: Vec<u32> = workload(&t, "n/a").ports.iter().map(|p| p.port).collect();
         assert_eq!(ports, [want], "{we_ports} {target}");
     }
 }
@@ -311,11 +318,11 @@ fn the_valid_corpus_translates_into_valid_proxy_configs() {
     }
     // Every route of the corpus reaches the proxies; the only part left unapplied is the
     // per-port policy, which the proxy has no place for.
-    let Some(node) = t
-        .nodes
-        .values()
-        .find(|n| n.workload.namespace == "bookinfo")
-    else {
+    let Some(node) = t.nodes.values().find(|n| {
+        n.workload
+            .as_ref()
+            .is_some_and(|w| w.namespace == "bookinfo")
+    }) else {
         panic!("no bookinfo node in {:?}", t.nodes.keys());
     };
     for vs in &m.virtual_services {
@@ -404,7 +411,7 @@ fn policies_reach_the_workloads_they_select_in_the_proxies_form() {
     let t = translate(&m, &Placement::default());
     let names = |n: &str| -> Vec<String> {
         t.nodes[n]
-            .authorization
+            .authorization_policies
             .iter()
             .map(|p| p.name.clone())
             .collect()
@@ -417,7 +424,7 @@ fn policies_reach_the_workloads_they_select_in_the_proxies_form() {
     );
     assert_eq!(names("demo/frontend"), ["istio-system/deny-all-blocked"]);
 
-    let p = &t.nodes["demo/backend"].authorization[1];
+    let p = &t.nodes["demo/backend"].authorization_policies[1];
     assert!(p.dry_run);
     assert_eq!(p.action(), halyard_xds::authorization_policy::Action::Allow);
     let src = &p.rules[0].from[0];
@@ -449,16 +456,16 @@ fn policies_reach_the_workloads_they_select_in_the_proxies_form() {
             "example.org/ns/demo/sa/frontend"
         ]
     );
-    let deny = &t.nodes["demo/backend"].authorization[0];
+    let deny = &t.nodes["demo/backend"].authorization_policies[0];
     assert_eq!(
         deny.action(),
         halyard_xds::authorization_policy::Action::Deny
     );
     assert!(!deny.dry_run);
 
-    let jwt = &t.nodes["demo/backend"].authentication;
+    let jwt = &t.nodes["demo/backend"].request_authentications;
     assert_eq!(jwt.len(), 1);
-    assert!(t.nodes["demo/frontend"].authentication.is_empty());
+    assert!(t.nodes["demo/frontend"].request_authentications.is_empty());
     let rule = &jwt[0].jwt_rules[0];
     assert_eq!(rule.issuer, "https://issuer.example");
     assert_eq!(rule.jwks_uri, "https://issuer.example/keys");

@@ -16,7 +16,7 @@ use tokio::process::Command;
 
 use self::addrs::{on_this_machine, Ports, SpareLoopback};
 use self::children::{http_status, Children};
-use crate::model::{load_dir, Doc, Model, Severity, WorkloadEntry};
+use crate::model::{DirectorySource, Doc, Model, ModelSource, Severity, WorkloadEntry};
 use crate::translate::{identity, node_id, translate, Placement};
 
 /// The label asking `up` for the built-in echo app behind a workload.
@@ -167,7 +167,7 @@ async fn up(args: UpArgs) -> Result<u8, String> {
 
 /// Checks the directory, the binaries and the work directory.
 fn prepare(args: &UpArgs) -> Result<Setup, String> {
-    let (model, diags) = load_dir(&args.dir);
+    let (model, diags) = DirectorySource::new(&args.dir).load();
     let errors: Vec<String> = diags
         .iter()
         .filter(|d| d.severity == Severity::Error)
@@ -275,9 +275,9 @@ fn assign(setup: &Setup) -> Result<(Vec<Workload>, Placement), String> {
         w.app = translation
             .nodes
             .get(&w.node)
-            .map(|n| {
-                n.workload
-                    .ports
+            .and_then(|n| n.workload.as_ref())
+            .map(|wl| {
+                wl.ports
                     .iter()
                     .filter_map(|p| p.app_address.parse().ok())
                     .collect()

@@ -21,6 +21,7 @@ use crate::routes::RetryPolicy;
 use crate::shared::Shared;
 use crate::snapshot::Cluster;
 use crate::telemetry::peer::{PEER_METADATA, PEER_METADATA_ID};
+use crate::upstream::breaker::RetrySlot;
 use crate::upstream::hash::Ring;
 use crate::upstream::outlier::Outcome;
 use crate::upstream::{pick, Avoid, Conn, ConnectError, HttpVersion, PooledH1, Upstream};
@@ -142,46 +143,20 @@ pub async fn send(
         let can_retry = tries < max_tries
             && !call.upgrade
             && (next.is_some() || template.is_some_and(Template::replayable));
-        let (outcome, retry, final_result) = match result {
-            Ok(sent) => {
-                let status = sent.0.status().as_u16();
-                let grpc = grpc_status(sent.0.headers());
-                let retry = call.retry.retry_status(status, grpc);
-                if !(retry && can_retry) {
-                    if retry && tries > 1 {
-                        ex.flags.set(Flags::URX);
-                    }
-                    record(shared, call, &up, Outcome::Status(status), now);
-                    ex.guards.in_flight = Some(guard);
-                    return Ok(sent);
-                }
-                (Outcome::Status(status), true, Ok(sent))
-            }
-            Err(Failed::Connect(e)) => {
-                note_connect_failure(shared, ex, &e);
-                tracing::debug!(upstream = %up.authority, error = %e, attempt = tries, "upstream connect failed");
-                let retried = tries > 1;
-                (
-                    Outcome::ConnectFailure,
-                    call.retry.retry_connect_failure(),
-                    Err(LocalReply::connect_failed(retried)),
-                )
-            }
-            Err(Failed::Downstream(local)) => {
-                ex.flags.set(local.flags);
-                return Err(local);
-            }
-            Err(Failed::Reset { refused }) => (
-                Outcome::Reset,
-                call.retry.retry_reset(refused),
-                Err(LocalReply::UPSTREAM_RESET),
-            ),
-            Err(Failed::Timeout) => (
-                Outcome::Timeout,
-                call.retry.retry_timeout(),
-                Err(LocalReply::TIMEOUT),
-            ),
+        let (outcome, retry, final_result) = match judge(shared, call, &up, result, tries, ex) {
+            Judged::Done(r) => return r,
+            Judged::Retriable(outcome, r) => (outcome, true, r),
+            Judged::Final(outcome, r) => (outcome, false, r),
         };
+        if final_result.is_ok() && !(retry && can_retry) {
+            // A response the policy would retry, with no retry left, is the client's answer.
+            if retry && tries > 1 {
+                ex.flags.set(Flags::URX);
+            }
+            record(shared, call, &up, outcome, now);
+            ex.guards.in_flight = Some(guard);
+            return final_result;
+        }
         record(shared, call, &up, outcome, now);
         drop(guard);
         if !(retry && can_retry) {
@@ -202,28 +177,14 @@ pub async fn send(
         tokio::time::sleep(call.retry.backoff(tries)).await;
         // The budget counts retries in flight, not waiting ones: occasional failures are
         // always retried, while in an outage retries cannot multiply the load.
-        if let Some(c) = call.cluster {
-            match c.breaker.try_retry(c.limits.max_retries) {
-                Ok(slot) => _retry_slot = Some(slot),
-                Err(_) => {
-                    shared
-                        .metrics
-                        .traffic
-                        .retry_overflow
-                        .with_label_values(&[&c.name])
-                        .inc();
-                    return final_result.map_err(|mut l| {
-                        l.flags.set(Flags::UO);
-                        l
-                    });
-                }
+        match retry_budget(shared, call) {
+            Ok(slot) => _retry_slot = slot,
+            Err(()) => {
+                return final_result.map_err(|mut l| {
+                    l.flags.set(Flags::UO);
+                    l
+                })
             }
-            shared
-                .metrics
-                .traffic
-                .retries
-                .with_label_values(&[&c.name])
-                .inc();
         }
         // The response being retried is dropped unread (its connection is not reused).
         drop(final_result);
@@ -233,6 +194,93 @@ pub async fn send(
             if next.is_none() {
                 return Err(LocalReply::UPSTREAM_RESET);
             }
+        }
+    }
+}
+
+/// What a try's result means for the request.
+enum Judged {
+    /// The request ends with the client's own failure.
+    Done(Result<Sent, LocalReply>),
+    /// The policy retries this, if a try is left.
+    Retriable(Outcome, Result<Sent, LocalReply>),
+    /// The policy does not retry this failure.
+    Final(Outcome, Result<Sent, LocalReply>),
+}
+
+/// Judges one try by the retry policy; a failure becomes the local reply the client gets if
+/// no retry follows.
+fn judge(
+    shared: &Shared,
+    call: &Call<'_>,
+    up: &Arc<Upstream>,
+    result: Result<Sent, Failed>,
+    tries: u32,
+    ex: &mut RequestCtx,
+) -> Judged {
+    let retried = tries > 1;
+    let (outcome, retry, r) = match result {
+        Ok(sent) => {
+            let status = sent.0.status().as_u16();
+            let grpc = grpc_status(sent.0.headers());
+            let retry = call.retry.retry_status(status, grpc);
+            (Outcome::Status(status), retry, Ok(sent))
+        }
+        Err(Failed::Connect(e)) => {
+            note_connect_failure(shared, ex, &e);
+            tracing::debug!(upstream = %up.authority, error = %e, attempt = tries, "upstream connect failed");
+            (
+                Outcome::ConnectFailure,
+                call.retry.retry_connect_failure(),
+                Err(LocalReply::connect_failed(retried)),
+            )
+        }
+        Err(Failed::Downstream(local)) => {
+            ex.flags.set(local.flags);
+            return Judged::Done(Err(local));
+        }
+        Err(Failed::Reset { refused }) => (
+            Outcome::Reset,
+            call.retry.retry_reset(refused),
+            Err(LocalReply::UPSTREAM_RESET),
+        ),
+        Err(Failed::Timeout) => (
+            Outcome::Timeout,
+            call.retry.retry_timeout(),
+            Err(LocalReply::TIMEOUT),
+        ),
+    };
+    if retry {
+        Judged::Retriable(outcome, r)
+    } else {
+        Judged::Final(outcome, r)
+    }
+}
+
+/// Takes a slot of the cluster's retry budget (none needed without a cluster); `Err` when
+/// the budget is spent, counted.
+fn retry_budget(shared: &Shared, call: &Call<'_>) -> Result<Option<RetrySlot>, ()> {
+    let Some(c) = call.cluster else {
+        return Ok(None);
+    };
+    match c.breaker.try_retry(c.limits.max_retries) {
+        Ok(slot) => {
+            shared
+                .metrics
+                .traffic
+                .retries
+                .with_label_values(&[&c.name])
+                .inc();
+            Ok(Some(slot))
+        }
+        Err(_) => {
+            shared
+                .metrics
+                .traffic
+                .retry_overflow
+                .with_label_values(&[&c.name])
+                .inc();
+            Err(())
         }
     }
 }

@@ -144,29 +144,7 @@ pub(super) async fn security(
         .inbound_security
         .with_label_values(&["mutual_tls"])
         .inc();
-    let inner = match alpn.as_deref() {
-        Some(ALPN_H2) => (Detected::Http2, Bytes::new()),
-        Some(ALPN_HTTP11) => (Detected::Http1, Bytes::new()),
-        _ => {
-            let hint = snap
-                .inbound_target(info.dst_port)
-                .map_or(Protocol::Auto, |t| t.protocol);
-            match detect_for(&mut stream, hint, false, snap.settings.detection_timeout).await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::debug!(peer = %info.peer, error = %e, "read failed after TLS handshake");
-                    return None;
-                }
-            }
-        }
-    };
-    let (proto, prefix) = inner;
-    // Mesh TLS carries no TLS inside as far as we are concerned: relay it as bytes.
-    let proto = if proto == Detected::Tls {
-        Detected::Tcp
-    } else {
-        proto
-    };
+    let (proto, prefix) = inner_protocol(snap, info, &mut stream, alpn.as_deref()).await?;
     Some((
         proto,
         DownstreamIo::Tls(Box::new(PrefixedIo::new(prefix, stream))),
@@ -191,4 +169,36 @@ pub(super) fn tcp_allowed(shared: &Shared, snap: &Snapshot, info: &ConnInfo, por
         );
     }
     decision.allowed()
+}
+
+/// The protocol inside mesh TLS: from ALPN, else detected (as the port declares it). Mesh
+/// TLS carries no TLS inside as far as we are concerned: that is relayed as bytes.
+async fn inner_protocol<I: tokio::io::AsyncRead + Unpin>(
+    snap: &Snapshot,
+    info: &ConnInfo,
+    stream: &mut I,
+    alpn: Option<&[u8]>,
+) -> Option<(Detected, Bytes)> {
+    let (proto, prefix) = match alpn {
+        Some(ALPN_H2) => (Detected::Http2, Bytes::new()),
+        Some(ALPN_HTTP11) => (Detected::Http1, Bytes::new()),
+        _ => {
+            let hint = snap
+                .inbound_target(info.dst_port)
+                .map_or(Protocol::Auto, |t| t.protocol);
+            match detect_for(stream, hint, false, snap.settings.detection_timeout).await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(peer = %info.peer, error = %e, "read failed after TLS handshake");
+                    return None;
+                }
+            }
+        }
+    };
+    let proto = if proto == Detected::Tls {
+        Detected::Tcp
+    } else {
+        proto
+    };
+    Some((proto, prefix))
 }

@@ -6,3 +6,6 @@ pub mod http;
 mod inbound;
 mod outbound;
 pub mod server;
+
+#[cfg(test)]
+mod tests;

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 
 use ::http::{Method, Request, Version};
-use halyard_filters::jwt::JwksStore;
 
 use super::*;
 use crate::ctx::ConnInfo;
@@ -102,10 +101,7 @@ virtualHosts:
 ";
 
 fn snapshot(extra: &str) -> Snapshot {
-    let yaml = format!("{SERVICES}{extra}");
-    let cfg = halyard_xds::parse_str(&yaml, std::path::Path::new("t.yaml")).expect("config");
-    let jwks = JwksStore::new(tokio_util::sync::CancellationToken::new());
-    Snapshot::build(cfg, None, &jwks).expect("snapshot")
+    crate::test_util::snapshot(&format!("{SERVICES}{extra}"))
 }
 
 /// One line for a target.
@@ -551,12 +547,7 @@ fn inbound_port_to_app() {
         ),
     ];
     check(table, |c| run_inbound(&snap, c));
-    let bare = {
-        let cfg = halyard_xds::parse_str("workload: {name: w}\n", std::path::Path::new("t.yaml"))
-            .expect("config");
-        let jwks = JwksStore::new(tokio_util::sync::CancellationToken::new());
-        Snapshot::build(cfg, None, &jwks).expect("snapshot")
-    };
+    let bare = crate::test_util::snapshot("workload: {name: w}\n");
     check(
         vec![(
             case("a workload without ports: NR", "/").dst("10.0.0.5:8080"),

@@ -43,6 +43,11 @@ impl AccessLog {
         Ok((Self { tx, dropped }, AccessLogWriter(handle)))
     }
 
+    /// Sends lines to `tx` instead of a writer thread (in-process tests read them there).
+    pub fn to(tx: SyncSender<String>, dropped: IntCounter) -> Self {
+        Self { tx, dropped }
+    }
+
     /// Queues one line (without its newline).
     pub fn write(&self, line: String) {
         match self.tx.try_send(line) {

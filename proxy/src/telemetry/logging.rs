@@ -18,7 +18,7 @@ pub struct LogControl {
 pub struct BadFilter(String, String);
 
 impl LogControl {
-    /// Applies a new filter such as `debug` or `info,halyard_proxy::http=trace`.
+    /// Applies a new filter such as `debug` or `info,halyard_proxy::exec=trace`.
     pub fn set(&self, filter: &str) -> Result<(), BadFilter> {
         let f = EnvFilter::try_new(filter).map_err(|e| BadFilter(filter.into(), e.to_string()))?;
         self.handle

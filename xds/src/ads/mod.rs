@@ -8,11 +8,13 @@
 //!   applier, ACKs or NACKs it, keeps the last good state across disconnects and reconnects
 //!   with jittered exponential backoff.
 //!
-//! Resources travel as `google.protobuf.Any` of Halyard's types (see [`types`]); in state-of-the-
-//! world responses each is wrapped in an `envoy.service.discovery.v3.Resource` so that it
-//! carries its name and version, as Envoy accepts.
+//! Resources travel as `google.protobuf.Any` of Halyard's types (the [`registry`] lists them,
+//! [`types`] packs and versions them); in state-of-the-world responses each is wrapped in an
+//! `envoy.service.discovery.v3.Resource` so that it carries its name and version, as Envoy
+//! accepts.
 
 pub mod proto;
+pub mod registry;
 pub mod types;
 
 mod client;
@@ -30,8 +32,7 @@ pub use proto::envoy::config::core::v3::Node;
 pub use server::{AdsServer, Authorizer, ServerConfig};
 pub use source::{MemorySource, ResourceMap, ResourceSource};
 pub use stats::{AdsMetrics, ConnectionSnapshot, NackRecord, StreamKind, TypeSnapshot};
-pub use types::{
-    pack, unpack, Any, Resource, State, UnpackError, XdsResource, AUTHORIZATION_POLICY_TYPE,
-    MESH_SETTINGS_NAME, MESH_SETTINGS_TYPE, REQUEST_AUTHENTICATION_TYPE, SERVICE_TYPE,
-    VIRTUAL_HOST_TYPE, WORKLOAD_TYPE,
-};
+// The registry: `ProxyResources`, its `Encoder`, and each type's URL const (`WORKLOAD_TYPE`,
+// ...), defined with its entry.
+pub use registry::*;
+pub use types::{pack, unpack, Any, Resource, State, UnpackError, XdsResource};

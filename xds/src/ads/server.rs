@@ -17,10 +17,10 @@ use super::proto::envoy::service::discovery::v3::aggregated_discovery_service_se
 use super::proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use super::registry::ProxyResources;
 use super::session::StreamCtx;
 use super::source::ResourceSource;
 use super::stats::{AdsMetrics, ConnectionHandle, ConnectionSnapshot, Connections, StreamKind};
-use super::types::HALYARD_TYPES;
 use super::{delta, sotw};
 
 /// Decides whether a node may open a stream: called with the node id of the first request and
@@ -33,7 +33,8 @@ type Opened<R> = (StreamCtx<R>, mpsc::Receiver<Result<R, Status>>);
 /// Tunables of an [`AdsServer`].
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// The type URLs served; requests for others are ignored. Default: Halyard's four types.
+    /// The type URLs served; requests for others are ignored. Default: every type of the
+    /// registry ([`ProxyResources::TYPE_URLS`]).
     pub types: Vec<String>,
     /// Responses queued per stream before the stream waits for the client to read.
     pub queue_capacity: usize,
@@ -46,7 +47,10 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            types: HALYARD_TYPES.iter().map(|t| t.to_string()).collect(),
+            types: ProxyResources::TYPE_URLS
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
             queue_capacity: 16,
             first_request_timeout: Duration::from_secs(30),
             control_plane_id: None,

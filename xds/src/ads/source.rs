@@ -108,6 +108,19 @@ impl MemorySource {
         });
     }
 
+    /// Replaces everything `node_id` gets with `state` (type URL → name → resource, as
+    /// [`ProxyResources::to_state`](super::ProxyResources::to_state) makes it), in one
+    /// generation bump.
+    pub fn set_node_state(&self, node_id: &str, state: super::types::State) {
+        let types: HashMap<String, Arc<ResourceMap>> = state
+            .into_iter()
+            .map(|(t, map)| (t, Arc::new(map)))
+            .collect();
+        self.update(|nodes| {
+            nodes.insert(node_id.to_string(), types);
+        });
+    }
+
     /// Forgets `node_id` entirely.
     pub fn remove_node(&self, node_id: &str) {
         self.update(|nodes| {
@@ -135,7 +148,8 @@ impl ResourceSource for MemorySource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ads::types::{Any, SERVICE_TYPE};
+    use crate::ads::types::Any;
+    use crate::ads::SERVICE_TYPE;
 
     #[test]
     fn set_put_delete_bump_the_generation() {

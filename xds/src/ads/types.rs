@@ -1,6 +1,7 @@
-//! Halyard's xDS resource types: their type URLs, packing to and from `google.protobuf.Any`
-//! (the `pbjson_types::Any` the rest of this crate uses), the named and versioned [`Resource`]
-//! both ends keep, and the content hashes used as versions.
+//! xDS resources in general: packing messages to and from `google.protobuf.Any` (the
+//! `pbjson_types::Any` the rest of this crate uses), the named and versioned [`Resource`] both
+//! ends keep, and the content hashes used as versions. Which types exist, and how each is
+//! named, is the [registry](super::registry)'s.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,38 +9,11 @@ use std::fmt::Write as _;
 use prost::Message;
 
 use super::proto::envoy::service::discovery::v3 as wire;
-use crate::{
-    AuthorizationPolicy, MeshSettings, RequestAuthentication, Service, VirtualHost, Workload,
-};
+use super::registry::{bare_name, Naming};
 
 /// `google.protobuf.Any` as used throughout this crate.
 pub type Any = pbjson_types::Any;
 
-/// The workload beside the proxy; one resource named by the node id.
-pub const WORKLOAD_TYPE: &str = "type.googleapis.com/halyard.config.v1.Workload";
-/// A service the proxy may send to; named by its `name`.
-pub const SERVICE_TYPE: &str = "type.googleapis.com/halyard.config.v1.Service";
-/// HTTP routing for a set of hosts; named by its `name`.
-pub const VIRTUAL_HOST_TYPE: &str = "type.googleapis.com/halyard.config.v1.VirtualHost";
-/// Proxy-wide settings; one resource named [`MESH_SETTINGS_NAME`].
-pub const MESH_SETTINGS_TYPE: &str = "type.googleapis.com/halyard.config.v1.MeshSettings";
-/// The name of the single [`MESH_SETTINGS_TYPE`] resource.
-pub const MESH_SETTINGS_NAME: &str = "mesh";
-/// An authorization policy selecting the workload; named by its `name` (`namespace/name`).
-pub const AUTHORIZATION_POLICY_TYPE: &str =
-    "type.googleapis.com/halyard.config.v1.AuthorizationPolicy";
-/// JWT rules selecting the workload; named by its `name` (`namespace/name`).
-pub const REQUEST_AUTHENTICATION_TYPE: &str =
-    "type.googleapis.com/halyard.config.v1.RequestAuthentication";
-/// Every resource type a Halyard proxy subscribes to.
-pub const HALYARD_TYPES: [&str; 6] = [
-    WORKLOAD_TYPE,
-    SERVICE_TYPE,
-    VIRTUAL_HOST_TYPE,
-    MESH_SETTINGS_TYPE,
-    AUTHORIZATION_POLICY_TYPE,
-    REQUEST_AUTHENTICATION_TYPE,
-];
 /// The type URL of `envoy.service.discovery.v3.Resource`, the wrapper that gives a
 /// state-of-the-world resource its name and version.
 pub const RESOURCE_WRAPPER_TYPE: &str = "type.googleapis.com/envoy.service.discovery.v3.Resource";
@@ -47,29 +21,13 @@ pub const RESOURCE_WRAPPER_TYPE: &str = "type.googleapis.com/envoy.service.disco
 /// Resource state as both ends keep it: type URL → resource name → resource.
 pub type State = BTreeMap<String, BTreeMap<String, Resource>>;
 
-/// A message that travels over xDS as a resource of its own type.
+/// A message that travels over xDS as a resource of its own type; implemented for each type
+/// of the [registry](super::registry).
 pub trait XdsResource: Message + Default + serde::Serialize {
     /// `type.googleapis.com/<full message name>`.
     const TYPE_URL: &'static str;
-}
-
-impl XdsResource for Workload {
-    const TYPE_URL: &'static str = WORKLOAD_TYPE;
-}
-impl XdsResource for Service {
-    const TYPE_URL: &'static str = SERVICE_TYPE;
-}
-impl XdsResource for VirtualHost {
-    const TYPE_URL: &'static str = VIRTUAL_HOST_TYPE;
-}
-impl XdsResource for MeshSettings {
-    const TYPE_URL: &'static str = MESH_SETTINGS_TYPE;
-}
-impl XdsResource for AuthorizationPolicy {
-    const TYPE_URL: &'static str = AUTHORIZATION_POLICY_TYPE;
-}
-impl XdsResource for RequestAuthentication {
-    const TYPE_URL: &'static str = REQUEST_AUTHENTICATION_TYPE;
+    /// How resources of this type are named.
+    const NAMING: Naming<Self>;
 }
 
 /// Why an `Any` could not be turned into a message or resource.
@@ -218,8 +176,9 @@ impl Resource {
     }
 
     /// Reads one resource of a state-of-the-world response of `type_url`: either wrapped in an
-    /// `envoy.service.discovery.v3.Resource`, or bare, its name then derived from its content
-    /// (Service, VirtualHost and the policies by `name`, MeshSettings is "mesh", Workload is `node_id`).
+    /// `envoy.service.discovery.v3.Resource`, or bare, its name then derived as its type's
+    /// [`Naming`] says (Service, VirtualHost and the policies by `name`, MeshSettings is
+    /// "mesh", Workload is `node_id`).
     pub fn from_sotw_any(type_url: &str, node_id: &str, any: Any) -> Result<Self, UnpackError> {
         if any.type_url == RESOURCE_WRAPPER_TYPE {
             let r =
@@ -235,15 +194,7 @@ impl Resource {
                 got: any.type_url,
             });
         }
-        let name = match type_url {
-            SERVICE_TYPE => unpack::<Service>(&any)?.name,
-            VIRTUAL_HOST_TYPE => unpack::<VirtualHost>(&any)?.name,
-            AUTHORIZATION_POLICY_TYPE => unpack::<AuthorizationPolicy>(&any)?.name,
-            REQUEST_AUTHENTICATION_TYPE => unpack::<RequestAuthentication>(&any)?.name,
-            MESH_SETTINGS_TYPE => MESH_SETTINGS_NAME.to_string(),
-            WORKLOAD_TYPE => node_id.to_string(),
-            _ => String::new(),
-        };
+        let name = bare_name(type_url, node_id, &any)?;
         if name.is_empty() {
             return Err(UnpackError::Unnamed(type_url.to_string()));
         }
@@ -322,6 +273,8 @@ fn write_canonical(v: &serde_json::Value, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ads::registry::{SERVICE_TYPE, VIRTUAL_HOST_TYPE, WORKLOAD_TYPE};
+    use crate::{Service, VirtualHost, Workload};
     use std::collections::HashMap;
 
     #[test]

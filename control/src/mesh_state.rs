@@ -1,35 +1,34 @@
-//! The configuration side of `serve --config DIR`: load and check the directory, translate it
-//! for every proxy, publish the result to the xDS server, watch the directory for changes
-//! (debounced) and serve `/metrics` and `/debug/connections` on the monitoring port.
+//! The mesh configuration in force (`serve --config DIR`): [`MeshState`] loads and checks the
+//! model, translates it for every proxy, publishes the result to the [`MemorySource`] the ADS
+//! server serves from, and watches the input for changes (debounced), keeping the last good
+//! configuration when an edit has errors. It does not speak xDS itself (`halyard_xds::ads` does).
+//! Also here: which node a stream may ask for ([`authorize`]) and the monitoring port
+//! (`/metrics`, `/debug/connections`, `/ready`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use halyard_xds::ads::{
-    AdsServer, MemorySource, Resource, AUTHORIZATION_POLICY_TYPE, MESH_SETTINGS_NAME,
-    MESH_SETTINGS_TYPE, REQUEST_AUTHENTICATION_TYPE, SERVICE_TYPE, VIRTUAL_HOST_TYPE,
-    WORKLOAD_TYPE,
-};
+use halyard_xds::ads::{AdsServer, Encoder, MemorySource};
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::ConnInfo;
-use crate::model::{load_dir, Severity};
+use crate::model::{ModelSource, Severity};
 use crate::translate::{translate, Placement, Translation};
 
-/// How often the directory is checked for changes.
+/// How often the input's fingerprint is checked for changes.
 const POLL: Duration = Duration::from_millis(150);
-/// A change is applied once the directory has been quiet this long (editors write in steps).
+/// A change is applied once the input has been quiet this long (editors write in steps).
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// The mesh configuration being served.
 pub struct MeshState {
-    dir: PathBuf,
+    /// Where the model is read from.
+    input: Box<dyn ModelSource>,
     placement: Placement,
     /// What proxies get.
     pub source: Arc<MemorySource>,
@@ -40,30 +39,34 @@ pub struct MeshState {
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
-#[error("{} problem(s) in {}:\n{}", .problems.len(), .dir.display(), .problems.join("\n"))]
+#[error("{} problem(s) in {}:\n{}", .problems.len(), .input, .problems.join("\n"))]
 pub struct ConfigError {
-    dir: PathBuf,
+    /// The input, as its source describes it.
+    input: String,
     problems: Vec<String>,
 }
 
 impl MeshState {
-    /// Loads, checks and translates `dir`; every error is reported at once.
-    pub fn load(dir: &Path, placement: Placement) -> Result<Arc<Self>, ConfigError> {
+    /// Loads, checks and translates the model of `input`; every error is reported at once.
+    pub fn load(
+        input: Box<dyn ModelSource>,
+        placement: Placement,
+    ) -> Result<Arc<Self>, ConfigError> {
         let registry = prometheus::Registry::new();
         let reloads = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "halyard_control_config_loads_total",
-                "Loads of the configuration directory, by result.",
+                "Loads of the mesh configuration, by result.",
             ),
             &["result"],
         )
         .map_err(|e| ConfigError {
-            dir: dir.into(),
+            input: input.describe(),
             problems: vec![e.to_string()],
         })?;
         let _ = registry.register(Box::new(reloads.clone()));
         let state = Arc::new(Self {
-            dir: dir.to_path_buf(),
+            input,
             placement,
             source: Arc::new(MemorySource::new()),
             nodes: Mutex::new(Vec::new()),
@@ -81,7 +84,7 @@ impl MeshState {
     }
 
     fn translate(&self) -> Result<Translation, ConfigError> {
-        let (model, diags) = load_dir(&self.dir);
+        let (model, diags) = self.input.load();
         let errors: Vec<String> = diags
             .iter()
             .filter(|d| d.severity == Severity::Error)
@@ -92,7 +95,7 @@ impl MeshState {
         }
         if !errors.is_empty() {
             return Err(ConfigError {
-                dir: self.dir.clone(),
+                input: self.input.describe(),
                 problems: errors,
             });
         }
@@ -109,65 +112,18 @@ impl MeshState {
         for gone in nodes.iter().filter(|n| !t.nodes.contains_key(*n)) {
             self.source.remove_node(gone);
         }
-        // Nodes of one namespace share their service and route sets (the same `Arc`): encode
-        // each set once and share the encoded resources too.
-        type Encoded = (Vec<Resource>, Vec<Resource>);
-        let mut encoded: Vec<(&Arc<Vec<halyard_xds::Service>>, Encoded)> = Vec::new();
+        // Nodes of one namespace share their service and route sets (the same `Arc`): the
+        // encoder encodes each set once and hands every node the encoded resources.
+        let mut encoder = Encoder::new();
         for (node, r) in &t.nodes {
-            let (services, vhosts) = match encoded.iter().find(|(k, _)| Arc::ptr_eq(k, &r.services))
-            {
-                Some((_, e)) => e.clone(),
-                None => {
-                    let e: Encoded = (
-                        r.services
-                            .iter()
-                            .map(|s| Resource::from_message(s.name.clone(), s))
-                            .collect(),
-                        r.virtual_hosts
-                            .iter()
-                            .map(|v| Resource::from_message(v.name.clone(), v))
-                            .collect(),
-                    );
-                    encoded.push((&r.services, e.clone()));
-                    e
-                }
-            };
-            self.source.set_node(
-                node,
-                [
-                    (
-                        WORKLOAD_TYPE.to_string(),
-                        vec![Resource::from_message(node.clone(), &r.workload)],
-                    ),
-                    (SERVICE_TYPE.to_string(), services),
-                    (VIRTUAL_HOST_TYPE.to_string(), vhosts),
-                    (
-                        MESH_SETTINGS_TYPE.to_string(),
-                        vec![Resource::from_message(MESH_SETTINGS_NAME, &r.mesh)],
-                    ),
-                    (
-                        AUTHORIZATION_POLICY_TYPE.to_string(),
-                        r.authorization
-                            .iter()
-                            .map(|p| Resource::from_message(p.name.clone(), p))
-                            .collect(),
-                    ),
-                    (
-                        REQUEST_AUTHENTICATION_TYPE.to_string(),
-                        r.authentication
-                            .iter()
-                            .map(|p| Resource::from_message(p.name.clone(), p))
-                            .collect(),
-                    ),
-                ],
-            );
+            self.source.set_node_state(node, encoder.encode(node, r));
         }
         *nodes = t.nodes.keys().cloned().collect();
         tracing::info!(proxies = nodes.len(), "configuration published");
     }
 
-    /// Re-reads the directory; a directory with errors is logged and the last good
-    /// configuration stays in force.
+    /// Re-reads the input; an input with errors is logged and the last good configuration
+    /// stays in force.
     pub fn reload(&self) {
         let started = Instant::now();
         match self.translate() {
@@ -186,23 +142,24 @@ impl MeshState {
         }
     }
 
-    /// Watches the directory until `cancel`, reloading (debounced) after changes.
+    /// Watches the input until `cancel` (polling its fingerprint), reloading (debounced)
+    /// after changes.
     pub async fn watch(self: Arc<Self>, cancel: CancellationToken) {
-        let mut seen = fingerprint(&self.dir);
+        let mut seen = self.input.fingerprint();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(POLL) => {}
             }
-            let now = fingerprint(&self.dir);
+            let now = self.input.fingerprint();
             if now == seen {
                 continue;
             }
-            // Wait until the files stop changing.
+            // Wait until the input stops changing.
             let mut settled = now;
             loop {
                 tokio::time::sleep(DEBOUNCE).await;
-                let again = fingerprint(&self.dir);
+                let again = self.input.fingerprint();
                 if again == settled {
                     break;
                 }
@@ -214,28 +171,6 @@ impl MeshState {
             let _ = tokio::task::spawn_blocking(move || me.reload()).await;
         }
     }
-}
-
-/// Names, sizes and modification times of the directory's YAML files.
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            let Ok(m) = e.metadata() else { continue };
-            if m.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
-                out.push((p, m.len(), m.modified().ok()));
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Allows a stream when the node's namespace is the caller's: over TLS the client

@@ -1,0 +1,285 @@
+//! A whole proxy in-process for tests: configuration from YAML text, listeners on port 0,
+//! access-log lines read from a channel, an echo app and a small HTTP/1.1 client.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use halyard_filters::jwt::JwksStore;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{self, AccessLogTo, Addrs, Options};
+use crate::live::Live;
+use crate::snapshot::Snapshot;
+
+/// How long a test waits for anything before it fails.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A snapshot built from a static configuration's YAML.
+pub fn snapshot(yaml: &str) -> Snapshot {
+    let cfg = halyard_xds::parse_str(yaml, std::path::Path::new("test.yaml")).expect("config");
+    let jwks = JwksStore::new(Default::default());
+    Snapshot::build(cfg, None, &jwks).expect("snapshot")
+}
+
+/// A proxy serving in this process until dropped or stopped.
+pub struct TestProxy {
+    /// Where it listens.
+    pub addrs: Addrs,
+    shutdown: CancellationToken,
+    logs: Receiver<String>,
+    task: Option<JoinHandle<()>>,
+    file: PathBuf,
+}
+
+impl TestProxy {
+    /// Starts a proxy with the static configuration `yaml`, every listener on port 0.
+    pub async fn start(yaml: &str) -> Self {
+        let file = std::env::temp_dir().join(format!(
+            "halyard-test-{}-{}.yaml",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::write(&file, yaml).expect("write config");
+        let jwks = JwksStore::new(Default::default());
+        let live = Live::from_file(&file, jwks).expect("config");
+        let any = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let opts = Options {
+            outbound: any,
+            inbound: any,
+            admin: any,
+            stats: any,
+            admin_address_path: None,
+            drain_timeout: Duration::from_secs(2),
+            identity: None,
+            xds: None,
+        };
+        let (tx, logs) = sync_channel(1024);
+        let bound = app::bind(opts, live, None, AccessLogTo::Channel(tx))
+            .await
+            .expect("bind");
+        let addrs = bound.addrs;
+        let shutdown = bound.shutdown();
+        let task = tokio::spawn(async move {
+            let _ = bound.serve().await;
+        });
+        Self {
+            addrs,
+            shutdown,
+            logs,
+            task: Some(task),
+            file,
+        }
+    }
+
+    /// The first access-log entry (as JSON) for which `pred` holds, waiting for it.
+    pub async fn wait_log(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let end = Instant::now() + DEADLINE;
+        let mut seen = Vec::new();
+        while Instant::now() < end {
+            while let Ok(line) = self.logs.try_recv() {
+                let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+                if pred(&v) {
+                    return v;
+                }
+                seen.push(line);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no access-log entry for {what}; saw:\n{}", seen.join("\n"));
+    }
+
+    /// Drains and stops the proxy.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(DEADLINE, t).await;
+        }
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// An HTTP/1.1 app that answers every request with JSON describing it: its name, method,
+/// path and query, protocol and headers. `?status=N` sets the status, `?delay_ms=N` waits
+/// first.
+pub struct Echo {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Echo {
+    /// Starts an echo app named `name` on a free port.
+    pub async fn start(name: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        let addr = listener.local_addr().expect("echo address");
+        let name: Arc<str> = name.into();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| echo(name.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Self { addr, task }
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn query_num(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.parse().ok()).flatten()
+    })
+}
+
+async fn echo(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(ms) = query_num(&req, "delay_ms") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let status = query_num(&req, "status").unwrap_or(200) as u16;
+    let headers: BTreeMap<&str, &str> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.to_str().unwrap_or("")))
+        .collect();
+    let doc = serde_json::json!({
+        "workload": &*name,
+        "method": req.method().as_str(),
+        "path": req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        "protocol": format!("{:?}", req.version()),
+        "headers": headers,
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(doc.to_string())));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    Ok(resp)
+}
+
+/// A response as a test looks at it.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Response headers.
+    pub headers: http::HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON (the echo app's answer).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends one HTTP/1.1 request on a new connection to `addr` and reads the whole response.
+pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let stream = tokio::time::timeout(DEADLINE, TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new())).expect("request");
+    let resp = tokio::time::timeout(DEADLINE, sender.send_request(req))
+        .await
+        .expect("response in time")
+        .expect("response");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = tokio::time::timeout(DEADLINE, resp.into_body().collect())
+        .await
+        .expect("body in time")
+        .expect("body")
+        .to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A GET to `addr` with the given `Host`.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
+    send(addr, "GET", path, &[("host", host)]).await
+}
+
+/// The static configuration of a sidecar whose app is `echo_port` and which knows one
+/// HTTP service, `echo.local`, at that port; `extra` is appended (more services, routes).
+pub fn echo_config(echo_port: u16, extra: &str) -> String {
+    format!(
+        "version: test-1
+workload:
+  name: app
+  namespace: default
+  ports:
+    - port: 8080
+      appAddress: 127.0.0.1:{echo_port}
+services:
+  - name: echo.default.svc.cluster.local
+    hosts: [echo.local]
+    ports:
+      - port: 80
+        protocol: HTTP
+        targetPort: {echo_port}
+    endpoints:
+      - address: 127.0.0.1
+    connectTimeout: 1s
+{extra}"
+    )
+}
+
+/// A port nothing listens on (bound, noted, closed).
+pub fn dead_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("address").port()
+}
