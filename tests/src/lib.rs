@@ -819,3 +819,24 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
+
+/// Runs the proxy on the config file at `path` until it exits (a config it refuses), every
+/// listener on port 0; its exit code and stderr.
+pub fn run_proxy_on(path: &Path) -> (Option<i32>, String) {
+    let out = Command::new(proxy_bin())
+        .arg("--config")
+        .arg(path)
+        .args([
+            "--outbound-addr",
+            "127.0.0.1:0",
+            "--inbound-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--admin-addr", "127.0.0.1:0", "--stats-addr", "127.0.0.1:0"])
+        .output()
+        .expect("run the proxy");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -117,22 +117,7 @@ fn run_with_config(name: &str, text: &str) -> (Option<i32>, String) {
     let dir = TempDir::new("badcfg");
     let path = dir.path().join(name);
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(proxy_bin())
-        .arg("--config")
-        .arg(&path)
-        .args([
-            "--outbound-addr",
-            "127.0.0.1:0",
-            "--inbound-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--admin-addr", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_proxy_on(&path)
 }
 
 #[test]

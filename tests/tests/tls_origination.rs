@@ -36,61 +36,28 @@ impl Pki {
 
     /// A self-signed CA named `name`.
     fn ca(&self, name: &str) -> Cred {
-        let cred = Cred {
-            cert: self.path(&format!("{name}.pem")),
-            key: self.path(&format!("{name}-key.pem")),
-        };
-        openssl(
-            self.dir.path(),
+        self.req(
+            name,
+            &[],
             &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
                 "-days",
                 "2",
-                "-subj",
-                &format!("/CN={name}"),
                 "-addext",
                 "basicConstraints=critical,CA:TRUE",
                 "-addext",
                 "keyUsage=critical,keyCertSign,cRLSign",
-                "-keyout",
-                s(&cred.key),
-                "-out",
-                s(&cred.cert),
             ],
-        );
-        cred
+        )
     }
 
     /// A leaf named `name` for `san` (e.g. `DNS:a.test`), signed by `ca`.
     fn leaf(&self, ca: &Cred, name: &str, san: &str) -> Cred {
-        let cred = Cred {
-            cert: self.path(&format!("{name}.pem")),
-            key: self.path(&format!("{name}-key.pem")),
-        };
-        openssl(
-            self.dir.path(),
+        self.req(
+            name,
+            &["-CA", s(&ca.cert), "-CAkey", s(&ca.key)],
             &[
-                "req",
-                "-x509",
-                "-CA",
-                s(&ca.cert),
-                "-CAkey",
-                s(&ca.key),
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
                 "-days",
                 "1",
-                "-subj",
-                &format!("/CN={name}"),
                 "-addext",
                 &format!("subjectAltName={san}"),
                 "-addext",
@@ -99,12 +66,32 @@ impl Pki {
                 "keyUsage=critical,digitalSignature",
                 "-addext",
                 "extendedKeyUsage=serverAuth,clientAuth",
-                "-keyout",
-                s(&cred.key),
-                "-out",
-                s(&cred.cert),
             ],
-        );
+        )
+    }
+
+    /// `openssl req -x509` for a P-256 key named `name`: `signer` names the issuing CA (none:
+    /// self-signed), `ext` the validity and extensions.
+    fn req(&self, name: &str, signer: &[&str], ext: &[&str]) -> Cred {
+        let cred = Cred {
+            cert: self.path(&format!("{name}.pem")),
+            key: self.path(&format!("{name}-key.pem")),
+        };
+        let subject = format!("/CN={name}");
+        let mut args = vec!["req", "-x509"];
+        args.extend_from_slice(signer);
+        args.extend_from_slice(&[
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &subject,
+        ]);
+        args.extend_from_slice(ext);
+        args.extend_from_slice(&["-keyout", s(&cred.key), "-out", s(&cred.cert)]);
+        openssl(self.dir.path(), &args);
         cred
     }
 }
@@ -419,26 +406,11 @@ fn nginx_simple_and_mutual() {
     );
 }
 
-/// Runs the proxy on `config` (in `dir`) until it exits; its exit code and stderr.
+/// Runs the proxy on `config` (written in `dir`) until it exits; its exit code and stderr.
 fn refused(dir: &Path, config: &str) -> (Option<i32>, String) {
     let path = dir.join("proxy.yaml");
     std::fs::write(&path, config).expect("config");
-    let out = Command::new(proxy_bin())
-        .arg("--config")
-        .arg(&path)
-        .args([
-            "--outbound-addr",
-            "127.0.0.1:0",
-            "--inbound-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--admin-addr", "127.0.0.1:0", "--stats-addr", "127.0.0.1:0"])
-        .output()
-        .expect("run the proxy");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_proxy_on(&path)
 }
 
 #[test]
