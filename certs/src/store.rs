@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::client::ResolvesClientCert;
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::SignatureScheme;
@@ -53,6 +53,35 @@ impl CertStore {
     /// Installs a certificate chain (PEM, leaf first) for `key` after checking that it is
     /// for this identity, matches the key and verifies against the trust bundle.
     pub fn install(&self, key: &WorkloadKey, chain_pem: &[String]) -> Result<Arc<Leaf>, Error> {
+        self.install_der(key.private_der(), chain_pem)
+    }
+
+    /// As [`install`](Self::install), with the private key as PEM text (PKCS#8, SEC1 or
+    /// PKCS#1), as certificate files written by another tool hold it. The key goes straight
+    /// into the rustls signing key; no error message quotes it.
+    pub fn install_key_pem(
+        &self,
+        key_pem: &[u8],
+        chain_pem: &[String],
+    ) -> Result<Arc<Leaf>, Error> {
+        use rustls::pki_types::pem::PemObject;
+        // The parser's messages may quote a line or byte of the input: say only what failed.
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
+            Error::Invalid(match e {
+                rustls::pki_types::pem::Error::NoItemsFound => {
+                    "no private key (a PKCS#8, SEC1 or PKCS#1 PEM block)".into()
+                }
+                _ => "malformed PEM in the private key".into(),
+            })
+        })?;
+        self.install_der(key, chain_pem)
+    }
+
+    fn install_der(
+        &self,
+        key: PrivateKeyDer<'static>,
+        chain_pem: &[String],
+    ) -> Result<Arc<Leaf>, Error> {
         let mut chain: Vec<CertificateDer<'static>> = Vec::new();
         for pem in chain_pem {
             chain.extend(certs_from_pem(pem)?);
@@ -76,7 +105,7 @@ impl CertStore {
             .filter_map(|c| cert_info(c).ok())
             .collect();
         let provider = rustls::crypto::ring::default_provider();
-        let signing = provider.key_provider.load_private_key(key.private_der())?;
+        let signing = provider.key_provider.load_private_key(key)?;
         // Roots are not sent: peers have them, and it saves bytes on every handshake.
         let roots = bundle.roots();
         let sent: Vec<_> = chain.into_iter().filter(|c| !roots.contains(c)).collect();

@@ -382,3 +382,64 @@ fn renewal_swaps_the_certificate_for_new_handshakes() {
     assert!(store.install(&key, &mismatched).is_err());
     assert_eq!(store.current().unwrap().info.serial, second);
 }
+
+/// A key made with rcgen (as another tool would write it) and a CSR for `who` signed by it.
+fn pem_key_and_csr(who: &SpiffeId) -> (KeyPair, String) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(who.as_str().try_into().unwrap())];
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    (key, csr)
+}
+
+#[test]
+fn a_key_from_pem_text_installs_and_errors_never_quote_it() {
+    let ca = ca("cluster.local");
+    let me = id("spiffe://cluster.local/ns/a/sa/files");
+    let store = CertStore::new(me.clone(), bundle(&ca));
+    let (key, csr) = pem_key_and_csr(&me);
+    let chain = ca.sign_csr(&csr, &me, None).unwrap();
+    // PKCS#8 (`BEGIN PRIVATE KEY`).
+    let leaf = store
+        .install_key_pem(key.serialize_pem().as_bytes(), &chain)
+        .unwrap();
+    assert_eq!(leaf.info.identity.as_ref(), Some(&me));
+    // SEC1 (`BEGIN EC PRIVATE KEY`), as older openssl writes EC keys: the same key in the
+    // other container; rustls reads both.
+    let sec1 = ::pem::Pem::new("EC PRIVATE KEY", sec1_of(&key.serialize_der()));
+    let again = store
+        .install_key_pem(::pem::encode(&sec1).as_bytes(), &chain)
+        .unwrap();
+    assert_eq!(again.info.serial, leaf.info.serial);
+
+    // Another key than the certificate's, no key, and garbage: refused, the certificate in
+    // service stays, and no message repeats the input.
+    let (other, _) = pem_key_and_csr(&me);
+    let secret = other.serialize_pem();
+    let e = store
+        .install_key_pem(secret.as_bytes(), &chain)
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains(&secret[30..60]), "{e}");
+    let body: String = secret.lines().nth(1).unwrap().into();
+    for bad in [
+        String::new(),
+        format!("-----BEGIN PRIVATE KEY-----\n{body}!!\n-----END PRIVATE KEY-----\n"),
+    ] {
+        let e = store
+            .install_key_pem(bad.as_bytes(), &chain)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("private key"), "{e}");
+        assert!(!e.contains(&body[..20]), "{e}");
+    }
+    assert_eq!(store.current().unwrap().info.serial, leaf.info.serial);
+}
+
+/// The SEC1 `ECPrivateKey` inside a P-256 PKCS#8 document (its `privateKey` OCTET STRING).
+fn sec1_of(pkcs8: &[u8]) -> Vec<u8> {
+    // PKCS#8: SEQUENCE { INTEGER 0, AlgorithmIdentifier, OCTET STRING { ECPrivateKey } }.
+    let (_, doc) = x509_parser::der_parser::der::parse_der_sequence(pkcs8).unwrap();
+    let items = doc.as_sequence().unwrap();
+    items[2].as_slice().unwrap().to_vec()
+}

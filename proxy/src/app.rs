@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{Admin, Scope};
 use crate::ctx::ListenerKind;
+use crate::identity::IdentitySource;
 use crate::listeners::accept;
 use crate::live::Live;
 use crate::shared::Shared;
@@ -36,8 +37,9 @@ pub struct Options {
     pub admin_address_path: Option<PathBuf>,
     /// How long to wait for in-flight work on shutdown.
     pub drain_timeout: Duration,
-    /// How to obtain a workload certificate; none runs without identity (plaintext only).
-    pub identity: Option<crate::identity::IdentityOptions>,
+    /// Where the workload certificate comes from (the CA, or PEM files); none runs without
+    /// identity (plaintext only).
+    pub identity: Option<crate::identity::IdentitySource>,
     /// Configuration from the control server over xDS (else from the file).
     pub xds: Option<crate::discovery::XdsOptions>,
 }
@@ -201,9 +203,7 @@ fn shared_state(
     };
     Ok(Arc::new(Shared {
         tracers: crate::telemetry::tracers::Tracers::new(metrics.trace.clone()),
-        principal: identity
-            .as_ref()
-            .map(|i| i.options.identity.to_string().into()),
+        principal: identity.as_ref().map(|i| i.id().to_string().into()),
         identity,
         mtls,
         xds_status: std::sync::OnceLock::new(),
@@ -287,7 +287,14 @@ impl Bound {
 /// Certificate rotation and the control-server connection, when configured.
 fn start_background(shared: &Arc<Shared>, opts: &Options) {
     if let Some(identity) = &shared.identity {
-        tracing::info!(identity = %identity.options.identity, ca = %identity.options.ca_addr, "requesting a workload certificate");
+        match &identity.source {
+            IdentitySource::Ca(o) => {
+                tracing::info!(identity = %identity.id(), ca = %o.ca_addr, "requesting a workload certificate");
+            }
+            IdentitySource::Files(f) => {
+                tracing::info!(identity = %identity.id(), cert_chain = %f.cert_chain.display(), "workload certificate from files");
+            }
+        }
         shared.tasks.spawn(crate::identity::run_rotation(
             identity.clone(),
             shared.metrics.cert_expiry.clone(),

@@ -55,10 +55,7 @@ pub async fn run(shared: std::sync::Arc<crate::shared::Shared>, opts: XdsOptions
         let shutdown = shutdown.clone();
         async move {
             // Over TLS the control server knows us by our certificate: wait for it.
-            if let Some(id) = identity
-                .as_ref()
-                .filter(|i| i.options.ca_root_file.is_some())
-            {
+            if let Some(id) = identity.as_ref().filter(|i| i.control_over_tls()) {
                 while !id.ready() {
                     tokio::select! {
                         _ = shutdown.cancelled() => return Err("shutting down".to_string()),

@@ -9,7 +9,7 @@ use clap::Parser;
 use halyard_certs::SpiffeId;
 use halyard_filters::jwt::JwksStore;
 use halyard_proxy::app::{self, Options};
-use halyard_proxy::identity::IdentityOptions;
+use halyard_proxy::identity::{CertFiles, IdentityOptions, IdentitySource};
 use halyard_proxy::live::Live;
 use halyard_proxy::telemetry::logging;
 use halyard_xds::parse_duration;
@@ -65,11 +65,11 @@ struct Args {
     /// The CA's gRPC address (Istio's certificate service); enables identity and mTLS.
     #[arg(long, env = "CA_ADDR")]
     ca_addr: Option<String>,
-    /// Root certificates (PEM) trusted for the CA and mesh peers; without it the CA is
-    /// reached in plaintext (development only).
+    /// Root certificates (PEM) trusted for the control server and mesh peers; without it the
+    /// CA is reached in plaintext (development only). Required with `--cert-chain-file`.
     #[arg(long)]
     ca_root_file: Option<PathBuf>,
-    /// Expected SPIFFE ID of the CA server (default spiffe://TD/ns/halyard-system/sa/halyard-control).
+    /// Expected SPIFFE ID of the control server, CA and xDS (default spiffe://TD/ns/halyard-system/sa/halyard-control).
     #[arg(long)]
     ca_identity: Option<String>,
     /// File holding the bearer token presented to the CA.
@@ -87,13 +87,21 @@ struct Args {
     /// Requested certificate lifetime, e.g. `24h`.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     cert_ttl: Duration,
+    /// The workload's certificate chain (PEM, leaf first) from a file that another tool keeps
+    /// current, instead of the CA; with `--key-file` and `--ca-root-file`. Re-read on change.
+    #[arg(long, conflicts_with = "ca_addr", requires_all = ["key_file", "ca_root_file"])]
+    cert_chain_file: Option<PathBuf>,
+    /// The private key of `--cert-chain-file` (PEM: PKCS#8, SEC1 or PKCS#1).
+    #[arg(long, requires = "cert_chain_file")]
+    key_file: Option<PathBuf>,
 }
 
-/// The identity options from flags and the config's workload, when `--ca-addr` is set.
-fn identity_options(args: &Args, live: &Live) -> Result<Option<IdentityOptions>, String> {
-    let Some(ca_addr) = args.ca_addr.clone() else {
+/// Where the identity comes from, by flags and the config's workload: the CA with
+/// `--ca-addr`, files with `--cert-chain-file`, else none.
+fn identity_options(args: &Args, live: &Live) -> Result<Option<IdentitySource>, String> {
+    if args.ca_addr.is_none() && args.cert_chain_file.is_none() {
         return Ok(None);
-    };
+    }
     let snap = live.load();
     let workload = snap.config.workload.clone().unwrap_or_default();
     let namespace = args
@@ -112,14 +120,36 @@ fn identity_options(args: &Args, live: &Live) -> Result<Option<IdentityOptions>,
         Some(s) => Some(SpiffeId::parse(s).map_err(|e| format!("--ca-identity: {e}"))?),
         None => None,
     };
-    Ok(Some(IdentityOptions {
+    let Some(ca_addr) = args.ca_addr.clone() else {
+        return cert_files(args, identity, ca_identity).map(Some);
+    };
+    Ok(Some(IdentitySource::Ca(IdentityOptions {
         ca_addr,
         ca_root_file: args.ca_root_file.clone(),
         ca_identity,
         token_file: args.ca_token_file.clone(),
         identity,
         cert_ttl: args.cert_ttl,
-    }))
+    })))
+}
+
+/// The certificate files of `--cert-chain-file`, `--key-file` and `--ca-root-file`.
+fn cert_files(
+    args: &Args,
+    identity: SpiffeId,
+    control_identity: Option<SpiffeId>,
+) -> Result<IdentitySource, String> {
+    // clap already requires the three together; this names them if it ever does not.
+    match (&args.cert_chain_file, &args.key_file, &args.ca_root_file) {
+        (Some(chain), Some(key), Some(roots)) => Ok(IdentitySource::Files(CertFiles {
+            identity,
+            cert_chain: chain.clone(),
+            key: key.clone(),
+            roots: roots.clone(),
+            control_identity,
+        })),
+        _ => Err("--cert-chain-file needs --key-file and --ca-root-file".into()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -222,5 +252,32 @@ fn main() -> ExitCode {
             eprintln!("halyard-proxy: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from([&["halyard-proxy", "--config", "c.yaml"], args].concat())
+    }
+
+    #[test]
+    fn certificate_files_come_as_a_set_instead_of_the_ca() {
+        let files = [
+            "--cert-chain-file",
+            "chain.pem",
+            "--key-file",
+            "key.pem",
+            "--ca-root-file",
+            "root.pem",
+        ];
+        let a = parse(&files).expect("the three files");
+        assert_eq!(a.key_file.as_deref(), Some(std::path::Path::new("key.pem")));
+        assert!(parse(&files[..4]).is_err(), "no roots");
+        assert!(parse(&files[2..]).is_err(), "a key without a chain");
+        let with_ca = [&files[..], &["--ca-addr", "127.0.0.1:15012"]].concat();
+        assert!(parse(&with_ca).is_err(), "files and a CA at once");
     }
 }

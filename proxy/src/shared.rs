@@ -24,7 +24,7 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Connection and tunnel tasks, awaited while draining.
     pub tasks: TaskTracker,
-    /// The workload's identity, when the proxy has one (`--ca-addr`).
+    /// The workload's identity, when the proxy has one (`--ca-addr` or `--cert-chain-file`).
     pub identity: Option<Arc<Identity>>,
     /// That identity's SPIFFE ID as text, for metric labels and spans.
     pub principal: Option<Arc<str>>,

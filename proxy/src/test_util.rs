@@ -1,5 +1,6 @@
 //! A whole proxy in-process for tests: configuration from YAML text, listeners on port 0,
-//! access-log lines read from a channel, an echo app and a small HTTP/1.1 client.
+//! access-log lines read from a channel, a fake CA giving it a workload identity, an echo app
+//! and a small HTTP/1.1 client.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use halyard_certs::{CaPolicy, CertificateAuthority, SpiffeId};
 use halyard_filters::jwt::JwksStore;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -20,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, AccessLogTo, Addrs, Options};
+use crate::identity::{CertFiles, IdentitySource};
 use crate::live::Live;
 use crate::snapshot::Snapshot;
 
@@ -46,6 +49,11 @@ pub struct TestProxy {
 impl TestProxy {
     /// Starts a proxy with the static configuration `yaml`, every listener on port 0.
     pub async fn start(yaml: &str) -> Self {
+        Self::start_with(yaml, None).await
+    }
+
+    /// As [`start`](Self::start), with a workload identity (see [`FakeCa::identity`]).
+    pub async fn start_with(yaml: &str, identity: Option<IdentitySource>) -> Self {
         let file = std::env::temp_dir().join(format!(
             "halyard-test-{}-{}.yaml",
             std::process::id(),
@@ -62,7 +70,7 @@ impl TestProxy {
             stats: any,
             admin_address_path: None,
             drain_timeout: Duration::from_secs(2),
-            identity: None,
+            identity,
             xds: None,
         };
         let (tx, logs) = sync_channel(1024);
@@ -102,6 +110,19 @@ impl TestProxy {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("no access-log entry for {what}; saw:\n{}", seen.join("\n"));
+    }
+
+    /// The first Prometheus sample starting with `sample` (name and labels as printed), or 0.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = get(self.addrs.admin, "admin", "/stats/prometheus")
+            .await
+            .text();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find(|l| l.starts_with(sample))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// Drains and stops the proxy.
@@ -217,35 +238,50 @@ impl Reply {
 
 /// Sends one HTTP/1.1 request on a new connection to `addr` and reads the whole response.
 pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    try_send(addr, method, path, headers)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path} to {addr}: {e}"))
+}
+
+/// As [`send`], with what went wrong instead of a panic (a refused or closed connection).
+pub async fn try_send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
+    let late = |what: &str| format!("no {what} within {DEADLINE:?}");
     let stream = tokio::time::timeout(DEADLINE, TcpStream::connect(addr))
         .await
-        .expect("connect in time")
-        .expect("connect");
+        .map_err(|_| late("connection"))?
+        .map_err(|e| format!("connect: {e}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .expect("handshake");
+        .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(conn);
     let mut req = Request::builder().method(method).uri(path);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req.body(Full::new(Bytes::new())).expect("request");
+    let req = req
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| format!("request: {e}"))?;
     let resp = tokio::time::timeout(DEADLINE, sender.send_request(req))
         .await
-        .expect("response in time")
-        .expect("response");
+        .map_err(|_| late("response"))?
+        .map_err(|e| format!("response: {e}"))?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = tokio::time::timeout(DEADLINE, resp.into_body().collect())
         .await
-        .expect("body in time")
-        .expect("body")
+        .map_err(|_| late("body"))?
+        .map_err(|e| format!("body: {e}"))?
         .to_bytes();
-    Reply {
+    Ok(Reply {
         status,
         headers,
         body,
-    }
+    })
 }
 
 /// A GET to `addr` with the given `Host`.
@@ -282,4 +318,91 @@ services:
 pub fn dead_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("address").port()
+}
+
+/// The SPIFFE ID of service account `sa` in namespace `default` of `cluster.local`.
+pub fn spiffe_id(sa: &str) -> SpiffeId {
+    SpiffeId::workload("cluster.local", "default", sa).expect("valid SPIFFE ID")
+}
+
+/// A test CA: an in-memory `cluster.local` root issuing workload certificates as PEM files.
+pub struct FakeCa {
+    ca: CertificateAuthority,
+    dir: PathBuf,
+}
+
+impl FakeCa {
+    /// A new root, its files in a fresh temporary directory (removed on drop).
+    pub fn new() -> Self {
+        let ca = CertificateAuthority::self_signed("cluster.local", CaPolicy::default())
+            .expect("self-signed root");
+        let dir = std::env::temp_dir().join(format!(
+            "halyard-test-ca-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).expect("CA directory");
+        std::fs::write(dir.join("root-cert.pem"), ca.roots_pem().concat()).expect("write root");
+        Self { ca, dir }
+    }
+
+    /// Issues a certificate for `sa` (see [`spiffe_id`]): the identity of a proxy presenting it.
+    pub fn identity(&self, sa: &str) -> IdentitySource {
+        self.identity_for(&spiffe_id(sa))
+    }
+
+    /// Issues a key (mode 0600) and certificate for `id`: a proxy identity from those files.
+    pub fn identity_for(&self, id: &SpiffeId) -> IdentitySource {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let key = rcgen::KeyPair::generate().expect("workload key");
+        let mut params = rcgen::CertificateParams::default();
+        let uri = id.as_str().try_into().expect("URI SAN");
+        params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
+        let csr = params.serialize_request(&key).expect("CSR");
+        let chain = self
+            .ca
+            .sign_csr(
+                &csr.pem().expect("CSR PEM"),
+                id,
+                Some(Duration::from_secs(3600)),
+            )
+            .expect("signed");
+        let name = format!(
+            "{}-{}",
+            id.service_account().unwrap_or("id"),
+            fastrand::u32(..)
+        );
+        let (cert_chain, key_file) = (
+            self.dir.join(format!("{name}-chain.pem")),
+            self.dir.join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&cert_chain, chain.concat()).expect("write chain");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_file)
+            .and_then(|mut f| f.write_all(key.serialize_pem().as_bytes()))
+            .expect("write key");
+        IdentitySource::Files(CertFiles {
+            identity: id.clone(),
+            cert_chain,
+            key: key_file,
+            roots: self.dir.join("root-cert.pem"),
+            control_identity: None,
+        })
+    }
+}
+
+impl Drop for FakeCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Default for FakeCa {
+    fn default() -> Self {
+        Self::new()
+    }
 }

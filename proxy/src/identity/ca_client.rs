@@ -26,15 +26,13 @@ impl CaClient {
         CaClient { identity }
     }
 
-    async fn channel(&self) -> Result<Channel, String> {
-        let opts = &self.identity.options;
-        control_channel(Some(&self.identity), &opts.ca_addr, Some(REQUEST_TIMEOUT)).await
-    }
-
     /// Sends a CSR to the CA; the signed chain, leaf first, as PEM.
     pub async fn create_certificate(&self, csr: String) -> Result<Vec<String>, String> {
-        let opts = &self.identity.options;
-        let channel = self.channel().await?;
+        let Some(opts) = self.identity.ca() else {
+            return Err("the identity does not come from a CA".into());
+        };
+        let channel =
+            control_channel(Some(&self.identity), &opts.ca_addr, Some(REQUEST_TIMEOUT)).await?;
         let mut client = IstioCertificateServiceClient::new(channel);
         let mut req = tonic::Request::new(IstioCertificateRequest {
             csr,
@@ -63,9 +61,9 @@ impl CaClient {
     }
 }
 
-/// A gRPC channel to the control server at `addr` (CA or xDS): with `--ca-root-file`, TLS that
-/// accepts only the control server's SPIFFE ID and presents the workload certificate once
-/// there is one; otherwise plaintext (development). `request_timeout` must be `None` for
+/// A gRPC channel to the control server at `addr` (CA or xDS): with `--ca-root-file` (or
+/// certificate files), TLS that accepts only the control server's SPIFFE ID and presents the
+/// workload certificate once there is one; otherwise plaintext (development). `request_timeout` must be `None` for
 /// long-lived streams.
 pub async fn control_channel(
     identity: Option<&Identity>,
@@ -80,17 +78,16 @@ pub async fn control_channel(
     if let Some(t) = request_timeout {
         endpoint = endpoint.timeout(t);
     }
-    let Some(identity) = identity.filter(|i| i.options.ca_root_file.is_some()) else {
+    let Some(identity) = identity.filter(|i| i.control_over_tls()) else {
         return endpoint
             .connect()
             .await
             .map_err(|e| format!("connect to {addr}: {e}"));
     };
-    let opts = &identity.options;
-    let expected = match &opts.ca_identity {
+    let expected = match identity.control_identity() {
         Some(id) => id.clone(),
         None => SpiffeId::workload(
-            opts.identity.trust_domain(),
+            identity.id().trust_domain(),
             "halyard-system",
             "halyard-control",
         )

@@ -1,8 +1,12 @@
-//! The workload's identity: a key made in this process, a certificate from the CA, renewed
-//! before it expires. Present only when the proxy is started with `--ca-addr`.
+//! The workload's identity: a key made in this process and a certificate from the CA, renewed
+//! before it expires (`--ca-addr`), or a certificate and key from PEM files kept current by
+//! something else (`--cert-chain-file`). Absent without either.
 
 mod ca_client;
+mod files;
 mod rotate;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,9 +15,25 @@ use std::time::Duration;
 use halyard_certs::{CertStore, SpiffeId, TrustBundle};
 
 pub use ca_client::{control_channel, CaClient};
+pub use files::CertFiles;
 pub use rotate::{refresh_delay, run_rotation};
 
-/// How the proxy obtains its certificate.
+/// Where the workload's certificate comes from.
+#[derive(Debug, Clone)]
+pub enum IdentitySource {
+    /// From the CA over gRPC, for a key made in this process.
+    Ca(IdentityOptions),
+    /// From PEM files, read again when they change.
+    Files(CertFiles),
+}
+
+impl From<IdentityOptions> for IdentitySource {
+    fn from(o: IdentityOptions) -> Self {
+        IdentitySource::Ca(o)
+    }
+}
+
+/// How the proxy obtains its certificate from the CA.
 #[derive(Debug, Clone)]
 pub struct IdentityOptions {
     /// The CA's gRPC address (`host:port`).
@@ -35,8 +55,10 @@ pub struct IdentityOptions {
 pub struct Identity {
     /// The certificate in service and the trust bundle.
     pub store: Arc<CertStore>,
-    /// How to reach the CA.
-    pub options: IdentityOptions,
+    /// Where the certificate comes from.
+    pub source: IdentitySource,
+    /// With files: their stamps when the certificate in service was read.
+    loaded: Option<files::Stamps>,
 }
 
 /// Why the identity could not be set up.
@@ -50,14 +72,34 @@ pub enum IdentityError {
         /// Why.
         reason: String,
     },
+    /// A certificate or key file could not be read, or they do not fit together.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file (or the pair of files).
+        path: String,
+        /// Why (never the key's contents).
+        reason: String,
+    },
     /// A certificate library error.
     #[error(transparent)]
     Certs(#[from] halyard_certs::Error),
 }
 
 impl Identity {
-    /// Prepares the identity (no certificate yet; [`run_rotation`] fetches it).
-    pub fn new(options: IdentityOptions) -> Result<Arc<Self>, IdentityError> {
+    /// Prepares the identity: from the CA, no certificate yet ([`run_rotation`] fetches it);
+    /// from files, the certificate they hold, checked now.
+    pub fn new(source: impl Into<IdentitySource>) -> Result<Arc<Self>, IdentityError> {
+        let options = match source.into() {
+            IdentitySource::Ca(o) => o,
+            IdentitySource::Files(f) => {
+                let (store, stamps) = files::load(&f)?;
+                return Ok(Arc::new(Identity {
+                    store,
+                    source: IdentitySource::Files(f),
+                    loaded: Some(stamps),
+                }));
+            }
+        };
         let bundle = match &options.ca_root_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| IdentityError::Roots {
@@ -74,8 +116,39 @@ impl Identity {
         };
         Ok(Arc::new(Identity {
             store: CertStore::new(options.identity.clone(), bundle),
-            options,
+            source: IdentitySource::Ca(options),
+            loaded: None,
         }))
+    }
+
+    /// The workload's SPIFFE ID.
+    pub fn id(&self) -> &SpiffeId {
+        self.store.identity()
+    }
+
+    /// The CA's options, when certificates come from the CA.
+    pub fn ca(&self) -> Option<&IdentityOptions> {
+        match &self.source {
+            IdentitySource::Ca(o) => Some(o),
+            IdentitySource::Files(_) => None,
+        }
+    }
+
+    /// Whether the control server is reached over TLS with this identity: with roots to check
+    /// it by (`--ca-root-file`, always given with certificate files).
+    pub fn control_over_tls(&self) -> bool {
+        match &self.source {
+            IdentitySource::Ca(o) => o.ca_root_file.is_some(),
+            IdentitySource::Files(_) => true,
+        }
+    }
+
+    /// The control server's expected SPIFFE ID when one was given.
+    pub fn control_identity(&self) -> Option<&SpiffeId> {
+        match &self.source {
+            IdentitySource::Ca(o) => o.ca_identity.as_ref(),
+            IdentitySource::Files(f) => f.control_identity.as_ref(),
+        }
     }
 
     /// Whether a certificate is in service.
@@ -89,7 +162,7 @@ impl Identity {
 pub fn certs_json(identity: Option<&Identity>) -> serde_json::Value {
     use serde_json::json;
     let Some(identity) = identity else {
-        return json!({ "identity": null, "reason": "started without --ca-addr" });
+        return json!({ "identity": null, "reason": "started without --ca-addr or --cert-chain-file" });
     };
     let info = |i: &halyard_certs::verify::CertInfo| {
         json!({
@@ -102,9 +175,18 @@ pub fn certs_json(identity: Option<&Identity>) -> serde_json::Value {
         })
     };
     let current = identity.store.current();
+    let files = match &identity.source {
+        IdentitySource::Ca(_) => serde_json::Value::Null,
+        IdentitySource::Files(f) => json!({
+            "cert_chain": f.cert_chain.display().to_string(),
+            "key": f.key.display().to_string(),
+            "roots": f.roots.display().to_string(),
+        }),
+    };
     json!({
-        "identity": identity.options.identity.to_string(),
-        "ca": identity.options.ca_addr,
+        "identity": identity.id().to_string(),
+        "ca": identity.ca().map(|o| o.ca_addr.as_str()),
+        "files": files,
         "certificate": current.as_ref().map(|l| info(&l.info)),
         "chain": current.as_ref().map(|l| l.chain_info.iter().map(info).collect::<Vec<_>>()),
         "roots": identity.store.bundle().fingerprints(),

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use halyard_certs::WorkloadKey;
 use tokio_util::sync::CancellationToken;
 
-use super::{CaClient, Identity};
+use super::{files, CaClient, Identity, IdentitySource};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -28,13 +28,18 @@ fn now_secs() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Fetches the first certificate and renews it until `shutdown`.
+/// Fetches the first certificate and renews it until `shutdown` (from the CA), or installs
+/// the certificate files again whenever they change (from files, checked every few seconds).
 pub async fn run_rotation(
     identity: Arc<Identity>,
     expiry: prometheus::Gauge,
     renewals: prometheus::IntCounterVec,
     shutdown: CancellationToken,
 ) {
+    if let IdentitySource::Files(f) = &identity.source {
+        let (f, seen) = (f.clone(), identity.loaded.unwrap_or_default());
+        return files::watch(identity, f, seen, files::POLL, expiry, renewals, shutdown).await;
+    }
     let client = CaClient::new(identity.clone());
     let mut backoff = MIN_BACKOFF;
     loop {
@@ -64,11 +69,9 @@ pub async fn run_rotation(
 /// One renewal: a fresh key, a CSR, the CA's answer installed. Returns the new validity.
 async fn renew(identity: &Identity, client: &CaClient) -> Result<(i64, i64), String> {
     let key = WorkloadKey::generate().map_err(|e| e.to_string())?;
-    let csr = key
-        .csr_pem(&identity.options.identity)
-        .map_err(|e| e.to_string())?;
+    let csr = key.csr_pem(identity.id()).map_err(|e| e.to_string())?;
     let chain = client.create_certificate(csr).await?;
-    if identity.options.ca_root_file.is_none() {
+    if !identity.control_over_tls() {
         // Development mode: trust the root the CA reports (the last certificate).
         if let Some(root) = chain.last() {
             let bundle = halyard_certs::TrustBundle::from_pem(root).map_err(|e| e.to_string())?;

@@ -9,3 +9,5 @@ pub mod server;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_mtls;
