@@ -149,7 +149,7 @@ fn spawn_mirrors(
         if !Fault::roll(m.share) {
             continue;
         }
-        let Some(c) = snap.clusters.get(m.destination.cluster) else {
+        let Some(c) = snap.outbound.clusters.get(m.destination.cluster) else {
             continue;
         };
         match ops::copy_request(req, replay) {

@@ -78,9 +78,12 @@ pub async fn run(shared: Arc<Shared>, kind: ListenerKind, listener: TcpListener)
 /// The protocol a port declares, from the original destination.
 fn hint(snap: &Snapshot, kind: ListenerKind, orig: Option<SocketAddr>) -> Protocol {
     match kind {
-        ListenerKind::Outbound => orig.and_then(|o| snap.by_addr(o)).map(|(_, p)| p.protocol),
+        ListenerKind::Outbound => orig
+            .and_then(|o| snap.outbound.by_addr(o))
+            .map(|(_, p)| p.protocol),
         ListenerKind::Inbound => snap
-            .inbound_target(orig.map(|o| o.port()))
+            .inbound
+            .target(orig.map(|o| o.port()))
             .map(|t| t.protocol),
     }
     .unwrap_or(Protocol::Auto)
@@ -128,7 +131,7 @@ async fn connection(
     let mut info = ConnInfo::new(kind, peer, orig_dst);
     info.local = Some(local);
     let orig_port = orig_dst.map(|d| d.port());
-    let mode = snap.inbound_mtls(orig_port);
+    let mode = snap.inbound.mtls(orig_port);
     // Mesh TLS may arrive on any inbound port that is not DISABLE; a STRICT port waits
     // as long as a declared HTTP port for the client's first bytes (it must speak first).
     let peek_tls = kind == ListenerKind::Inbound && mode != MtlsMode::Disable;

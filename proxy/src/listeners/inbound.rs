@@ -52,12 +52,15 @@ pub(super) async fn request(
         ex.peer_meta = mesh.meta.as_ref().and_then(peer::decode);
     }
     if let Some(host) = plan::http_authority(&req).map(|a| normalize_host(a).0) {
-        ex.service = snap.cluster_for_host(host).map(|c| c.service.clone());
+        ex.service = snap
+            .outbound
+            .cluster_for_host(host)
+            .map(|c| c.service.clone());
     }
     if !(snap.rbac.is_empty() && snap.authn.is_empty()) {
         let port = conn
             .dst_port
-            .or_else(|| snap.inbound_target(None).map(|t| t.port))
+            .or_else(|| snap.inbound.target(None).map(|t| t.port))
             .unwrap_or(0);
         let (mut parts, body) = req.into_parts();
         match policy::inbound(shared, snap, conn, port, &mut parts, ex).await {
@@ -92,7 +95,7 @@ pub(super) async fn security(
         None
     };
     if proto != Detected::Tls {
-        if snap.inbound_mtls(info.dst_port) == MtlsMode::Strict {
+        if snap.inbound.mtls(info.dst_port) == MtlsMode::Strict {
             return refuse("plaintext");
         }
         metrics
@@ -113,7 +116,7 @@ pub(super) async fn security(
     if info.dst_port.is_none() {
         info.dst_port = hello.server_name().and_then(port_from_server_name);
     }
-    let mode = snap.inbound_mtls(info.dst_port);
+    let mode = snap.inbound.mtls(info.dst_port);
     let tls = match (mode, &shared.mtls) {
         (MtlsMode::Disable, _) | (MtlsMode::Permissive, None) => {
             metrics
@@ -184,7 +187,8 @@ async fn inner_protocol<I: tokio::io::AsyncRead + Unpin>(
         Some(ALPN_HTTP11) => (Detected::Http1, Bytes::new()),
         _ => {
             let hint = snap
-                .inbound_target(info.dst_port)
+                .inbound
+                .target(info.dst_port)
                 .map_or(Protocol::Auto, |t| t.protocol);
             match detect_for(stream, hint, false, snap.settings.detection_timeout).await {
                 Ok(x) => x,

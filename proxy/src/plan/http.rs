@@ -195,7 +195,7 @@ pub fn outbound<'s, B>(
         port,
         headers: req.headers(),
     };
-    let route = snap.routes.find(&view);
+    let route = snap.outbound.routes.find(&view);
     let action = route.map(|m| &m.route.action);
     let fault = action.and_then(|a| a.fault.as_ref());
     let dest = match action.map(|a| &a.action) {
@@ -212,7 +212,7 @@ pub fn outbound<'s, B>(
     };
     let target = match dest {
         Some(d) => {
-            let Some(cluster) = snap.clusters.get(d.cluster) else {
+            let Some(cluster) = snap.outbound.clusters.get(d.cluster) else {
                 return Ok(reply(route, fault, LocalReply::NO_ROUTE));
             };
             let Some(cp) = cluster.port(d.port.or(port)) else {
@@ -220,9 +220,9 @@ pub fn outbound<'s, B>(
             };
             Target::service(cluster, cp)
         }
-        None => match conn.orig_dst.and_then(|d| snap.by_addr(d)) {
+        None => match conn.orig_dst.and_then(|d| snap.outbound.by_addr(d)) {
             Some((cluster, cp)) => Target::service(cluster, cp),
-            None => match conn.orig_dst.filter(|_| !snap.registry_only) {
+            None => match conn.orig_dst.filter(|_| !snap.outbound.registry_only) {
                 Some(dst) => passthrough(dst.ip().to_string(), dst.port()),
                 None => return Ok(reply(route, fault, LocalReply::NO_ROUTE)),
             },
@@ -278,7 +278,8 @@ pub fn inbound<'s, B>(
     orig_h1: bool,
 ) -> Result<HttpPlan<'s>, LocalReply> {
     let t = snap
-        .inbound_target(conn.dst_port)
+        .inbound
+        .target(conn.dst_port)
         .ok_or(LocalReply::NO_ROUTE)?;
     let upgrade = is_upgrade(req);
     let target = Target::single(
