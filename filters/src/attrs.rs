@@ -73,8 +73,20 @@ impl Authenticated {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A plaintext connection from 127.0.0.1 to port 80.
+    pub(crate) fn connection() -> Connection<'static> {
+        Connection {
+            source_ip: [127, 0, 0, 1].into(),
+            remote_ip: [127, 0, 0, 1].into(),
+            destination_ip: [127, 0, 0, 1].into(),
+            destination_port: 80,
+            principal: None,
+            sni: None,
+        }
+    }
 
     #[test]
     fn namespace_from_principal() {

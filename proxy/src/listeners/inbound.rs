@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 use super::accept::detect_for;
 use super::http::{carry, connect, strip_mesh_headers};
-use crate::chain::policy::{self, Refusal};
+use crate::chain;
 use crate::ctx::{ConnInfo, ListenerKind, LocalReply, PeerCert};
 use crate::detect::Detected;
 use crate::exec::tunnel::Tunnel;
@@ -54,17 +54,13 @@ pub(super) async fn request(
     if let Some(host) = plan::http_authority(&req).map(|a| normalize_host(a).0) {
         ex.service = snap.cluster_for_host(host).map(|c| c.service.clone());
     }
-    if !(snap.rbac.is_empty() && snap.authn.is_empty()) {
+    if let Some(chain) = &snap.inbound_chain {
         let port = conn
             .dst_port
             .or_else(|| snap.inbound_target(None).map(|t| t.port))
             .unwrap_or(0);
         let (mut parts, body) = req.into_parts();
-        match policy::inbound(shared, snap, conn, port, &mut parts, ex).await {
-            Ok(()) => {}
-            Err(Refusal::LocalReply(local)) => return Err(local),
-            Err(Refusal::Unauthenticated(resp)) => return Ok(resp),
-        }
+        chain::run(chain, shared, conn, port, &mut parts, ex).await?;
         req = Request::from_parts(parts, body);
     }
     if req.method() == Method::CONNECT {
@@ -153,22 +149,10 @@ pub(super) async fn security(
 
 /// Authorizes an inbound TCP connection with the rules that need only L4 attributes.
 pub(super) fn tcp_allowed(shared: &Shared, snap: &Snapshot, info: &ConnInfo, port: u16) -> bool {
-    if snap.rbac.is_empty() {
-        return true;
-    }
-    let decision = snap
-        .rbac
-        .evaluate_tcp(&crate::chain::policy::connection(info, port));
-    crate::chain::policy::record(&shared.metrics, &decision);
-    if !decision.allowed() {
-        tracing::debug!(
-            peer = %info.peer,
-            policy = decision.policy_label(),
-            reason = decision.reason().as_str(),
-            "connection denied by authorization policy"
-        );
-    }
-    decision.allowed()
+    snap.inbound_chain.as_ref().is_none_or(|c| {
+        c.rbac
+            .allows_connection(&chain::connection(info, port), &shared.metrics.filters)
+    })
 }
 
 /// The protocol inside mesh TLS: from ALPN, else detected (as the port declares it). Mesh

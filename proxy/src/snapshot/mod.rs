@@ -7,8 +7,8 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use halyard_filters::jwt::{Authenticator, JwksStore, JwtError};
-use halyard_filters::rbac::{Engine, RbacError};
+use halyard_filters::jwt::{JwksStore, JwtError};
+use halyard_filters::rbac::RbacError;
 use halyard_xds::{self as xds, duration_or, MtlsMode, Protocol, ProxyConfig};
 
 use crate::routes::{
@@ -22,7 +22,10 @@ use crate::upstream::breaker::Breaker;
 use crate::upstream::hash::Ring;
 use crate::upstream::{Upstream, UpstreamKey};
 
+mod chains;
 mod cluster;
+
+pub use chains::InboundChain;
 
 use cluster::Policy;
 pub use cluster::{Cluster, ClusterPort, HashOn};
@@ -112,10 +115,8 @@ pub struct Snapshot {
     pub registry_only: bool,
     /// Who this proxy's workload is, for metrics and peer metadata exchange.
     pub local: Arc<LocalWorkload>,
-    /// Authorization policies of the workload (inbound).
-    pub rbac: Engine,
-    /// JWT authentication of the workload (inbound).
-    pub authn: Authenticator,
+    /// The inbound listener's filters; `None` when the workload has no policies.
+    pub inbound_chain: Option<InboundChain>,
     /// Every endpoint, for reuse by the next snapshot and for pool sweeping.
     upstreams: HashMap<UpstreamKey, Arc<Upstream>>,
     /// Circuit-breaker counters by cluster name, for reuse by the next snapshot.
@@ -212,8 +213,7 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         jwks: &Arc<JwksStore>,
     ) -> Result<Self, BuildError> {
-        let rbac = Engine::compile(&config.authorization_policies)?;
-        let authn = Authenticator::compile(&config.request_authentications, jwks)?;
+        let inbound_chain = InboundChain::compile(&config, jwks)?;
         let mut upstreams: HashMap<UpstreamKey, Arc<Upstream>> = HashMap::new();
         let mut upstream = |key: UpstreamKey| -> Arc<Upstream> {
             if let Some(u) = upstreams.get(&key) {
@@ -446,8 +446,7 @@ impl Snapshot {
             inbound,
             settings,
             registry_only,
-            rbac,
-            authn,
+            inbound_chain,
             upstreams,
             breakers,
             config,

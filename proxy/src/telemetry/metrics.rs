@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+use halyard_filters::metrics::FilterMetrics;
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::ctx::ListenerKind;
@@ -60,11 +61,8 @@ pub struct Metrics {
     /// `halyard_inbound_connections_total{security}`: accepted inbound connections by
     /// `mutual_tls`, `plaintext` or `passthrough` (TLS handed to the app untouched).
     pub inbound_security: IntCounterVec,
-    /// `halyard_rbac_decisions_total{action,policy,result}`: authorization decisions, audits
-    /// and dry-run (shadow) results.
-    pub rbac_decisions: IntCounterVec,
-    /// `halyard_jwt_authn_total{result}`: requests by JWT authentication outcome.
-    pub jwt_authn: IntCounterVec,
+    /// The filters' counters (authorization, JWT authentication, faults).
+    pub filters: FilterMetrics,
     /// Traffic-management events per cluster.
     pub traffic: TrafficMetrics,
     /// Control-plane connection and configuration state.
@@ -148,7 +146,7 @@ impl HealthMetrics {
     }
 }
 
-/// Counters of retries, circuit breakers, outlier detection, faults and mirrors.
+/// Counters of retries, circuit breakers, outlier detection and mirrors.
 pub struct TrafficMetrics {
     /// `halyard_upstream_rq_retry_total{cluster}`: retries sent.
     pub retries: IntCounterVec,
@@ -159,8 +157,6 @@ pub struct TrafficMetrics {
     pub overflow: IntCounterVec,
     /// `halyard_outlier_ejections_total{cluster}`: endpoints ejected.
     pub ejections: IntCounterVec,
-    /// `halyard_fault_injected_total{kind}`: injected delays and aborts.
-    pub faults: IntCounterVec,
     /// `halyard_mirror_requests_total{result}`: mirrored requests (sent, failed, skipped).
     pub mirrors: IntCounterVec,
 }
@@ -188,11 +184,6 @@ impl TrafficMetrics {
                 "halyard_outlier_ejections_total",
                 "Endpoints ejected by outlier detection, by cluster.",
                 "cluster",
-            )?,
-            faults: vec(
-                "halyard_fault_injected_total",
-                "Injected faults by kind (delay, abort).",
-                "kind",
             )?,
             mirrors: vec(
                 "halyard_mirror_requests_total",
@@ -281,22 +272,7 @@ impl Metrics {
             ),
             &["security"],
         )?;
-        let rbac_decisions = IntCounterVec::new(
-            Opts::new(
-                "halyard_rbac_decisions_total",
-                "Authorization decisions by deciding action and policy, with audit and dry-run (shadow) results.",
-            ),
-            &["action", "policy", "result"],
-        )?;
-        let jwt_authn = IntCounterVec::new(
-            Opts::new(
-                "halyard_jwt_authn_total",
-                "Requests by JWT authentication outcome (verified, no_token, rejected).",
-            ),
-            &["result"],
-        )?;
-        registry.register(Box::new(rbac_decisions.clone()))?;
-        registry.register(Box::new(jwt_authn.clone()))?;
+        let filters = FilterMetrics::register(&registry)?;
         registry.register(Box::new(tls_failures.clone()))?;
         registry.register(Box::new(inbound_security.clone()))?;
         registry.register(Box::new(cert_expiry.clone()))?;
@@ -336,8 +312,7 @@ impl Metrics {
             cert_renewals,
             tls_failures,
             inbound_security,
-            rbac_decisions,
-            jwt_authn,
+            filters,
         })
     }
 
