@@ -259,3 +259,99 @@ async fn a_stopped_proxy_refuses_new_connections() {
     let refused = tokio::net::TcpStream::connect(addr).await;
     assert!(refused.is_err(), "still accepting after stop");
 }
+
+#[tokio::test]
+async fn route_filters_run_after_the_proxys_own_headers() {
+    let echo = Echo::start("echo-f").await;
+    let extra = "virtualHosts:
+  - name: echo
+    hosts: [echo.local]
+    routes:
+      - name: teapot
+        match: [{uri: {prefix: /teapot}}]
+        fault: {abort: {httpStatus: 418, percent: 100}}
+        route: {service: echo.default.svc.cluster.local}
+      - name: grpc-abort
+        match: [{uri: {prefix: /grpc}}]
+        fault: {abort: {grpcStatus: 14, percent: 100}}
+        route: {service: echo.default.svc.cluster.local}
+      - name: headers
+        route:
+          service: echo.default.svc.cluster.local
+          requestHeaders: {set: {x-order: dest, x-dest: d}}
+        requestHeaders:
+          set: {x-order: route, x-forwarded-for: 192.0.2.1, x-request-id: fixed-id}
+";
+    let proxy = TestProxy::start(&echo_config(echo.port(), extra)).await;
+    let out = proxy.addrs.outbound;
+
+    let r = get(out, "echo.local", "/any").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let h = &r.json()["headers"];
+    assert_eq!(
+        h["x-order"], "route",
+        "the route's set comes after the destination's"
+    );
+    assert_eq!(h["x-dest"], "d");
+    // The route's own values win over what the proxy adds to every request.
+    assert_eq!(h["x-forwarded-for"], "192.0.2.1", "{h}");
+    assert_eq!(h["x-request-id"], "fixed-id", "{h}");
+
+    let r = get(out, "echo.local", "/teapot").await;
+    assert_eq!(r.status, 418);
+    assert_eq!(r.text(), "fault filter abort\n");
+    let e = proxy.wait_log("FI", |e| e["path"] == "/teapot").await;
+    assert_eq!(e["response_flags"], "FI");
+    assert_eq!(e["route_name"], "teapot");
+    assert_eq!(e["upstream_request_attempt_count"], 0, "{e}");
+
+    let r = send(out, "GET", "/grpc", &[("host", "echo.local")]).await;
+    assert_eq!(r.status, 200, "a gRPC abort is a trailers-only answer");
+    assert_eq!(r.headers["grpc-status"], "14");
+    assert_eq!(r.headers["content-type"], "application/grpc");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn inbound_chain_normalises_then_authorizes() {
+    let echo = Echo::start("echo-p").await;
+    let extra = "authorizationPolicies:
+  - name: default/no-admin
+    action: DENY
+    rules:
+      - to: [{paths: [/admin]}]
+";
+    let proxy = TestProxy::start(&echo_config(echo.port(), extra)).await;
+    let inb = proxy.addrs.inbound;
+
+    let r = get(inb, "app.local", "/public/x").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get(inb, "app.local", "/public/%2e%2e//admin").await;
+    assert_eq!(r.status, 403, "another spelling of /admin is /admin");
+    assert_eq!(r.text(), "RBAC: access denied\n");
+    let e = proxy
+        .wait_log("RBAC", |e| e["path"] == "/public/%2e%2e//admin")
+        .await;
+    assert_eq!(e["response_flags"], "RBAC");
+    assert_eq!(e["rbac_policy"], "default/no-admin", "{e}");
+
+    let r = send(
+        inb,
+        "GET",
+        "/admin",
+        &[("host", "app.local"), ("content-type", "application/grpc")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "gRPC callers get the gRPC form");
+    assert_eq!(r.headers["grpc-status"], "7");
+
+    let r = get(inb, "app.local", "/a%00b").await;
+    assert_eq!(r.status, 400);
+    let e = proxy.wait_log("DPE", |e| e["path"] == "/a%00b").await;
+    assert_eq!(e["response_flags"], "DPE");
+
+    // The app gets the path that was authorized.
+    let r = get(inb, "app.local", "/public/./x/../y").await;
+    assert_eq!(r.json()["path"], "/public/y");
+    proxy.stop().await;
+}
