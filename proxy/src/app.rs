@@ -212,7 +212,7 @@ fn shared_state(
         access_log: Some(access_log),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
-        inbound_rr: AtomicUsize::new(0),
+        unclustered_rr: AtomicUsize::new(0),
         mirror_slots: Arc::new(tokio::sync::Semaphore::new(
             crate::shared::MIRRORS_IN_FLIGHT,
         )),

@@ -33,8 +33,8 @@ pub struct Shared {
     /// The control-server connection's state, when configuration comes over xDS.
     pub xds_status:
         std::sync::OnceLock<tokio::sync::watch::Receiver<halyard_xds::ads::ClientStatus>>,
-    /// Round-robin cursor for single-target picks (inbound, passthrough).
-    pub inbound_rr: AtomicUsize,
+    /// Round-robin cursor for targets outside any cluster (the inbound app, passthrough).
+    pub unclustered_rr: AtomicUsize,
     /// The tracer of the configuration in force.
     pub tracers: crate::telemetry::tracers::Tracers,
     /// Mirrored requests in flight at most; more are skipped.

@@ -186,7 +186,7 @@ async fn attempt(
         cluster: target.cluster.map(|c| &**c),
         endpoints: target.endpoints.as_slice(),
         lb: target.lb,
-        rr: target.rr.unwrap_or(&shared.inbound_rr),
+        rr: target.rr.unwrap_or(&shared.unclustered_rr),
         hash,
         version: fwd.version,
         upgrade: fwd.upgrade,
