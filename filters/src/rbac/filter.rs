@@ -70,6 +70,23 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Decides a request again (what it opened outlives the first decision), counting it.
+    pub fn allows_request(
+        &self,
+        conn: &Connection<'_>,
+        req: &Request<'_>,
+        metrics: &FilterMetrics,
+    ) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        let decision = self.evaluate_http(conn, req);
+        record(metrics, &decision);
+        decision.allowed()
+    }
+}
+
 /// Counts a decision: the enforced verdict, the matching AUDIT policy, the shadow verdict.
 fn record(metrics: &FilterMetrics, d: &Decision<'_>) {
     let count = |action: &str, policy: &str, result: &str| {

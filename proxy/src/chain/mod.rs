@@ -5,34 +5,12 @@
 
 pub mod ops;
 
-use std::net::IpAddr;
-
-use halyard_filters::attrs::Connection;
 use halyard_filters::filter::{Ctx, Filter, Flow};
 use http::request::Parts;
 
 use crate::ctx::{ConnInfo, LocalReply};
 use crate::request::RequestCtx;
 use crate::shared::Shared;
-
-/// The connection attributes filters and policy decisions look at; `port` is the workload
-/// port the connection was meant for.
-pub fn connection(conn: &ConnInfo, port: u16) -> Connection<'_> {
-    let unspecified = IpAddr::from([0, 0, 0, 0]);
-    Connection {
-        source_ip: conn.peer.ip(),
-        // No proxy in front of a sidecar is trusted to report the client: the peer it is.
-        remote_ip: conn.peer.ip(),
-        destination_ip: conn.orig_dst.or(conn.local).map_or(unspecified, |d| d.ip()),
-        destination_port: port,
-        principal: conn
-            .peer_cert
-            .as_ref()
-            .map(|p| p.identity.as_str())
-            .map(|id| id.strip_prefix("spiffe://").unwrap_or(id)),
-        sni: conn.sni.as_deref(),
-    }
-}
 
 /// Runs `chain` on a request's head; `Err` is the reply a filter answered with. The flags
 /// and the redacted URI filters noted go into the record.
@@ -45,7 +23,7 @@ pub async fn run<F: Filter>(
     ex: &mut RequestCtx,
 ) -> Result<(), LocalReply> {
     let mut cx = Ctx {
-        conn: connection(conn, port),
+        conn: conn.attrs(port),
         grpc: ex.grpc,
         metrics: &shared.metrics.filters,
         notes: &mut ex.notes,

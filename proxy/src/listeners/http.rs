@@ -71,7 +71,12 @@ pub async fn handle(
     match tunnel {
         // The exchange ends with the tunnel, not with this (empty) response.
         Some(t) => {
-            shared.tasks.spawn(tunnel::run(t, ex));
+            let watch = ex.tunnel_request.take().map(|r| {
+                let port = conn.dst_port.or(ex.service_port).unwrap_or(0);
+                let conns = &shared.open_conns;
+                conns.register(conn.clone(), port, Some(r), snap.generation)
+            });
+            shared.tasks.spawn(tunnel::run(t, ex, watch));
             Response::from_parts(parts, ResponseBody::new(body, None))
         }
         None => Response::from_parts(parts, ResponseBody::new(body, Some(Box::new(ex)))),

@@ -12,6 +12,8 @@ use tokio::net::TcpStream;
 
 use super::accept::detect_for;
 use super::http::{carry, connect, strip_mesh_headers};
+use halyard_filters::attrs::OwnedRequest;
+
 use crate::chain;
 use crate::ctx::{ConnInfo, ListenerKind, LocalReply, PeerCert};
 use crate::detect::Detected;
@@ -54,13 +56,20 @@ pub(super) async fn request(
     if let Some(host) = plan::http_authority(&req).map(|a| normalize_host(a).0) {
         ex.service = snap.cluster_for_host(host).map(|c| c.service.clone());
     }
-    if let Some(chain) = &snap.inbound_chain {
+    let tunnel_opener = req.method() == Method::CONNECT || headers::is_upgrade(req.headers());
+    if snap.inbound_chain.is_some() || tunnel_opener {
         let port = conn
             .dst_port
             .or_else(|| snap.inbound_target(None).map(|t| t.port))
             .unwrap_or(0);
         let (mut parts, body) = req.into_parts();
-        chain::run(chain, shared, conn, port, &mut parts, ex).await?;
+        if let Some(chain) = &snap.inbound_chain {
+            chain::run(chain, shared, conn, port, &mut parts, ex).await?;
+        }
+        if tunnel_opener {
+            // The tunnel outlives this decision: it is decided again when the policy changes.
+            ex.tunnel_request = Some(OwnedRequest::of(&parts, ex.notes.auth.clone()));
+        }
         req = Request::from_parts(parts, body);
     }
     if req.method() == Method::CONNECT {
@@ -151,7 +160,7 @@ pub(super) async fn security(
 pub(super) fn tcp_allowed(shared: &Shared, snap: &Snapshot, info: &ConnInfo, port: u16) -> bool {
     snap.inbound_chain.as_ref().is_none_or(|c| {
         c.rbac
-            .allows_connection(&chain::connection(info, port), &shared.metrics.filters)
+            .allows_connection(&info.attrs(port), &shared.metrics.filters)
     })
 }
 

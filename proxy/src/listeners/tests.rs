@@ -355,3 +355,119 @@ async fn inbound_chain_normalises_then_authorizes() {
     assert_eq!(r.json()["path"], "/public/y");
     proxy.stop().await;
 }
+
+/// A keep-alive connection to `to` from the loopback address `from`.
+async fn open_from(from: [u8; 4], to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind((std::net::Ipv4Addr::from(from), 0).into())
+        .expect("bind");
+    sock.connect(to).await.expect("connect")
+}
+
+/// One HTTP/1.1 exchange on an open connection: the status line, or `None` once the
+/// connection is closed.
+async fn exchange(s: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /kept HTTP/1.1\r\nhost: app\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return head.lines().next().map(str::to_string);
+            }
+        }
+    }
+}
+
+/// Whether the peer closes `s` within `within` (reads return EOF or a reset).
+async fn closed_within(s: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test]
+async fn a_tightened_policy_closes_the_tcp_connections_it_now_denies() {
+    let echo = Echo::start("echo-t").await;
+    let base = format!(
+        "version: tcp-1
+workload:
+  name: app
+  namespace: default
+  ports:
+    - port: 9000
+      protocol: TCP
+      appAddress: 127.0.0.1:{}
+",
+        echo.port()
+    );
+    let proxy = TestProxy::start(&base).await;
+    let inb = proxy.addrs.inbound;
+    let mut kept = open_from([127, 0, 0, 1], inb).await;
+    let mut cut = open_from([127, 0, 0, 2], inb).await;
+    assert_eq!(
+        exchange(&mut kept).await.as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+    assert_eq!(exchange(&mut cut).await.as_deref(), Some("HTTP/1.1 200 OK"));
+
+    // An unrelated edit leaves both open.
+    proxy.reconfigure(&base.replace("tcp-1", "tcp-2"));
+    assert!(!closed_within(&mut cut, std::time::Duration::from_millis(1500)).await);
+    assert_eq!(exchange(&mut cut).await.as_deref(), Some("HTTP/1.1 200 OK"));
+
+    proxy.reconfigure(&format!(
+        "{}authorizationPolicies:
+  - name: default/block-127-0-0-2
+    action: DENY
+    rules: [{{from: [{{ipBlocks: [127.0.0.2/32]}}]}}]
+",
+        base.replace("tcp-1", "tcp-3")
+    ));
+    // The file is polled every 500 ms and open connections looked at every 250 ms.
+    let start = std::time::Instant::now();
+    assert!(closed_within(&mut cut, std::time::Duration::from_secs(3)).await);
+    let took = start.elapsed();
+    assert!(took < std::time::Duration::from_millis(1500), "{took:?}");
+    assert_eq!(
+        exchange(&mut kept).await.as_deref(),
+        Some("HTTP/1.1 200 OK"),
+        "an allowed connection is untouched"
+    );
+    let e = proxy
+        .wait_log("the revoked connection", |e| {
+            e["response_flags"] == "RBAC"
+                && e["downstream_remote_address"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("127.0.0.2:"))
+        })
+        .await;
+    assert!(e["bytes_received"].as_u64().unwrap_or(0) > 0, "{e}");
+    // A new connection the policy denies never reaches the app.
+    let mut again = open_from([127, 0, 0, 2], inb).await;
+    assert_eq!(exchange(&mut again).await, None);
+    proxy.stop().await;
+}

@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use halyard_filters::attrs::OwnedRequest;
 use halyard_filters::filter::Notes;
 use http::{HeaderValue, Method, Request, Uri, Version};
 
@@ -83,6 +84,9 @@ pub struct RequestCtx {
     pub transport_failure: Option<&'static str>,
     /// What the filters noted: the verified JWT, the policy that denied the request.
     pub notes: Notes,
+    /// Inbound: the request that opens a tunnel (CONNECT, upgrade), kept to decide the
+    /// tunnel again when the policy changes.
+    pub tunnel_request: Option<OwnedRequest>,
     /// Upstream tries (1 + retries); 0 when nothing was sent upstream.
     pub attempts: u32,
     /// The request is gRPC (`content-type: application/grpc...`).
@@ -143,6 +147,7 @@ impl RequestCtx {
             guards: Guards::default(),
             transport_failure: None,
             notes: Notes::default(),
+            tunnel_request: None,
             attempts: 0,
             grpc: req
                 .headers()

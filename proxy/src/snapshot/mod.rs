@@ -88,11 +88,16 @@ pub struct Settings {
     pub max_connections: usize,
 }
 
+/// The next snapshot's generation.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// The compiled, immutable configuration.
 #[derive(Debug)]
 pub struct Snapshot {
     /// Version from the config.
     pub version: String,
+    /// Which build this is, unique in the process (what was decided under it is known by it).
+    pub generation: u64,
     /// When it was applied.
     pub applied_at: SystemTime,
     /// The source resources, for `/config_dump`.
@@ -447,6 +452,7 @@ impl Snapshot {
             settings,
             registry_only,
             inbound_chain,
+            generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             upstreams,
             breakers,
             config,

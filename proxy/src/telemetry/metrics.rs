@@ -51,6 +51,10 @@ pub struct Metrics {
     pub connect_failures: IntCounter,
     /// `halyard_connections_rejected_total` (connection cap reached).
     pub connections_rejected: IntCounter,
+    /// `halyard_connections_revoked_total{reason}`: open inbound connections closed because
+    /// the policy now denies them (`policy`) or the peer's certificate expired
+    /// (`certificate_expired`).
+    pub connections_revoked: IntCounterVec,
     /// `halyard_cert_expiry_timestamp_seconds`: when the workload certificate expires.
     pub cert_expiry: Gauge,
     /// `halyard_cert_renewals_total{result}`.
@@ -247,6 +251,13 @@ impl Metrics {
             "halyard_connections_rejected_total",
             "Downstream connections closed at once because the listener was at its limit.",
         )?;
+        let connections_revoked = IntCounterVec::new(
+            Opts::new(
+                "halyard_connections_revoked_total",
+                "Open inbound connections closed because the policy now denies them or the peer's certificate expired.",
+            ),
+            &["reason"],
+        )?;
         let cert_expiry = Gauge::new(
             "halyard_cert_expiry_timestamp_seconds",
             "Expiry of the workload certificate in service (Unix seconds).",
@@ -284,6 +295,7 @@ impl Metrics {
         registry.register(Box::new(access_log_dropped.clone()))?;
         registry.register(Box::new(connect_failures.clone()))?;
         registry.register(Box::new(connections_rejected.clone()))?;
+        registry.register(Box::new(connections_revoked.clone()))?;
         let listener = |kind: ListenerKind| ListenerMetrics {
             connections_active: active.with_label_values(&[kind.as_str()]),
             connections_total: total.with_label_values(&[kind.as_str()]),
@@ -308,6 +320,7 @@ impl Metrics {
             access_log_dropped,
             connect_failures,
             connections_rejected,
+            connections_revoked,
             cert_expiry,
             cert_renewals,
             tls_failures,
