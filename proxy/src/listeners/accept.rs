@@ -176,19 +176,23 @@ async fn connection(
 }
 
 /// An opaque TCP connection: planned by its destination (and server name), authorized on
-/// the inbound side with the rules that need only L4 attributes, then relayed.
-async fn tcp(shared: &Shared, snap: &Snapshot, info: &ConnInfo, io: DownstreamIo) {
+/// the inbound side with the rules that need only L4 attributes (and watched while open, so
+/// that a tightened policy closes it), then relayed.
+async fn tcp(shared: &Shared, snap: &Snapshot, info: &Arc<ConnInfo>, io: DownstreamIo) {
     let log = TcpLog::begin();
     let target = match plan::tcp(snap, info, fastrand::u64(..)) {
         Ok(t) => t,
         Err(local) => return log.refused(shared, snap, info, local.flags),
     };
+    let mut watch = None;
     if info.listener == ListenerKind::Inbound {
         let port = info.dst_port.or(target.service_port).unwrap_or(0);
         if !inbound::tcp_allowed(shared, snap, info, port) {
             // Dropping the stream closes the connection before a byte reaches the app.
             return log.refused(shared, snap, info, Flags::RBAC);
         }
+        let conns = &shared.open_conns;
+        watch = Some(conns.register(info.clone(), port, None, snap.generation));
     }
-    exec::tcp::carry(shared, snap, info, target, io, log).await;
+    exec::tcp::carry(shared, snap, info, target, io, log, watch.as_ref()).await;
 }

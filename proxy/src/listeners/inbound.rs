@@ -12,7 +12,9 @@ use tokio::net::TcpStream;
 
 use super::accept::detect_for;
 use super::http::{carry, connect, strip_mesh_headers};
-use crate::chain::policy::{self, Refusal};
+use halyard_filters::attrs::OwnedRequest;
+
+use crate::chain;
 use crate::ctx::{ConnInfo, ListenerKind, LocalReply, PeerCert};
 use crate::detect::Detected;
 use crate::exec::tunnel::Tunnel;
@@ -57,16 +59,19 @@ pub(super) async fn request(
             .cluster_for_host(host)
             .map(|c| c.service.clone());
     }
-    if !(snap.rbac.is_empty() && snap.authn.is_empty()) {
+    let tunnel_opener = req.method() == Method::CONNECT || headers::is_upgrade(req.headers());
+    if snap.inbound_chain.is_some() || tunnel_opener {
         let port = conn
             .dst_port
             .or_else(|| snap.inbound.target(None).map(|t| t.port))
             .unwrap_or(0);
         let (mut parts, body) = req.into_parts();
-        match policy::inbound(shared, snap, conn, port, &mut parts, ex).await {
-            Ok(()) => {}
-            Err(Refusal::LocalReply(local)) => return Err(local),
-            Err(Refusal::Unauthenticated(resp)) => return Ok(resp),
+        if let Some(chain) = &snap.inbound_chain {
+            chain::run(chain, shared, conn, port, &mut parts, ex).await?;
+        }
+        if tunnel_opener {
+            // The tunnel outlives this decision: it is decided again when the policy changes.
+            ex.tunnel_request = Some(OwnedRequest::of(&parts, ex.notes.auth.clone()));
         }
         req = Request::from_parts(parts, body);
     }
@@ -156,22 +161,10 @@ pub(super) async fn security(
 
 /// Authorizes an inbound TCP connection with the rules that need only L4 attributes.
 pub(super) fn tcp_allowed(shared: &Shared, snap: &Snapshot, info: &ConnInfo, port: u16) -> bool {
-    if snap.rbac.is_empty() {
-        return true;
-    }
-    let decision = snap
-        .rbac
-        .evaluate_tcp(&crate::chain::policy::connection(info, port));
-    crate::chain::policy::record(&shared.metrics, &decision);
-    if !decision.allowed() {
-        tracing::debug!(
-            peer = %info.peer,
-            policy = decision.policy_label(),
-            reason = decision.reason().as_str(),
-            "connection denied by authorization policy"
-        );
-    }
-    decision.allowed()
+    snap.inbound_chain.as_ref().is_none_or(|c| {
+        c.rbac
+            .allows_connection(&info.attrs(port), &shared.metrics.filters)
+    })
 }
 
 /// The protocol inside mesh TLS: from ALPN, else detected (as the port declares it). Mesh

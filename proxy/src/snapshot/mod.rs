@@ -6,12 +6,13 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use halyard_filters::jwt::{Authenticator, JwksStore, JwtError};
-use halyard_filters::rbac::{Engine, RbacError};
+use halyard_filters::jwt::{JwksStore, JwtError};
+use halyard_filters::rbac::RbacError;
 use halyard_xds::ProxyConfig;
 
 use crate::routes::RouteError;
 
+mod chains;
 mod cluster;
 mod inbound;
 mod outbound;
@@ -20,6 +21,7 @@ mod settings;
 #[cfg(test)]
 mod tests;
 
+pub use chains::InboundChain;
 pub use cluster::{Cluster, ClusterPort, HashOn};
 pub use inbound::{Inbound, InboundTarget};
 pub use outbound::Outbound;
@@ -44,11 +46,16 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 100_000;
 }
 
+/// The next snapshot's generation.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// The compiled, immutable configuration.
 #[derive(Debug)]
 pub struct Snapshot {
     /// Version from the config.
     pub version: String,
+    /// Which build this is, unique in the process (what was decided under it is known by it).
+    pub generation: u64,
     /// When it was applied.
     pub applied_at: SystemTime,
     /// The source resources, for `/config_dump`.
@@ -61,10 +68,8 @@ pub struct Snapshot {
     pub settings: Settings,
     /// Who this proxy's workload is, for metrics and peer metadata exchange.
     pub local: Arc<LocalWorkload>,
-    /// Authorization policies of the workload (inbound).
-    pub rbac: Engine,
-    /// JWT authentication of the workload (inbound).
-    pub authn: Authenticator,
+    /// The inbound listener's filters; `None` when the workload has no policies.
+    pub inbound_chain: Option<InboundChain>,
     /// Every endpoint and breaker, for reuse by the next snapshot and for pool sweeping.
     pools: reuse::Pools,
 }
@@ -107,8 +112,7 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         jwks: &Arc<JwksStore>,
     ) -> Result<Self, BuildError> {
-        let rbac = Engine::compile(&config.authorization_policies)?;
-        let authn = Authenticator::compile(&config.request_authentications, jwks)?;
+        let inbound_chain = InboundChain::compile(&config, jwks)?;
         let mut reuse = reuse::Reuse::new(previous.map(|p| &p.pools));
         let outbound = Outbound::build(&config, &mut reuse)?;
         let inbound = Inbound::build(&config, &mut reuse);
@@ -120,8 +124,8 @@ impl Snapshot {
             outbound,
             inbound,
             settings,
-            rbac,
-            authn,
+            inbound_chain,
+            generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             pools: reuse.finish(),
             config,
         })
