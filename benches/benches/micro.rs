@@ -86,7 +86,8 @@ fn routing(c: &mut Criterion) {
     for (name, host, method, path) in &cases {
         g.bench_function(*name, |b| {
             b.iter(|| {
-                snap.routes
+                snap.outbound
+                    .routes
                     .find(&view(black_box(host), method, path, &headers))
                     .is_some()
             })
@@ -131,13 +132,15 @@ fn route_matching(c: &mut Criterion) {
         ("no_match", "/none"),
     ] {
         let ok = snap
+            .outbound
             .routes
             .find(&view(host, &Method::GET, path, &headers))
             .is_some();
         assert_eq!(ok, name != "no_match", "{name}");
         g.bench_function(name, |b| {
             b.iter(|| {
-                snap.routes
+                snap.outbound
+                    .routes
                     .find(&view(host, &Method::GET, black_box(path), &headers))
                     .is_some()
             })

@@ -47,6 +47,59 @@ pub struct Request<'a> {
     pub auth: Option<&'a Authenticated>,
 }
 
+/// A request's attributes kept past the request, for deciding again what it opened (a
+/// tunnel, an upgraded connection) when the policy changes.
+#[derive(Debug, Clone)]
+pub struct OwnedRequest {
+    method: http::Method,
+    path: String,
+    host: String,
+    headers: http::HeaderMap,
+    auth: Option<Authenticated>,
+}
+
+impl OwnedRequest {
+    /// Keeps what a decision reads from a request's head (the path normalised as policy
+    /// sees it) and its verified JWT.
+    pub fn of(parts: &http::request::Parts, auth: Option<Authenticated>) -> Self {
+        let raw = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let path = match crate::path::normalize(raw) {
+            Ok(p) => p.into_owned(),
+            Err(_) => parts.uri.path().to_string(),
+        };
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .unwrap_or("")
+            .to_string();
+        Self {
+            method: parts.method.clone(),
+            path,
+            host,
+            headers: parts.headers.clone(),
+            auth,
+        }
+    }
+
+    /// The attributes as a decision reads them.
+    pub fn view(&self) -> Request<'_> {
+        Request {
+            method: self.method.as_str(),
+            path: &self.path,
+            host: &self.host,
+            headers: &self.headers,
+            auth: self.auth.as_ref(),
+        }
+    }
+}
+
 /// A verified JWT: who it names and what it claims.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Authenticated {
@@ -73,8 +126,20 @@ impl Authenticated {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A plaintext connection from 127.0.0.1 to port 80.
+    pub(crate) fn connection() -> Connection<'static> {
+        Connection {
+            source_ip: [127, 0, 0, 1].into(),
+            remote_ip: [127, 0, 0, 1].into(),
+            destination_ip: [127, 0, 0, 1].into(),
+            destination_port: 80,
+            principal: None,
+            sni: None,
+        }
+    }
 
     #[test]
     fn namespace_from_principal() {

@@ -232,6 +232,46 @@ fn push_escape(out: &mut String, b: u8) {
     out.push(char::from(HEX_UPPER[usize::from(b & 0xf)]));
 }
 
+/// Path normalisation as a filter: the request goes on with its path normalised (so the app
+/// gets the path that was authorized, and cannot resolve a spelling the policy did not see,
+/// such as `/public/%2e%2e/admin`), or is answered 400.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NormalizePath;
+
+impl NormalizePath {
+    /// The request's URI with its path normalised; `None` when it is already normal.
+    fn normalised(uri: &http::Uri) -> Result<Option<http::Uri>, ()> {
+        let path = normalize(uri.path_and_query().map_or("/", |p| p.as_str())).map_err(|e| {
+            tracing::debug!(error = %e, "request path cannot be normalised");
+        })?;
+        if path == uri.path() {
+            return Ok(None);
+        }
+        let rewritten = match uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.into_owned(),
+        };
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = Some(rewritten.parse().map_err(|_| ())?);
+        http::Uri::from_parts(parts).map(Some).map_err(|_| ())
+    }
+}
+
+impl crate::filter::Filter for NormalizePath {
+    async fn on_request(
+        &self,
+        req: &mut http::request::Parts,
+        _cx: &mut crate::filter::Ctx<'_>,
+    ) -> crate::filter::Flow {
+        match Self::normalised(&req.uri) {
+            Ok(Some(uri)) => req.uri = uri,
+            Ok(None) => {}
+            Err(()) => return crate::filter::Flow::Respond(crate::reply::LocalReply::BAD_PATH),
+        }
+        crate::filter::Flow::Continue
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,7 @@ use crate::shared::Shared;
 use crate::telemetry::access_log::{AccessLog, AccessLogWriter};
 use crate::telemetry::logging::LogControl;
 use crate::telemetry::metrics::Metrics;
+use crate::watched::Revoked;
 
 /// Start-up options (flags win over the config file).
 #[derive(Debug, Clone)]
@@ -212,7 +213,8 @@ fn shared_state(
         access_log: Some(access_log),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
-        inbound_rr: AtomicUsize::new(0),
+        open_conns: Default::default(),
+        unclustered_rr: AtomicUsize::new(0),
         mirror_slots: Arc::new(tokio::sync::Semaphore::new(
             crate::shared::MIRRORS_IN_FLIGHT,
         )),
@@ -253,6 +255,7 @@ impl Bound {
                 .watch(&watch_shared.metrics, watch_shared.shutdown.clone())
                 .await
         });
+        shared.tasks.spawn(recheck_open_connections(shared.clone()));
         start_background(&shared, &opts);
         if let Some(path) = &opts.admin_address_path {
             // Write then rename, so readers never see a partial address.
@@ -281,6 +284,47 @@ impl Bound {
         let _ = tokio::join!(admin_task, stats_task);
         tracing::info!("stopped");
         Ok(writer)
+    }
+}
+
+/// How often open connections are looked at: a new snapshot or an expired peer certificate
+/// closes what it must within this.
+const RECHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Decides the open inbound connections again whenever the snapshot changes, and closes
+/// those whose peer certificate has expired, until shutdown.
+async fn recheck_open_connections(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(RECHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if shared.open_conns.is_empty() {
+            continue;
+        }
+        let snap = shared.live.load();
+        let now = std::time::SystemTime::now();
+        let closed = shared
+            .open_conns
+            .recheck(&snap, &shared.metrics.filters, now);
+        let revoked = &shared.metrics.connections_revoked;
+        for (reason, n) in [
+            (Revoked::Policy, closed.policy),
+            (Revoked::CertificateExpired, closed.expired),
+        ] {
+            if n > 0 {
+                revoked
+                    .with_label_values(&[reason.as_str()])
+                    .inc_by(n as u64);
+                tracing::info!(
+                    reason = reason.as_str(),
+                    connections = n,
+                    "closed open connections"
+                );
+            }
+        }
     }
 }
 

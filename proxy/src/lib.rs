@@ -19,6 +19,7 @@ pub mod live;
 pub mod routes;
 pub mod shared;
 pub mod snapshot;
+pub mod watched;
 
 pub mod plan;
 pub mod request;

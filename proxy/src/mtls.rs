@@ -276,7 +276,11 @@ impl PeerCert {
     /// The verified peer of a finished server handshake, if it presented a certificate.
     pub fn of(conn: &rustls::ServerConnection, own: &SpiffeId) -> Option<Self> {
         let leaf = conn.peer_certificates()?.first()?;
-        let identity = halyard_certs::verify::spiffe_id_of(leaf).ok()?;
+        let info = halyard_certs::verify::cert_info(leaf).ok()?;
+        let identity = info.identity?;
+        let not_after = u64::try_from(info.not_after)
+            .ok()
+            .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
         let hash = halyard_certs::verify::sha256_hex(leaf);
         let xfcc =
             HeaderValue::try_from(format!("By={own};Hash={hash};Subject=\"\";URI={identity}"))
@@ -286,6 +290,7 @@ impl PeerCert {
             identity,
             principal,
             xfcc,
+            not_after,
         })
     }
 }

@@ -33,8 +33,10 @@ pub struct Shared {
     /// The control-server connection's state, when configuration comes over xDS.
     pub xds_status:
         std::sync::OnceLock<tokio::sync::watch::Receiver<halyard_xds::ads::ClientStatus>>,
-    /// Round-robin cursor for single-target picks (inbound, passthrough).
-    pub inbound_rr: AtomicUsize,
+    /// Open inbound connections, decided again when the policy changes.
+    pub open_conns: Arc<crate::watched::OpenConns>,
+    /// Round-robin cursor for targets outside any cluster (the inbound app, passthrough).
+    pub unclustered_rr: AtomicUsize,
     /// The tracer of the configuration in force.
     pub tracers: crate::telemetry::tracers::Tracers,
     /// Mirrored requests in flight at most; more are skipped.

@@ -125,6 +125,14 @@ impl TestProxy {
             .unwrap_or(0.0)
     }
 
+    /// Replaces the configuration file (atomically, by rename), as a user editing it would;
+    /// the proxy picks it up within its poll interval.
+    pub fn reconfigure(&self, yaml: &str) {
+        let tmp = self.file.with_extension("new");
+        std::fs::write(&tmp, yaml).expect("write config");
+        std::fs::rename(&tmp, &self.file).expect("replace config");
+    }
+
     /// Drains and stops the proxy.
     pub async fn stop(mut self) {
         self.shutdown.cancel();

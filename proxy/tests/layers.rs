@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["ctx", "headers"],
     &["detect", "io", "mtls", "telemetry"],
     &["identity", "upstream"],
-    &["live", "routes", "shared", "snapshot"],
+    &["live", "routes", "shared", "snapshot", "watched"],
     &["plan", "request"],
     &["chain"],
     &["exec"],

@@ -10,6 +10,7 @@
 mod error;
 mod extract;
 mod fetch;
+mod filter;
 mod jwks;
 mod store;
 mod token;

@@ -35,6 +35,7 @@
 
 mod compile;
 mod engine;
+mod filter;
 mod index;
 mod matcher;
 mod rule;

@@ -1,5 +1,5 @@
-//! Route operations around forwarding: injected faults, redirects, path/authority rewrites,
-//! consistent-hash keys and request copies for mirrors.
+//! Route operations around forwarding: path/authority rewrites, consistent-hash keys and
+//! request copies for mirrors.
 
 use std::net::IpAddr;
 
@@ -7,77 +7,15 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Uri};
 use hyper::body::Incoming;
 
-use crate::ctx::Flags;
 use crate::ctx::LocalReply;
 use crate::io::body::ProxyBody;
 use crate::io::replay::ReplayBody;
-use crate::request::RequestCtx;
-use crate::routes::{query_value, Abort, Fault, Redirect, Rewrite, RouteMatch};
-use crate::shared::Shared;
+use crate::routes::{query_value, Rewrite, RouteMatch};
 use crate::snapshot::HashOn;
 use crate::upstream::hash::hash_key as hash_bytes;
-
-/// Applies a route's fault: waits for an injected delay, and returns the response of an
-/// injected abort.
-pub async fn inject_fault(
-    shared: &Shared,
-    fault: &Fault,
-    ex: &mut RequestCtx,
-) -> Option<Response<ProxyBody>> {
-    if let Some((delay, share)) = fault.delay {
-        if Fault::roll(share) {
-            shared
-                .metrics
-                .traffic
-                .faults
-                .with_label_values(&["delay"])
-                .inc();
-            ex.flags.set(Flags::DI);
-            tokio::time::sleep(delay).await;
-        }
-    }
-    let (abort, share) = fault.abort?;
-    if !Fault::roll(share) {
-        return None;
-    }
-    shared
-        .metrics
-        .traffic
-        .faults
-        .with_label_values(&["abort"])
-        .inc();
-    ex.flags.set(Flags::FI);
-    Some(match abort {
-        Abort::Http(status) => {
-            let mut r = LocalReply::new(status, Flags::FI, "fault filter abort").response();
-            *r.status_mut() = status;
-            r
-        }
-        Abort::Grpc(code) => crate::io::reply::grpc_reply(code, "fault filter abort"),
-    })
-}
-
-/// The redirect answer for a request to `host`/`port` with `path_and_query`.
-pub fn redirect(
-    r: &Redirect,
-    host: &str,
-    port: Option<u16>,
-    path_and_query: &str,
-) -> Response<ProxyBody> {
-    let location = r.location("http", host, port, path_and_query);
-    let mut resp = Response::new(ProxyBody::Empty);
-    *resp.status_mut() = r.code;
-    match HeaderValue::from_str(&location) {
-        Ok(v) => {
-            resp.headers_mut().insert(header::LOCATION, v);
-        }
-        Err(_) => *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR,
-    }
-    resp
-}
 
 /// Rewrites the path (the prefix `by` matched, else the whole path) and the authority.
 pub fn rewrite(rw: &Rewrite, by: Option<&RouteMatch>, parts: &mut Parts) -> Result<(), LocalReply> {

@@ -1,10 +1,11 @@
 //! What a request knows about the downstream connection it arrived on.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use halyard_certs::SpiffeId;
+use halyard_filters::attrs::Connection;
 use http::HeaderValue;
 
 use super::ListenerKind;
@@ -64,6 +65,25 @@ impl ConnInfo {
         }
     }
 
+    /// The connection's attributes as filters and policy decisions see them; `port` is the
+    /// workload port the connection was meant for.
+    pub fn attrs(&self, port: u16) -> Connection<'_> {
+        let unspecified = IpAddr::from([0, 0, 0, 0]);
+        Connection {
+            source_ip: self.peer.ip(),
+            // No proxy in front of a sidecar is trusted to report the client: the peer it is.
+            remote_ip: self.peer.ip(),
+            destination_ip: self.orig_dst.or(self.local).map_or(unspecified, |d| d.ip()),
+            destination_port: port,
+            principal: self
+                .peer_cert
+                .as_ref()
+                .map(|p| p.identity.as_str())
+                .map(|id| id.strip_prefix("spiffe://").unwrap_or(id)),
+            sni: self.sni.as_deref(),
+        }
+    }
+
     /// How long the connection has had no active request (zero while one is active).
     pub fn idle_for(&self) -> Duration {
         if self.active.load(Ordering::Acquire) > 0 {
@@ -83,4 +103,6 @@ pub struct PeerCert {
     pub principal: std::sync::Arc<str>,
     /// `x-forwarded-client-cert` value for requests of this connection (Envoy's format).
     pub xfcc: HeaderValue,
+    /// When the peer's certificate stops being valid (its connection is closed then).
+    pub not_after: Option<SystemTime>,
 }

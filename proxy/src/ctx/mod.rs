@@ -1,13 +1,12 @@
 //! What every layer of the proxy shares about a connection and a request: the listener kind,
-//! the downstream connection, response flags and the local replies that end a request.
+//! the downstream connection, response flags and the local replies that end a request (the
+//! last two defined with the filters, which answer requests with them too).
 
 mod conn;
-mod flags;
-mod local;
 
 pub use conn::{ConnInfo, PeerCert};
-pub use flags::Flags;
-pub use local::{grpc_code, LocalReply};
+pub use halyard_filters::flags::Flags;
+pub use halyard_filters::reply::{grpc_code, Form, LocalReply};
 
 /// Which listener handled a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

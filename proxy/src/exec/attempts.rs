@@ -123,19 +123,8 @@ pub async fn send(
     let mut _retry_slot = None;
     loop {
         let now = Instant::now();
-        let up = pick(
-            call.endpoints,
-            call.lb,
-            call.rr,
-            call.hash,
-            Avoid { tried: &tried, now },
-        )
-        .ok_or(LocalReply::NO_HEALTHY)?
-        .clone();
         tries += 1;
-        ex.attempts = tries;
-        ex.upstream = Some(up.authority.clone());
-        ex.upstream_identity = up.identity.clone();
+        let up = choose(call, &tried, now, tries, ex)?;
         let guard = up.begin();
         let actual = version_for(&up, call.version, call.upgrade);
 
@@ -160,15 +149,12 @@ pub async fn send(
         record(shared, call, &up, outcome, now);
         drop(guard);
         if !(retry && can_retry) {
-            return match final_result {
-                Ok(sent) => Ok(sent),
-                Err(mut local) => {
-                    if tries > 1 {
-                        local.flags.set(Flags::URX);
-                    }
-                    Err(local)
+            return final_result.map_err(|mut local| {
+                if tries > 1 {
+                    local.flags.set(Flags::URX);
                 }
-            };
+                local
+            });
         }
         // The retry just made (if any) is over: its budget slot is free again.
         _retry_slot = None;
@@ -196,6 +182,30 @@ pub async fn send(
             }
         }
     }
+}
+
+/// The endpoint of try number `tries` (one not tried yet where the balancer can), noted in
+/// the record.
+fn choose(
+    call: &Call<'_>,
+    tried: &[Arc<Upstream>],
+    now: Instant,
+    tries: u32,
+    ex: &mut RequestCtx,
+) -> Result<Arc<Upstream>, LocalReply> {
+    let up = pick(
+        call.endpoints,
+        call.lb,
+        call.rr,
+        call.hash,
+        Avoid { tried, now },
+    )
+    .ok_or(LocalReply::NO_HEALTHY)?
+    .clone();
+    ex.attempts = tries;
+    ex.upstream = Some(up.authority.clone());
+    ex.upstream_identity = up.identity.clone();
+    Ok(up)
 }
 
 /// What a try's result means for the request.

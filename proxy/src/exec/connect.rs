@@ -41,7 +41,7 @@ pub async fn open(
     attempts: u32,
     mut on_pick: impl FnMut(&Arc<Upstream>),
 ) -> Result<Connected, ConnectFailed> {
-    let rr = target.rr.unwrap_or(&shared.inbound_rr);
+    let rr = target.rr.unwrap_or(&shared.unclustered_rr);
     let mut tried: Vec<Arc<Upstream>> = Vec::new();
     let mut failed = ConnectFailed::default();
     while failed.failures < attempts {

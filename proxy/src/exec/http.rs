@@ -25,7 +25,11 @@ use crate::io::body::ProxyBody;
 use crate::io::replay::{ReplayBody, REPLAY_LIMIT};
 use crate::plan::{Forward, Target};
 use crate::request::RequestCtx;
-use crate::routes::{Destination, Fault, Matched, Mirror, RouteAction};
+use halyard_filters::fault::Fault;
+use halyard_filters::filter::Filter as _;
+use halyard_filters::header_ops::RouteHeaders;
+
+use crate::routes::{Destination, Matched, Mirror, RouteAction};
 use crate::shared::Shared;
 use crate::snapshot::{defaults, Snapshot};
 use crate::telemetry::peer::{self, PEER_METADATA, PEER_METADATA_ID};
@@ -57,7 +61,7 @@ pub async fn send(
         _ => None,
     };
     let (mut parts, body) = req.into_parts();
-    upstream_headers(snap, conn, &mut parts, matched, &fwd, ex)?;
+    upstream_headers(snap, &mut parts, matched, &fwd)?;
     let counter = Arc::new(AtomicU64::new(0));
     ex.request_bytes = Some(counter.clone());
     let mirrors = action.map_or(&[][..], |a| &a.mirrors[..]);
@@ -99,28 +103,26 @@ fn record_target(ex: &mut RequestCtx, target: &Target<'_>) {
     }
 }
 
-/// The upstream request's headers: hop-by-hop ones gone, request id and forwarding added,
-/// the route's header operations and rewrite, and Istio's metadata exchange for mesh peers.
-fn upstream_headers(
-    snap: &Snapshot,
-    conn: &ConnInfo,
-    parts: &mut Parts,
-    matched: Option<Matched<'_>>,
-    fwd: &Forward<'_>,
-    ex: &mut RequestCtx,
-) -> Result<(), LocalReply> {
-    headers::remove_hop_by_hop(&mut parts.headers, fwd.upgrade);
+/// What the proxy does to the headers of every request it forwards, before the route's own
+/// changes: hop-by-hop ones gone, `Expect` answered here, a request id and forwarding added.
+pub fn clean_headers(parts: &mut Parts, conn: &ConnInfo, upgrade: bool, ex: &mut RequestCtx) {
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
     // 100-continue is answered by our server side when the body is first read.
     parts.headers.remove(header::EXPECT);
     ex.request_id = Some(headers::ensure_request_id(&mut parts.headers));
     headers::add_forwarded(&mut parts.headers, conn.peer.ip());
+}
+
+/// The upstream request's headers after the route's filters: its rewrite, and Istio's
+/// metadata exchange for mesh peers.
+fn upstream_headers(
+    snap: &Snapshot,
+    parts: &mut Parts,
+    matched: Option<Matched<'_>>,
+    fwd: &Forward<'_>,
+) -> Result<(), LocalReply> {
     if let Some(m) = matched {
-        let a = &m.route.action;
-        if let Some(d) = fwd.dest {
-            d.request_headers.apply(&mut parts.headers);
-        }
-        a.request_headers.apply(&mut parts.headers);
-        if let Some(rw) = &a.rewrite {
+        if let Some(rw) = &m.route.action.rewrite {
             ops::rewrite(rw, m.by, parts)?;
         }
     }
@@ -149,7 +151,7 @@ fn spawn_mirrors(
         if !Fault::roll(m.share) {
             continue;
         }
-        let Some(c) = snap.clusters.get(m.destination.cluster) else {
+        let Some(c) = snap.outbound.clusters.get(m.destination.cluster) else {
             continue;
         };
         match ops::copy_request(req, replay) {
@@ -184,7 +186,7 @@ async fn attempt(
         cluster: target.cluster.map(|c| &**c),
         endpoints: target.endpoints.as_slice(),
         lb: target.lb,
-        rr: target.rr.unwrap_or(&shared.inbound_rr),
+        rr: target.rr.unwrap_or(&shared.unclustered_rr),
         hash,
         version: fwd.version,
         upgrade: fwd.upgrade,
@@ -235,34 +237,31 @@ fn respond(
         }
         _ => headers::remove_hop_by_hop(resp.headers_mut(), false),
     }
-    if let Some(a) = back.action {
-        if let Some(d) = back.dest {
-            d.response_headers.apply(resp.headers_mut());
-        }
-        a.response_headers.apply(resp.headers_mut());
-    }
+    let (mut parts, body) = resp.into_parts();
+    let route_headers = RouteHeaders {
+        dest: back.dest.map(|d| &d.headers),
+        route: back.action.map(|a| &a.headers),
+    };
+    route_headers.on_response(&mut parts, &mut ex.notes);
+    let h = &mut parts.headers;
     if let Some(c) = back.set_cookie {
-        resp.headers_mut().append(header::SET_COOKIE, c);
+        h.append(header::SET_COOKIE, c);
     }
-    let [meta, meta_id] = headers::present(resp.headers(), [&PEER_METADATA, &PEER_METADATA_ID]);
-    let meta = meta
-        .then(|| resp.headers_mut().remove(&PEER_METADATA))
-        .flatten();
+    let [meta, meta_id] = headers::present(h, [&PEER_METADATA, &PEER_METADATA_ID]);
+    let meta = meta.then(|| h.remove(&PEER_METADATA)).flatten();
     if meta_id {
-        resp.headers_mut().remove(&PEER_METADATA_ID);
+        h.remove(&PEER_METADATA_ID);
     }
     match conn.listener {
         ListenerKind::Outbound if ex.upstream_identity.is_some() => {
             ex.peer_meta = meta.as_ref().and_then(peer::decode);
         }
         ListenerKind::Inbound if conn.peer_cert.is_some() => {
-            let h = resp.headers_mut();
             h.insert(PEER_METADATA, snap.local.headers.metadata.clone());
             h.insert(PEER_METADATA_ID, snap.local.headers.id.clone());
         }
         _ => {}
     }
-    let (parts, body) = resp.into_parts();
     Response::from_parts(parts, ProxyBody::streamed(body, None))
 }
 

@@ -7,6 +7,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
 
 const BUF_SIZE: usize = 16 * 1024;
 
@@ -25,6 +26,9 @@ pub enum RelayError {
     /// Nothing moved in either direction for the idle timeout.
     #[error("idle timeout")]
     Idle(Transferred),
+    /// The connection was closed from outside (its permission was revoked).
+    #[error("stopped")]
+    Stopped(Transferred),
     /// A read or write failed.
     #[error("{source}")]
     Io {
@@ -112,12 +116,20 @@ impl OneWay {
     }
 }
 
+/// How a relay ended without an error.
+enum End {
+    Done,
+    Idle,
+    Stopped,
+}
+
 /// Relays bytes between `client` and `server` until both directions reach EOF, an error
-/// occurs, or nothing moves for `idle`.
+/// occurs, nothing moves for `idle`, or `stop` is cancelled.
 pub async fn relay<C, S>(
     client: &mut C,
     server: &mut S,
     idle: Duration,
+    stop: Option<&CancellationToken>,
 ) -> Result<Transferred, RelayError>
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -128,11 +140,21 @@ where
     let (mut up_done, mut down_done) = (false, false);
     let sleep = tokio::time::sleep(idle);
     tokio::pin!(sleep);
+    let stopped = async {
+        match stop {
+            Some(t) => t.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stopped);
     let totals = |up: &OneWay, down: &OneWay| Transferred {
         client_to_server: up.total,
         server_to_client: down.total,
     };
     let result = poll_fn(|cx| {
+        if stopped.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(End::Stopped));
+        }
         let mut moved = false;
         if !up_done {
             match up.poll_copy(
@@ -159,21 +181,22 @@ where
             }
         }
         if up_done && down_done {
-            return Poll::Ready(Ok(true));
+            return Poll::Ready(Ok(End::Done));
         }
         if moved {
             sleep.as_mut().reset(tokio::time::Instant::now() + idle);
         }
         match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Ok(false)),
+            Poll::Ready(()) => Poll::Ready(Ok(End::Idle)),
             Poll::Pending => Poll::Pending,
         }
     })
     .await;
     let moved = totals(&up, &down);
     match result {
-        Ok(true) => Ok(moved),
-        Ok(false) => Err(RelayError::Idle(moved)),
+        Ok(End::Done) => Ok(moved),
+        Ok(End::Idle) => Err(RelayError::Idle(moved)),
+        Ok(End::Stopped) => Err(RelayError::Stopped(moved)),
         Err(source) => Err(RelayError::Io { moved, source }),
     }
 }
@@ -187,10 +210,9 @@ mod tests {
     async fn half_close_passes_through() {
         let (mut client, mut proxy_c) = tokio::io::duplex(1024);
         let (mut proxy_s, mut server) = tokio::io::duplex(1024);
-        let relay =
-            tokio::spawn(
-                async move { relay(&mut proxy_c, &mut proxy_s, Duration::from_secs(5)).await },
-            );
+        let relay = tokio::spawn(async move {
+            relay(&mut proxy_c, &mut proxy_s, Duration::from_secs(5), None).await
+        });
         // Server echoes until EOF, then closes.
         let echo = tokio::spawn(async move {
             let mut data = Vec::new();
@@ -218,7 +240,39 @@ mod tests {
     async fn idle_timeout_fires() {
         let (_client, mut proxy_c) = tokio::io::duplex(64);
         let (mut proxy_s, _server) = tokio::io::duplex(64);
-        let r = relay(&mut proxy_c, &mut proxy_s, Duration::from_millis(50)).await;
+        let r = relay(&mut proxy_c, &mut proxy_s, Duration::from_millis(50), None).await;
         assert!(matches!(r, Err(RelayError::Idle(_))));
+    }
+
+    #[tokio::test]
+    async fn stop_ends_an_open_relay() {
+        let (mut client, mut proxy_c) = tokio::io::duplex(64);
+        let (mut proxy_s, mut server) = tokio::io::duplex(64);
+        let stop = CancellationToken::new();
+        let s2 = stop.clone();
+        let relay = tokio::spawn(async move {
+            relay(
+                &mut proxy_c,
+                &mut proxy_s,
+                Duration::from_secs(30),
+                Some(&s2),
+            )
+            .await
+        });
+        client.write_all(b"hi").await.unwrap();
+        let mut got = [0u8; 2];
+        server.read_exact(&mut got).await.unwrap();
+        stop.cancel();
+        let r = tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(r, Err(RelayError::Stopped(t)) if t.client_to_server == 2),
+            "{r:?}"
+        );
+        // Both sides see the relay gone.
+        let mut rest = Vec::new();
+        assert_eq!(client.read_to_end(&mut rest).await.unwrap(), 0);
     }
 }

@@ -14,6 +14,7 @@ use crate::plan::Target;
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 use crate::telemetry::access_log::TcpRecord;
+use crate::watched::Registration;
 
 /// Connects to a TCP target, tried up to this many times (Istio's default: 2 retries).
 const TCP_ATTEMPTS: u32 = 3;
@@ -67,7 +68,8 @@ impl TcpLog {
     }
 }
 
-/// Relays `io` to an endpoint of `target` and logs the connection when it ends.
+/// Relays `io` to an endpoint of `target` (until `watch` says the connection must close)
+/// and logs the connection when it ends.
 pub async fn carry<I: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     snap: &Snapshot,
@@ -75,6 +77,7 @@ pub async fn carry<I: AsyncRead + AsyncWrite + Unpin>(
     target: Target<'_>,
     mut io: I,
     mut log: TcpLog,
+    watch: Option<&Registration>,
 ) {
     log.cluster = match target.cluster {
         Some(c) => Some(c.name.clone()),
@@ -124,10 +127,17 @@ pub async fn carry<I: AsyncRead + AsyncWrite + Unpin>(
         .then(|| crate::request::report::tcp_conn(shared, snap, info, &up, log.cluster.as_deref()));
     let mut server = Counted::new(server, conn);
     log.upstream = Some(up.authority.clone());
-    log.moved = match relay::relay(&mut io, &mut server, target.idle).await {
+    let stop = watch.map(|w| w.watched().closed());
+    log.moved = match relay::relay(&mut io, &mut server, target.idle, stop).await {
         Ok(m) => m,
         Err(RelayError::Idle(m)) => {
             log.flags.set(Flags::IDLE);
+            m
+        }
+        Err(RelayError::Stopped(m)) => {
+            if let Some(why) = watch.and_then(|w| w.watched().why()) {
+                log.flags.set(why.flag());
+            }
             m
         }
         Err(RelayError::Io { moved, source }) => {

@@ -19,6 +19,7 @@ use crate::io::UpstreamIo;
 use crate::plan::Target;
 use crate::request::RequestCtx;
 use crate::shared::Shared;
+use crate::watched::Registration;
 
 /// Attempts to open a CONNECT tunnel (Istio's default: 2 retries).
 const CONNECT_ATTEMPTS: u32 = 3;
@@ -80,13 +81,15 @@ pub async fn connect(
     Ok(Response::new(ProxyBody::Empty))
 }
 
-/// Relays a tunnel to its end, then records the exchange with the bytes it carried.
-pub async fn run(t: Tunnel, mut ex: RequestCtx) {
+/// Relays a tunnel to its end (or until `watch` says it must close), then records the
+/// exchange with the bytes it carried.
+pub async fn run(t: Tunnel, mut ex: RequestCtx, watch: Option<Registration>) {
+    let stop = watch.as_ref().map(|w| w.watched().closed());
     let result = match t.up {
         TunnelEnd::Upgraded(up) => match tokio::try_join!(t.down, up) {
             Ok((d, u)) => {
                 let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
-                Some(relay::relay(&mut d, &mut u, t.idle).await)
+                Some(relay::relay(&mut d, &mut u, t.idle, stop).await)
             }
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade failed");
@@ -96,7 +99,7 @@ pub async fn run(t: Tunnel, mut ex: RequestCtx) {
         TunnelEnd::Io(mut up) => match t.down.await {
             Ok(d) => {
                 let mut d = TokioIo::new(d);
-                Some(relay::relay(&mut d, &mut up, t.idle).await)
+                Some(relay::relay(&mut d, &mut up, t.idle, stop).await)
             }
             Err(e) => {
                 tracing::debug!(error = %e, "CONNECT upgrade failed");
@@ -108,6 +111,12 @@ pub async fn run(t: Tunnel, mut ex: RequestCtx) {
         Some(Ok(m)) => m,
         Some(Err(RelayError::Idle(m))) => {
             ex.flags.set(Flags::IDLE);
+            m
+        }
+        Some(Err(RelayError::Stopped(m))) => {
+            if let Some(why) = watch.as_ref().and_then(|w| w.watched().why()) {
+                ex.flags.set(why.flag());
+            }
             m
         }
         Some(Err(RelayError::Io { moved, source })) => {

@@ -5,32 +5,47 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response};
 
 use super::body::ProxyBody;
-use crate::ctx::{grpc_code, LocalReply};
+use crate::ctx::{grpc_code, Form, LocalReply};
 
-impl LocalReply {
+/// Renders a local reply as a response.
+pub trait Render {
     /// The response in the caller's form: for a gRPC request the trailers-only gRPC answer
-    /// Envoy gives (HTTP 200, `grpc-status` from the HTTP status, `grpc-message` the reason).
-    pub fn response_for(&self, grpc: bool) -> Response<ProxyBody> {
-        if grpc {
-            grpc_reply(grpc_code(self.status), self.reason)
-        } else {
-            self.response()
-        }
-    }
+    /// Envoy gives (HTTP 200, `grpc-status` from the HTTP status, `grpc-message` the reason),
+    /// unless the reply fixes its form; its headers are added either way.
+    fn response_for(self, grpc: bool) -> Response<ProxyBody>;
+}
 
-    /// Builds the HTTP response.
-    pub fn response(&self) -> Response<ProxyBody> {
-        let mut text = String::with_capacity(self.reason.len() + 1);
-        text.push_str(self.reason);
-        text.push('\n');
-        let mut resp = Response::new(ProxyBody::full(Bytes::from(text)));
-        *resp.status_mut() = self.status;
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+impl Render for LocalReply {
+    fn response_for(self, grpc: bool) -> Response<ProxyBody> {
+        let mut resp = match self.form {
+            Form::Grpc(code) => grpc_reply(code, &self.reason),
+            Form::Auto if grpc => grpc_reply(grpc_code(self.status), &self.reason),
+            Form::Auto | Form::Plain => plain(&self),
+        };
+        if let Some(extra) = self.headers {
+            resp.headers_mut().extend(*extra);
+        }
         resp
     }
+}
+
+/// The HTTP status with the reason as text (no body when there is no reason).
+fn plain(reply: &LocalReply) -> Response<ProxyBody> {
+    if reply.reason.is_empty() {
+        let mut resp = Response::new(ProxyBody::Empty);
+        *resp.status_mut() = reply.status;
+        return resp;
+    }
+    let mut text = String::with_capacity(reply.reason.len() + 1);
+    text.push_str(&reply.reason);
+    text.push('\n');
+    let mut resp = Response::new(ProxyBody::full(Bytes::from(text)));
+    *resp.status_mut() = reply.status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
 }
 
 /// A trailers-only gRPC response: HTTP 200, `content-type: application/grpc`, the status and

@@ -78,9 +78,12 @@ pub async fn run(shared: Arc<Shared>, kind: ListenerKind, listener: TcpListener)
 /// The protocol a port declares, from the original destination.
 fn hint(snap: &Snapshot, kind: ListenerKind, orig: Option<SocketAddr>) -> Protocol {
     match kind {
-        ListenerKind::Outbound => orig.and_then(|o| snap.by_addr(o)).map(|(_, p)| p.protocol),
+        ListenerKind::Outbound => orig
+            .and_then(|o| snap.outbound.by_addr(o))
+            .map(|(_, p)| p.protocol),
         ListenerKind::Inbound => snap
-            .inbound_target(orig.map(|o| o.port()))
+            .inbound
+            .target(orig.map(|o| o.port()))
             .map(|t| t.protocol),
     }
     .unwrap_or(Protocol::Auto)
@@ -128,7 +131,7 @@ async fn connection(
     let mut info = ConnInfo::new(kind, peer, orig_dst);
     info.local = Some(local);
     let orig_port = orig_dst.map(|d| d.port());
-    let mode = snap.inbound_mtls(orig_port);
+    let mode = snap.inbound.mtls(orig_port);
     // Mesh TLS may arrive on any inbound port that is not DISABLE; a STRICT port waits
     // as long as a declared HTTP port for the client's first bytes (it must speak first).
     let peek_tls = kind == ListenerKind::Inbound && mode != MtlsMode::Disable;
@@ -173,19 +176,23 @@ async fn connection(
 }
 
 /// An opaque TCP connection: planned by its destination (and server name), authorized on
-/// the inbound side with the rules that need only L4 attributes, then relayed.
-async fn tcp(shared: &Shared, snap: &Snapshot, info: &ConnInfo, io: DownstreamIo) {
+/// the inbound side with the rules that need only L4 attributes (and watched while open, so
+/// that a tightened policy closes it), then relayed.
+async fn tcp(shared: &Shared, snap: &Snapshot, info: &Arc<ConnInfo>, io: DownstreamIo) {
     let log = TcpLog::begin();
     let target = match plan::tcp(snap, info, fastrand::u64(..)) {
         Ok(t) => t,
         Err(local) => return log.refused(shared, snap, info, local.flags),
     };
+    let mut watch = None;
     if info.listener == ListenerKind::Inbound {
         let port = info.dst_port.or(target.service_port).unwrap_or(0);
         if !inbound::tcp_allowed(shared, snap, info, port) {
             // Dropping the stream closes the connection before a byte reaches the app.
             return log.refused(shared, snap, info, Flags::RBAC);
         }
+        let conns = &shared.open_conns;
+        watch = Some(conns.register(info.clone(), port, None, snap.generation));
     }
-    exec::tcp::carry(shared, snap, info, target, io, log).await;
+    exec::tcp::carry(shared, snap, info, target, io, log, watch.as_ref()).await;
 }

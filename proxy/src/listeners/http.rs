@@ -8,10 +8,13 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::{inbound, outbound};
-use crate::chain::ops;
+use halyard_filters::header_ops::RouteHeaders;
+
+use crate::chain;
 use crate::ctx::{ConnInfo, ListenerKind, LocalReply};
 use crate::exec::tunnel::{self, Tunnel};
 use crate::io::body::{ProxyBody, ResponseBody};
+use crate::io::reply::Render;
 use crate::plan::{HttpPlan, Step};
 use crate::request::{grpc_status_of, RequestCtx};
 use crate::shared::Shared;
@@ -68,15 +71,21 @@ pub async fn handle(
     match tunnel {
         // The exchange ends with the tunnel, not with this (empty) response.
         Some(t) => {
-            shared.tasks.spawn(tunnel::run(t, ex));
+            let watch = ex.tunnel_request.take().map(|r| {
+                let port = conn.dst_port.or(ex.service_port).unwrap_or(0);
+                let conns = &shared.open_conns;
+                conns.register(conn.clone(), port, Some(r), snap.generation)
+            });
+            shared.tasks.spawn(tunnel::run(t, ex, watch));
             Response::from_parts(parts, ResponseBody::new(body, None))
         }
         None => Response::from_parts(parts, ResponseBody::new(body, Some(Box::new(ex)))),
     }
 }
 
-/// Carries out an HTTP plan: the route's fault first, then its step (forward, redirect or
-/// a local reply).
+/// Carries out an HTTP plan: the route's filters first (its fault; for a forwarded request
+/// the header operations of its route and destination), then its step (forward, or answer with
+/// a local reply such as a redirect).
 pub(super) async fn carry(
     shared: &Arc<Shared>,
     snap: &Arc<Snapshot>,
@@ -86,28 +95,32 @@ pub(super) async fn carry(
     ex: &mut RequestCtx,
     tunnel: &mut Option<Tunnel>,
 ) -> Result<Response<ProxyBody>, LocalReply> {
+    let route = plan.route.map(|m| &m.route.action);
     if let Some(m) = plan.route {
         ex.route = Some(m.route.name.clone());
     }
-    if let Some(fault) = plan.fault {
-        if let Some(resp) = ops::inject_fault(shared, fault, ex).await {
-            return Ok(resp);
+    let fwd = match plan.step {
+        Step::Forward(fwd) => fwd,
+        Step::Reply(local) => {
+            if let Some(fault) = plan.fault {
+                let (mut parts, _) = req.into_parts();
+                chain::run(fault, shared, conn, 0, &mut parts, ex).await?;
+            }
+            return Err(local);
         }
-    }
-    match plan.step {
-        Step::Forward(fwd) => {
-            crate::exec::http::send(shared, snap, conn, req, plan.route, fwd, ex, tunnel).await
-        }
-        Step::Redirect {
-            redirect,
-            host,
-            port,
-        } => {
-            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            Ok(ops::redirect(redirect, &host, port, pq))
-        }
-        Step::Reply(local) => Err(local),
-    }
+    };
+    let (mut parts, body) = req.into_parts();
+    // What the proxy does to every forwarded request comes before the route's own changes,
+    // which may override it.
+    crate::exec::http::clean_headers(&mut parts, conn, fwd.upgrade, ex);
+    let headers = RouteHeaders {
+        dest: fwd.dest.map(|d| &d.headers),
+        route: route.map(|a| &a.headers),
+    };
+    let port = fwd.target.service_port.unwrap_or(0);
+    chain::run(&(plan.fault, headers), shared, conn, port, &mut parts, ex).await?;
+    let req = Request::from_parts(parts, body);
+    crate::exec::http::send(shared, snap, conn, req, plan.route, fwd, ex, tunnel).await
 }
 
 /// CONNECT: plans the tunnel's target and opens it.

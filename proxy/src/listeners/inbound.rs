@@ -12,7 +12,9 @@ use tokio::net::TcpStream;
 
 use super::accept::detect_for;
 use super::http::{carry, connect, strip_mesh_headers};
-use crate::chain::policy::{self, Refusal};
+use halyard_filters::attrs::OwnedRequest;
+
+use crate::chain;
 use crate::ctx::{ConnInfo, ListenerKind, LocalReply, PeerCert};
 use crate::detect::Detected;
 use crate::exec::tunnel::Tunnel;
@@ -52,18 +54,24 @@ pub(super) async fn request(
         ex.peer_meta = mesh.meta.as_ref().and_then(peer::decode);
     }
     if let Some(host) = plan::http_authority(&req).map(|a| normalize_host(a).0) {
-        ex.service = snap.cluster_for_host(host).map(|c| c.service.clone());
+        ex.service = snap
+            .outbound
+            .cluster_for_host(host)
+            .map(|c| c.service.clone());
     }
-    if !(snap.rbac.is_empty() && snap.authn.is_empty()) {
+    let tunnel_opener = req.method() == Method::CONNECT || headers::is_upgrade(req.headers());
+    if snap.inbound_chain.is_some() || tunnel_opener {
         let port = conn
             .dst_port
-            .or_else(|| snap.inbound_target(None).map(|t| t.port))
+            .or_else(|| snap.inbound.target(None).map(|t| t.port))
             .unwrap_or(0);
         let (mut parts, body) = req.into_parts();
-        match policy::inbound(shared, snap, conn, port, &mut parts, ex).await {
-            Ok(()) => {}
-            Err(Refusal::LocalReply(local)) => return Err(local),
-            Err(Refusal::Unauthenticated(resp)) => return Ok(resp),
+        if let Some(chain) = &snap.inbound_chain {
+            chain::run(chain, shared, conn, port, &mut parts, ex).await?;
+        }
+        if tunnel_opener {
+            // The tunnel outlives this decision: it is decided again when the policy changes.
+            ex.tunnel_request = Some(OwnedRequest::of(&parts, ex.notes.auth.clone()));
         }
         req = Request::from_parts(parts, body);
     }
@@ -92,7 +100,7 @@ pub(super) async fn security(
         None
     };
     if proto != Detected::Tls {
-        if snap.inbound_mtls(info.dst_port) == MtlsMode::Strict {
+        if snap.inbound.mtls(info.dst_port) == MtlsMode::Strict {
             return refuse("plaintext");
         }
         metrics
@@ -113,7 +121,7 @@ pub(super) async fn security(
     if info.dst_port.is_none() {
         info.dst_port = hello.server_name().and_then(port_from_server_name);
     }
-    let mode = snap.inbound_mtls(info.dst_port);
+    let mode = snap.inbound.mtls(info.dst_port);
     let tls = match (mode, &shared.mtls) {
         (MtlsMode::Disable, _) | (MtlsMode::Permissive, None) => {
             metrics
@@ -153,22 +161,10 @@ pub(super) async fn security(
 
 /// Authorizes an inbound TCP connection with the rules that need only L4 attributes.
 pub(super) fn tcp_allowed(shared: &Shared, snap: &Snapshot, info: &ConnInfo, port: u16) -> bool {
-    if snap.rbac.is_empty() {
-        return true;
-    }
-    let decision = snap
-        .rbac
-        .evaluate_tcp(&crate::chain::policy::connection(info, port));
-    crate::chain::policy::record(&shared.metrics, &decision);
-    if !decision.allowed() {
-        tracing::debug!(
-            peer = %info.peer,
-            policy = decision.policy_label(),
-            reason = decision.reason().as_str(),
-            "connection denied by authorization policy"
-        );
-    }
-    decision.allowed()
+    snap.inbound_chain.as_ref().is_none_or(|c| {
+        c.rbac
+            .allows_connection(&info.attrs(port), &shared.metrics.filters)
+    })
 }
 
 /// The protocol inside mesh TLS: from ALPN, else detected (as the port declares it). Mesh
@@ -184,7 +180,8 @@ async fn inner_protocol<I: tokio::io::AsyncRead + Unpin>(
         Some(ALPN_HTTP11) => (Detected::Http1, Bytes::new()),
         _ => {
             let hint = snap
-                .inbound_target(info.dst_port)
+                .inbound
+                .target(info.dst_port)
                 .map_or(Protocol::Auto, |t| t.protocol);
             match detect_for(stream, hint, false, snap.settings.detection_timeout).await {
                 Ok(x) => x,

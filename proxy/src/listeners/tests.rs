@@ -259,3 +259,215 @@ async fn a_stopped_proxy_refuses_new_connections() {
     let refused = tokio::net::TcpStream::connect(addr).await;
     assert!(refused.is_err(), "still accepting after stop");
 }
+
+#[tokio::test]
+async fn route_filters_run_after_the_proxys_own_headers() {
+    let echo = Echo::start("echo-f").await;
+    let extra = "virtualHosts:
+  - name: echo
+    hosts: [echo.local]
+    routes:
+      - name: teapot
+        match: [{uri: {prefix: /teapot}}]
+        fault: {abort: {httpStatus: 418, percent: 100}}
+        route: {service: echo.default.svc.cluster.local}
+      - name: grpc-abort
+        match: [{uri: {prefix: /grpc}}]
+        fault: {abort: {grpcStatus: 14, percent: 100}}
+        route: {service: echo.default.svc.cluster.local}
+      - name: headers
+        route:
+          service: echo.default.svc.cluster.local
+          requestHeaders: {set: {x-order: dest, x-dest: d}}
+        requestHeaders:
+          set: {x-order: route, x-forwarded-for: 192.0.2.1, x-request-id: fixed-id}
+";
+    let proxy = TestProxy::start(&echo_config(echo.port(), extra)).await;
+    let out = proxy.addrs.outbound;
+
+    let r = get(out, "echo.local", "/any").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let h = &r.json()["headers"];
+    assert_eq!(
+        h["x-order"], "route",
+        "the route's set comes after the destination's"
+    );
+    assert_eq!(h["x-dest"], "d");
+    // The route's own values win over what the proxy adds to every request.
+    assert_eq!(h["x-forwarded-for"], "192.0.2.1", "{h}");
+    assert_eq!(h["x-request-id"], "fixed-id", "{h}");
+
+    let r = get(out, "echo.local", "/teapot").await;
+    assert_eq!(r.status, 418);
+    assert_eq!(r.text(), "fault filter abort\n");
+    let e = proxy.wait_log("FI", |e| e["path"] == "/teapot").await;
+    assert_eq!(e["response_flags"], "FI");
+    assert_eq!(e["route_name"], "teapot");
+    assert_eq!(e["upstream_request_attempt_count"], 0, "{e}");
+
+    let r = send(out, "GET", "/grpc", &[("host", "echo.local")]).await;
+    assert_eq!(r.status, 200, "a gRPC abort is a trailers-only answer");
+    assert_eq!(r.headers["grpc-status"], "14");
+    assert_eq!(r.headers["content-type"], "application/grpc");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn inbound_chain_normalises_then_authorizes() {
+    let echo = Echo::start("echo-p").await;
+    let extra = "authorizationPolicies:
+  - name: default/no-admin
+    action: DENY
+    rules:
+      - to: [{paths: [/admin]}]
+";
+    let proxy = TestProxy::start(&echo_config(echo.port(), extra)).await;
+    let inb = proxy.addrs.inbound;
+
+    let r = get(inb, "app.local", "/public/x").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get(inb, "app.local", "/public/%2e%2e//admin").await;
+    assert_eq!(r.status, 403, "another spelling of /admin is /admin");
+    assert_eq!(r.text(), "RBAC: access denied\n");
+    let e = proxy
+        .wait_log("RBAC", |e| e["path"] == "/public/%2e%2e//admin")
+        .await;
+    assert_eq!(e["response_flags"], "RBAC");
+    assert_eq!(e["rbac_policy"], "default/no-admin", "{e}");
+
+    let r = send(
+        inb,
+        "GET",
+        "/admin",
+        &[("host", "app.local"), ("content-type", "application/grpc")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "gRPC callers get the gRPC form");
+    assert_eq!(r.headers["grpc-status"], "7");
+
+    let r = get(inb, "app.local", "/a%00b").await;
+    assert_eq!(r.status, 400);
+    let e = proxy.wait_log("DPE", |e| e["path"] == "/a%00b").await;
+    assert_eq!(e["response_flags"], "DPE");
+
+    // The app gets the path that was authorized.
+    let r = get(inb, "app.local", "/public/./x/../y").await;
+    assert_eq!(r.json()["path"], "/public/y");
+    proxy.stop().await;
+}
+
+/// A keep-alive connection to `to` from the loopback address `from`.
+async fn open_from(from: [u8; 4], to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind((std::net::Ipv4Addr::from(from), 0).into())
+        .expect("bind");
+    sock.connect(to).await.expect("connect")
+}
+
+/// One HTTP/1.1 exchange on an open connection: the status line, or `None` once the
+/// connection is closed.
+async fn exchange(s: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /kept HTTP/1.1\r\nhost: app\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return head.lines().next().map(str::to_string);
+            }
+        }
+    }
+}
+
+/// Whether the peer closes `s` within `within` (reads return EOF or a reset).
+async fn closed_within(s: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test]
+async fn a_tightened_policy_closes_the_tcp_connections_it_now_denies() {
+    let echo = Echo::start("echo-t").await;
+    let base = format!(
+        "version: tcp-1
+workload:
+  name: app
+  namespace: default
+  ports:
+    - port: 9000
+      protocol: TCP
+      appAddress: 127.0.0.1:{}
+",
+        echo.port()
+    );
+    let proxy = TestProxy::start(&base).await;
+    let inb = proxy.addrs.inbound;
+    let mut kept = open_from([127, 0, 0, 1], inb).await;
+    let mut cut = open_from([127, 0, 0, 2], inb).await;
+    assert_eq!(
+        exchange(&mut kept).await.as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+    assert_eq!(exchange(&mut cut).await.as_deref(), Some("HTTP/1.1 200 OK"));
+
+    // An unrelated edit leaves both open.
+    proxy.reconfigure(&base.replace("tcp-1", "tcp-2"));
+    assert!(!closed_within(&mut cut, std::time::Duration::from_millis(1500)).await);
+    assert_eq!(exchange(&mut cut).await.as_deref(), Some("HTTP/1.1 200 OK"));
+
+    proxy.reconfigure(&format!(
+        "{}authorizationPolicies:
+  - name: default/block-127-0-0-2
+    action: DENY
+    rules: [{{from: [{{ipBlocks: [127.0.0.2/32]}}]}}]
+",
+        base.replace("tcp-1", "tcp-3")
+    ));
+    // The file is polled every 500 ms and open connections looked at every 250 ms.
+    let start = std::time::Instant::now();
+    assert!(closed_within(&mut cut, std::time::Duration::from_secs(3)).await);
+    let took = start.elapsed();
+    assert!(took < std::time::Duration::from_millis(1500), "{took:?}");
+    assert_eq!(
+        exchange(&mut kept).await.as_deref(),
+        Some("HTTP/1.1 200 OK"),
+        "an allowed connection is untouched"
+    );
+    let e = proxy
+        .wait_log("the revoked connection", |e| {
+            e["response_flags"] == "RBAC"
+                && e["downstream_remote_address"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("127.0.0.2:"))
+        })
+        .await;
+    assert!(e["bytes_received"].as_u64().unwrap_or(0) > 0, "{e}");
+    // A new connection the policy denies never reaches the app.
+    let mut again = open_from([127, 0, 0, 2], inb).await;
+    assert_eq!(exchange(&mut again).await, None);
+    proxy.stop().await;
+}

@@ -6,10 +6,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use halyard_xds::{LoadBalancer, Protocol};
-use http::{header, Method, Request, Version};
+use http::{header, Method, Request, StatusCode, Version};
 
-use crate::ctx::ConnInfo;
-use crate::ctx::LocalReply;
+use crate::ctx::{ConnInfo, Flags, Form, LocalReply};
 use crate::headers;
 use crate::routes::{
     lower_host, normalize_host, Action, Destination, Fault, Matched, Redirect, RequestView,
@@ -121,16 +120,7 @@ pub struct Forward<'s> {
 pub enum Step<'s> {
     /// Send upstream.
     Forward(Forward<'s>),
-    /// Answer with the route's redirect.
-    Redirect {
-        /// The redirect.
-        redirect: &'s Redirect,
-        /// The request's host (lower case, without port).
-        host: Box<str>,
-        /// The request's port.
-        port: Option<u16>,
-    },
-    /// Answer locally (no service port, no such cluster).
+    /// Answer locally: the route's redirect, or no service port, no such cluster.
     Reply(LocalReply),
 }
 
@@ -195,24 +185,20 @@ pub fn outbound<'s, B>(
         port,
         headers: req.headers(),
     };
-    let route = snap.routes.find(&view);
+    let route = snap.outbound.routes.find(&view);
     let action = route.map(|m| &m.route.action);
     let fault = action.and_then(|a| a.fault.as_ref());
     let dest = match action.map(|a| &a.action) {
         Some(Action::Redirect(r)) => {
-            let step = Step::Redirect {
-                redirect: r,
-                host: host.into(),
-                port,
-            };
-            return Ok(HttpPlan { route, fault, step });
+            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            return Ok(reply(route, fault, redirect(r, &host, port, pq)));
         }
         Some(Action::Forward(split)) => split.pick_at(roll),
         None => None,
     };
     let target = match dest {
         Some(d) => {
-            let Some(cluster) = snap.clusters.get(d.cluster) else {
+            let Some(cluster) = snap.outbound.clusters.get(d.cluster) else {
                 return Ok(reply(route, fault, LocalReply::NO_ROUTE));
             };
             let Some(cp) = cluster.port(d.port.or(port)) else {
@@ -220,9 +206,9 @@ pub fn outbound<'s, B>(
             };
             Target::service(cluster, cp)
         }
-        None => match conn.orig_dst.and_then(|d| snap.by_addr(d)) {
+        None => match conn.orig_dst.and_then(|d| snap.outbound.by_addr(d)) {
             Some((cluster, cp)) => Target::service(cluster, cp),
-            None => match conn.orig_dst.filter(|_| !snap.registry_only) {
+            None => match conn.orig_dst.filter(|_| !snap.outbound.registry_only) {
                 Some(dst) => passthrough(dst.ip().to_string(), dst.port()),
                 None => return Ok(reply(route, fault, LocalReply::NO_ROUTE)),
             },
@@ -240,6 +226,19 @@ pub fn outbound<'s, B>(
         target,
     });
     Ok(HttpPlan { route, fault, step })
+}
+
+/// A route's redirect for a request to `host`/`port` with `path_and_query`: its status and
+/// `Location`, no body (500 when the location is not a valid header value).
+fn redirect(r: &Redirect, host: &str, port: Option<u16>, path_and_query: &str) -> LocalReply {
+    let location = r.location("http", host, port, path_and_query);
+    match http::HeaderValue::from_str(&location) {
+        Ok(v) => LocalReply::new(r.code, Flags::default(), "")
+            .in_form(Form::Plain)
+            .with_header(header::LOCATION, v),
+        Err(_) => LocalReply::new(StatusCode::INTERNAL_SERVER_ERROR, Flags::default(), "")
+            .in_form(Form::Plain),
+    }
 }
 
 /// The original destination, outside the registry: plain, with the default timeouts.
@@ -278,7 +277,8 @@ pub fn inbound<'s, B>(
     orig_h1: bool,
 ) -> Result<HttpPlan<'s>, LocalReply> {
     let t = snap
-        .inbound_target(conn.dst_port)
+        .inbound
+        .target(conn.dst_port)
         .ok_or(LocalReply::NO_ROUTE)?;
     let upgrade = is_upgrade(req);
     let target = Target::single(

@@ -16,7 +16,8 @@ pub fn tcp<'s>(snap: &'s Snapshot, conn: &ConnInfo, roll: u64) -> Result<Target<
     match conn.listener {
         ListenerKind::Inbound => {
             let t = snap
-                .inbound_target(conn.dst_port)
+                .inbound
+                .target(conn.dst_port)
                 .ok_or(LocalReply::NO_ROUTE)?;
             Ok(Target::single(
                 Endpoints::Shared(std::slice::from_ref(&t.app)),
@@ -25,10 +26,13 @@ pub fn tcp<'s>(snap: &'s Snapshot, conn: &ConnInfo, roll: u64) -> Result<Target<
             ))
         }
         ListenerKind::Outbound => {
-            if let Some((c, p)) = snap.tcp_target(conn.orig_dst, conn.sni.as_deref(), roll) {
+            if let Some((c, p)) = snap
+                .outbound
+                .tcp_target(conn.orig_dst, conn.sni.as_deref(), roll)
+            {
                 return Ok(Target::service(c, p));
             }
-            match conn.orig_dst.filter(|_| !snap.registry_only) {
+            match conn.orig_dst.filter(|_| !snap.outbound.registry_only) {
                 Some(dst) => Ok(passthrough(dst.ip().to_string(), dst.port())),
                 None => Err(LocalReply::NO_ROUTE),
             }
@@ -49,12 +53,12 @@ pub fn connect<'s, B>(snap: &'s Snapshot, req: &Request<B>) -> Result<Target<'s>
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_ascii_lowercase();
-    match snap.cluster_for_host(&host) {
+    match snap.outbound.cluster_for_host(&host) {
         Some(c) => {
             let cp = c.port(Some(port)).ok_or(LocalReply::NO_HEALTHY)?;
             Ok(Target::service(c, cp))
         }
-        None if snap.registry_only => Err(LocalReply::NO_ROUTE),
+        None if snap.outbound.registry_only => Err(LocalReply::NO_ROUTE),
         None => Ok(passthrough(host, port)),
     }
 }

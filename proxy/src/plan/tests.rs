@@ -138,9 +138,11 @@ fn describe(plan: &HttpPlan<'_>) -> String {
         out.push_str("fault ");
     }
     match &plan.step {
-        Step::Reply(l) => out.push_str(&format!("reply {} {}", l.status.as_u16(), l.flags)),
-        Step::Redirect { host, port, .. } => {
-            out.push_str(&format!("redirect host={host} port={port:?}"))
+        Step::Reply(l) => {
+            out.push_str(&format!("reply {} {}", l.status.as_u16(), l.flags));
+            if let Some(location) = l.headers.as_ref().and_then(|h| h.get("location")) {
+                out.push_str(&format!(" location={}", location.to_str().unwrap_or("?")));
+            }
         }
         Step::Forward(f) => {
             out.push_str(&format!(
@@ -459,11 +461,11 @@ fn outbound_routes_subsets_weights_and_policies() {
         ),
         (
             case("exact path redirect", "/old").host("api.local"),
-            "route=moved redirect host=api.local port=None",
+            "route=moved reply 301 - location=http://api.local/new",
         ),
         (
             case("redirect keeps the request's port", "/old").host("API.local:8080"),
-            "route=moved redirect host=api.local port=Some(8080)",
+            "route=moved reply 301 - location=http://api.local:8080/new",
         ),
         (
             case("exact match does not take a longer path", "/old/x").host("api.local"),

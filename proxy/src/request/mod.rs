@@ -10,6 +10,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use halyard_filters::attrs::OwnedRequest;
+use halyard_filters::filter::Notes;
 use http::{HeaderValue, Method, Request, Uri, Version};
 
 use crate::ctx::{ConnInfo, Flags};
@@ -80,10 +82,11 @@ pub struct RequestCtx {
     pub guards: Guards,
     /// Why mutual TLS to the upstream failed, when it did.
     pub transport_failure: Option<&'static str>,
-    /// The authorization policy that denied the request, when one did.
-    pub denied_by: Option<Box<str>>,
-    /// The verified JWT principal (`iss/sub`), when the request carried a token.
-    pub request_principal: Option<Box<str>>,
+    /// What the filters noted: the verified JWT, the policy that denied the request.
+    pub notes: Notes,
+    /// Inbound: the request that opens a tunnel (CONNECT, upgrade), kept to decide the
+    /// tunnel again when the policy changes.
+    pub tunnel_request: Option<OwnedRequest>,
     /// Upstream tries (1 + retries); 0 when nothing was sent upstream.
     pub attempts: u32,
     /// The request is gRPC (`content-type: application/grpc...`).
@@ -143,8 +146,8 @@ impl RequestCtx {
             request_bytes: None,
             guards: Guards::default(),
             transport_failure: None,
-            denied_by: None,
-            request_principal: None,
+            notes: Notes::default(),
+            tunnel_request: None,
             attempts: 0,
             grpc: req
                 .headers()
@@ -152,12 +155,6 @@ impl RequestCtx {
                 .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
             grpc_status: None,
         }
-    }
-
-    /// Logs `uri` instead of the one received: authentication took a token out of the query,
-    /// and bearer tokens must not reach the logs.
-    pub fn redact_uri(&mut self, uri: &Uri) {
-        self.uri = uri.clone();
     }
 }
 

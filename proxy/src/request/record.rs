@@ -52,8 +52,8 @@ impl RequestCtx {
                 .map(|p| p.identity.to_string())
                 .as_deref()),
             "upstream_peer_uri_san" => s(self.upstream_identity.as_deref()),
-            "request_principal" => s(self.request_principal.as_deref()),
-            "rbac_policy" => s(self.denied_by.as_deref()),
+            "request_principal" => s(self.notes.auth.as_ref().map(|a| a.principal.as_str())),
+            "rbac_policy" => s(self.notes.denied_by.as_deref()),
             "trace_id" => self
                 .span
                 .as_ref()

@@ -192,16 +192,8 @@ impl RequestCtx {
             None => format!("{service}/*"),
         };
         let flags = self.flags.label();
-        let request_id = self
-            .request_id
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let user_agent = self
-            .user_agent
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let request_id = text_of(self.request_id.as_ref());
+        let user_agent = text_of(self.user_agent.as_ref());
         let protocol = match self.version {
             Version::HTTP_10 => "1.0",
             Version::HTTP_2 => "2",
@@ -239,9 +231,28 @@ impl RequestCtx {
         if let Some(p) = port {
             attrs.push(("server.port", AttrValue::Int(i64::from(p))));
         }
-        match span.kind() {
+        self.side_attributes(span.kind(), peer_ip.as_deref(), &mut attrs);
+        span.finish(
+            tracer,
+            SpanEnd {
+                name: &name,
+                status_code: self.code,
+                attributes: &attrs,
+            },
+        );
+    }
+
+    /// The attributes only one kind of span has: the client of a server span, the upstream
+    /// of a client span; and the gRPC status.
+    fn side_attributes<'a>(
+        &'a self,
+        kind: SpanKind,
+        peer_ip: Option<&'a str>,
+        attrs: &mut Vec<(&'static str, AttrValue<'a>)>,
+    ) {
+        match kind {
             SpanKind::Server => {
-                if let Some(ip) = &peer_ip {
+                if let Some(ip) = peer_ip {
                     attrs.push(("client.address", AttrValue::Str(ip)));
                 }
             }
@@ -257,13 +268,10 @@ impl RequestCtx {
         if let Some(g) = self.grpc_status {
             attrs.push(("rpc.grpc.status_code", AttrValue::Int(i64::from(g))));
         }
-        span.finish(
-            tracer,
-            SpanEnd {
-                name: &name,
-                status_code: self.code,
-                attributes: &attrs,
-            },
-        );
     }
+}
+
+/// A header value as text; empty when absent or not text.
+fn text_of(v: Option<&http::HeaderValue>) -> &str {
+    v.and_then(|v| v.to_str().ok()).unwrap_or("")
 }

@@ -6,72 +6,24 @@ use std::time::Duration;
 
 use super::retry::RetryPolicy;
 
+use halyard_filters::fault::share;
+pub use halyard_filters::fault::{Abort, Fault};
+pub use halyard_filters::header_ops::{HeaderError, Headers};
 use halyard_xds as xds;
-use http::header::{HeaderName, HeaderValue};
-use http::HeaderMap;
+use http::header::HeaderValue;
 
 /// Why an action could not be compiled.
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
     /// A header name or value is not valid HTTP.
-    #[error("header `{0}`: not a valid header name or value")]
-    Header(String),
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    /// The rewritten authority is not a valid header value.
+    #[error("rewrite authority: not a valid header value")]
+    Authority,
     /// A destination names an unknown service or subset.
     #[error("unknown destination `{0}`")]
     Destination(String),
-}
-
-/// Header changes: set replaces, add appends, remove deletes.
-#[derive(Debug, Clone, Default)]
-pub struct HeaderOps {
-    set: Vec<(HeaderName, HeaderValue)>,
-    add: Vec<(HeaderName, HeaderValue)>,
-    remove: Vec<HeaderName>,
-}
-
-fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), ActionError> {
-    let n = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
-        .map_err(|_| ActionError::Header(name.to_string()))?;
-    let v = HeaderValue::from_str(value).map_err(|_| ActionError::Header(name.to_string()))?;
-    Ok((n, v))
-}
-
-impl HeaderOps {
-    /// Compiles the changes (none when absent).
-    pub fn compile(ops: Option<&xds::HeaderOps>) -> Result<Self, ActionError> {
-        let Some(ops) = ops else {
-            return Ok(Self::default());
-        };
-        let mut out = Self::default();
-        for (k, v) in &ops.set {
-            out.set.push(header(k, v)?);
-        }
-        for (k, v) in &ops.add {
-            out.add.push(header(k, v)?);
-        }
-        for k in &ops.remove {
-            out.remove.push(header(k, "")?.0);
-        }
-        Ok(out)
-    }
-
-    /// Whether there is nothing to do.
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
-    }
-
-    /// Applies the changes: remove, then set, then add (Envoy's order).
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        for n in &self.remove {
-            headers.remove(n);
-        }
-        for (n, v) in &self.set {
-            headers.insert(n.clone(), v.clone());
-        }
-        for (n, v) in &self.add {
-            headers.append(n.clone(), v.clone());
-        }
-    }
 }
 
 /// One weighted destination of a route.
@@ -83,10 +35,8 @@ pub struct Destination {
     pub port: Option<u16>,
     /// Relative weight.
     pub weight: u32,
-    /// Request header changes for this destination.
-    pub request_headers: HeaderOps,
-    /// Response header changes for this destination.
-    pub response_headers: HeaderOps,
+    /// Header changes for this destination.
+    pub headers: Headers,
 }
 
 impl Destination {
@@ -106,8 +56,7 @@ impl Destination {
             cluster,
             port: u16::try_from(d.port).ok().filter(|p| *p != 0),
             weight: d.weight,
-            request_headers: HeaderOps::compile(d.request_headers.as_ref())?,
-            response_headers: HeaderOps::compile(d.response_headers.as_ref())?,
+            headers: Headers::compile(d.request_headers.as_ref(), d.response_headers.as_ref())?,
         })
     }
 }
@@ -256,52 +205,6 @@ impl Rewrite {
     }
 }
 
-/// Injected failures.
-#[derive(Debug, Clone)]
-pub struct Fault {
-    /// Delay and the share of requests (0..=1) it applies to.
-    pub delay: Option<(Duration, f64)>,
-    /// Abort and the share of requests it applies to.
-    pub abort: Option<(Abort, f64)>,
-}
-
-/// How an injected abort answers.
-#[derive(Debug, Clone, Copy)]
-pub enum Abort {
-    /// This HTTP status.
-    Http(http::StatusCode),
-    /// This gRPC status (HTTP 200 with `grpc-status`).
-    Grpc(u32),
-}
-
-fn share(p: Option<f64>) -> f64 {
-    p.map_or(1.0, |p| (p / 100.0).clamp(0.0, 1.0))
-}
-
-impl Fault {
-    fn compile(f: &xds::Fault) -> Option<Self> {
-        let delay = f.delay.as_ref().and_then(|d| {
-            let t = xds::to_std_duration(d.fixed_delay.as_ref()?);
-            Some((t, share(d.percent)))
-        });
-        let abort = f.abort.as_ref().and_then(|a| {
-            let kind = match a.error? {
-                xds::fault::abort::Error::HttpStatus(s) => {
-                    Abort::Http(http::StatusCode::from_u16(s as u16).ok()?)
-                }
-                xds::fault::abort::Error::GrpcStatus(g) => Abort::Grpc(g),
-            };
-            Some((kind, share(a.percent)))
-        });
-        (delay.is_some() || abort.is_some()).then_some(Self { delay, abort })
-    }
-
-    /// Whether an event with probability `p` happens now.
-    pub fn roll(p: f64) -> bool {
-        p >= 1.0 || (p > 0.0 && fastrand::f64() < p)
-    }
-}
-
 /// A mirror target and the share of requests copied to it.
 #[derive(Debug, Clone)]
 pub struct Mirror {
@@ -322,10 +225,8 @@ pub struct RouteAction {
     pub retry: RetryPolicy,
     /// Path/authority rewrite.
     pub rewrite: Option<Rewrite>,
-    /// Request header changes.
-    pub request_headers: HeaderOps,
-    /// Response header changes.
-    pub response_headers: HeaderOps,
+    /// Header changes.
+    pub headers: Headers,
     /// Injected failures.
     pub fault: Option<Fault>,
     /// Copies of the request.
@@ -340,14 +241,12 @@ impl RouteAction {
                 cluster,
                 port: None,
                 weight: 1,
-                request_headers: HeaderOps::default(),
-                response_headers: HeaderOps::default(),
+                headers: Headers::default(),
             }])),
             timeout: None,
             retry: RetryPolicy::default(),
             rewrite: None,
-            request_headers: HeaderOps::default(),
-            response_headers: HeaderOps::default(),
+            headers: Headers::default(),
             fault: None,
             mirrors: Vec::new(),
         }
@@ -382,10 +281,7 @@ impl RouteAction {
                 authority: if rw.authority.is_empty() {
                     None
                 } else {
-                    Some(
-                        HeaderValue::from_str(&rw.authority)
-                            .map_err(|_| ActionError::Header("authority".into()))?,
-                    )
+                    Some(HeaderValue::from_str(&rw.authority).map_err(|_| ActionError::Authority)?)
                 },
             }),
             _ => None,
@@ -408,8 +304,7 @@ impl RouteAction {
                 .filter(|d| !d.is_zero()),
             retry: RetryPolicy::compile(r.retries.as_ref()),
             rewrite,
-            request_headers: HeaderOps::compile(r.request_headers.as_ref())?,
-            response_headers: HeaderOps::compile(r.response_headers.as_ref())?,
+            headers: Headers::compile(r.request_headers.as_ref(), r.response_headers.as_ref())?,
             fault: r.fault.as_ref().and_then(Fault::compile),
             mirrors,
         })
@@ -425,8 +320,7 @@ mod tests {
             cluster,
             port: None,
             weight,
-            request_headers: HeaderOps::default(),
-            response_headers: HeaderOps::default(),
+            headers: Headers::default(),
         }
     }
 
@@ -485,26 +379,5 @@ mod tests {
             authority: None,
         };
         assert_eq!(rw.path("/api", None, Some("/api")).unwrap(), "/");
-    }
-
-    #[test]
-    fn header_ops_order() {
-        let mut ops = xds::HeaderOps::default();
-        ops.set.insert("x-a".into(), "1".into());
-        ops.add.insert("x-b".into(), "2".into());
-        ops.remove.push("x-c".into());
-        let ops = HeaderOps::compile(Some(&ops)).unwrap();
-        let mut h = HeaderMap::new();
-        h.insert("x-a", "0".parse().unwrap());
-        h.insert("x-b", "1".parse().unwrap());
-        h.insert("x-c", "1".parse().unwrap());
-        ops.apply(&mut h);
-        assert_eq!(h.get_all("x-a").iter().count(), 1);
-        assert_eq!(h["x-a"], "1");
-        assert_eq!(h.get_all("x-b").iter().count(), 2);
-        assert!(!h.contains_key("x-c"));
-        let mut bad = xds::HeaderOps::default();
-        bad.set.insert("bad header".into(), "x".into());
-        assert!(HeaderOps::compile(Some(&bad)).is_err());
     }
 }

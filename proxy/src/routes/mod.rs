@@ -8,7 +8,7 @@ mod retry;
 pub use l4::{host_matches, L4Route, L4View};
 
 pub use action::{
-    Abort, Action, ActionError, Destination, Fault, HeaderOps, Mirror, Redirect, Rewrite,
+    Abort, Action, ActionError, Destination, Fault, Headers, Mirror, Redirect, Rewrite,
     RouteAction, Split,
 };
 pub use matcher::{applies_to_source, query_value, MatchError, RequestView, RouteMatch, StrMatch};

@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+use halyard_filters::metrics::FilterMetrics;
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::ctx::ListenerKind;
@@ -50,6 +51,10 @@ pub struct Metrics {
     pub connect_failures: IntCounter,
     /// `halyard_connections_rejected_total` (connection cap reached).
     pub connections_rejected: IntCounter,
+    /// `halyard_connections_revoked_total{reason}`: open inbound connections closed because
+    /// the policy now denies them (`policy`) or the peer's certificate expired
+    /// (`certificate_expired`).
+    pub connections_revoked: IntCounterVec,
     /// `halyard_cert_expiry_timestamp_seconds`: when the workload certificate expires.
     pub cert_expiry: Gauge,
     /// `halyard_cert_renewals_total{result}`.
@@ -60,11 +65,8 @@ pub struct Metrics {
     /// `halyard_inbound_connections_total{security}`: accepted inbound connections by
     /// `mutual_tls`, `plaintext` or `passthrough` (TLS handed to the app untouched).
     pub inbound_security: IntCounterVec,
-    /// `halyard_rbac_decisions_total{action,policy,result}`: authorization decisions, audits
-    /// and dry-run (shadow) results.
-    pub rbac_decisions: IntCounterVec,
-    /// `halyard_jwt_authn_total{result}`: requests by JWT authentication outcome.
-    pub jwt_authn: IntCounterVec,
+    /// The filters' counters (authorization, JWT authentication, faults).
+    pub filters: FilterMetrics,
     /// Traffic-management events per cluster.
     pub traffic: TrafficMetrics,
     /// Control-plane connection and configuration state.
@@ -148,7 +150,7 @@ impl HealthMetrics {
     }
 }
 
-/// Counters of retries, circuit breakers, outlier detection, faults and mirrors.
+/// Counters of retries, circuit breakers, outlier detection and mirrors.
 pub struct TrafficMetrics {
     /// `halyard_upstream_rq_retry_total{cluster}`: retries sent.
     pub retries: IntCounterVec,
@@ -159,8 +161,6 @@ pub struct TrafficMetrics {
     pub overflow: IntCounterVec,
     /// `halyard_outlier_ejections_total{cluster}`: endpoints ejected.
     pub ejections: IntCounterVec,
-    /// `halyard_fault_injected_total{kind}`: injected delays and aborts.
-    pub faults: IntCounterVec,
     /// `halyard_mirror_requests_total{result}`: mirrored requests (sent, failed, skipped).
     pub mirrors: IntCounterVec,
 }
@@ -188,11 +188,6 @@ impl TrafficMetrics {
                 "halyard_outlier_ejections_total",
                 "Endpoints ejected by outlier detection, by cluster.",
                 "cluster",
-            )?,
-            faults: vec(
-                "halyard_fault_injected_total",
-                "Injected faults by kind (delay, abort).",
-                "kind",
             )?,
             mirrors: vec(
                 "halyard_mirror_requests_total",
@@ -256,6 +251,13 @@ impl Metrics {
             "halyard_connections_rejected_total",
             "Downstream connections closed at once because the listener was at its limit.",
         )?;
+        let connections_revoked = IntCounterVec::new(
+            Opts::new(
+                "halyard_connections_revoked_total",
+                "Open inbound connections closed because the policy now denies them or the peer's certificate expired.",
+            ),
+            &["reason"],
+        )?;
         let cert_expiry = Gauge::new(
             "halyard_cert_expiry_timestamp_seconds",
             "Expiry of the workload certificate in service (Unix seconds).",
@@ -281,22 +283,7 @@ impl Metrics {
             ),
             &["security"],
         )?;
-        let rbac_decisions = IntCounterVec::new(
-            Opts::new(
-                "halyard_rbac_decisions_total",
-                "Authorization decisions by deciding action and policy, with audit and dry-run (shadow) results.",
-            ),
-            &["action", "policy", "result"],
-        )?;
-        let jwt_authn = IntCounterVec::new(
-            Opts::new(
-                "halyard_jwt_authn_total",
-                "Requests by JWT authentication outcome (verified, no_token, rejected).",
-            ),
-            &["result"],
-        )?;
-        registry.register(Box::new(rbac_decisions.clone()))?;
-        registry.register(Box::new(jwt_authn.clone()))?;
+        let filters = FilterMetrics::register(&registry)?;
         registry.register(Box::new(tls_failures.clone()))?;
         registry.register(Box::new(inbound_security.clone()))?;
         registry.register(Box::new(cert_expiry.clone()))?;
@@ -308,6 +295,7 @@ impl Metrics {
         registry.register(Box::new(access_log_dropped.clone()))?;
         registry.register(Box::new(connect_failures.clone()))?;
         registry.register(Box::new(connections_rejected.clone()))?;
+        registry.register(Box::new(connections_revoked.clone()))?;
         let listener = |kind: ListenerKind| ListenerMetrics {
             connections_active: active.with_label_values(&[kind.as_str()]),
             connections_total: total.with_label_values(&[kind.as_str()]),
@@ -332,12 +320,12 @@ impl Metrics {
             access_log_dropped,
             connect_failures,
             connections_rejected,
+            connections_revoked,
             cert_expiry,
             cert_renewals,
             tls_failures,
             inbound_security,
-            rbac_decisions,
-            jwt_authn,
+            filters,
         })
     }
 

@@ -30,6 +30,7 @@ flags! {
     RBAC = 11, "RBAC", "Denied by an authorization policy.";
     FI = 12, "FI", "Aborted by fault injection.";
     DI = 13, "DI", "Delayed by fault injection.";
+    PCE = 14, "PCE", "Closed because the peer's certificate expired (Halyard's own flag).";
 }
 
 impl Flags {

@@ -1,19 +1,38 @@
-//! Answers the proxy gives itself instead of forwarding: status, response flags and a short
-//! reason, decided anywhere on the request path and rendered in one place ([`crate::io::reply`]).
+//! Answers the proxy gives itself instead of forwarding: status, response flags, a short
+//! reason and optional headers, decided anywhere on the request path (a filter, a plan, the
+//! executor) and rendered by the proxy in one place.
 
-use http::StatusCode;
+use std::borrow::Cow;
 
-use super::Flags;
+use http::{HeaderMap, StatusCode};
 
-/// A failure answered locally: status, response flags and a short reason.
-#[derive(Debug, Clone, Copy)]
+use crate::flags::Flags;
+
+/// An answer given locally: status, response flags, a short reason and optional headers.
+#[derive(Debug, Clone)]
 pub struct LocalReply {
     /// Status to send.
     pub status: StatusCode,
     /// Flags for the access log.
     pub flags: Flags,
-    /// Body text.
-    pub reason: &'static str,
+    /// Body text (none when empty).
+    pub reason: Cow<'static, str>,
+    /// Headers to send with it (a challenge, a `Location`).
+    pub headers: Option<Box<HeaderMap>>,
+    /// How it is rendered for the caller.
+    pub form: Form,
+}
+
+/// How a local reply is rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// gRPC's trailers-only form for a gRPC request (status from the HTTP status), plain
+    /// text otherwise.
+    Auto,
+    /// Always the HTTP status with the reason as text, even to gRPC callers (redirects).
+    Plain,
+    /// Always gRPC's form with this `grpc-status` (an injected gRPC abort).
+    Grpc(u32),
 }
 
 impl LocalReply {
@@ -87,8 +106,24 @@ impl LocalReply {
         Self {
             status,
             flags,
-            reason,
+            reason: Cow::Borrowed(reason),
+            headers: None,
+            form: Form::Auto,
         }
+    }
+
+    /// This reply with `name: value` added to its headers.
+    pub fn with_header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
+        self.headers
+            .get_or_insert_with(Default::default)
+            .append(name, value);
+        self
+    }
+
+    /// This reply rendered in `form`.
+    pub fn in_form(mut self, form: Form) -> Self {
+        self.form = form;
+        self
     }
 
     /// Connect failed (`retried`: after retries).
