@@ -165,7 +165,7 @@ impl Upstream {
             Transport::Mesh { identity, sidecar } => {
                 let tcp = self.tcp(*sidecar).await?;
                 let tls = tls.ok_or(ConnectError::Tls(crate::mtls::TlsError::NoCertificate(
-                    "the proxy has no identity (--ca-addr)",
+                    "the proxy has no identity (--ca-addr, or --cert-chain-file and --key-file)",
                 )))?;
                 let name = crate::mtls::server_name_for_port(self.key.port);
                 let stream = tls.connect(tcp, identity, alpn, name).await?;
