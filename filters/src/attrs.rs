@@ -47,6 +47,21 @@ pub struct Request<'a> {
     pub auth: Option<&'a Authenticated>,
 }
 
+/// A request's host as sent: the URI's authority, else `Host` (empty when neither is there).
+pub fn host_of(parts: &http::request::Parts) -> &str {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("")
+}
+
 /// A request's attributes kept past the request, for deciding again what it opened (a
 /// tunnel, an upgraded connection) when the policy changes.
 #[derive(Debug, Clone)]
@@ -67,18 +82,7 @@ impl OwnedRequest {
             Ok(p) => p.into_owned(),
             Err(_) => parts.uri.path().to_string(),
         };
-        let host = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .unwrap_or("")
-            .to_string();
+        let host = crate::attrs::host_of(parts).to_string();
         Self {
             method: parts.method.clone(),
             path,

@@ -92,26 +92,12 @@ impl Filter for Fault {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filter::Notes;
+    use crate::filter::{run_on, Notes};
     use crate::metrics::FilterMetrics;
 
     fn run(fault: &Fault) -> (Flow, Notes, FilterMetrics) {
         let (mut parts, ()) = http::Request::new(()).into_parts();
-        let metrics = FilterMetrics::unregistered();
-        let mut notes = Notes::default();
-        let mut cx = Ctx {
-            conn: crate::attrs::tests::connection(),
-            grpc: false,
-            metrics: &metrics,
-            notes: &mut notes,
-        };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        let flow = rt.block_on(fault.on_request(&mut parts, &mut cx));
-        (flow, notes, metrics)
+        run_on(fault, &mut parts)
     }
 
     #[test]

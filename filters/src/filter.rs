@@ -106,6 +106,27 @@ impl<A: Filter, B: Filter> Filter for (A, B) {
     }
 }
 
+/// Runs `filter` on `parts` as a plaintext request from 127.0.0.1 would meet it (time paused,
+/// so delays pass at once): its flow, notes and counters.
+#[cfg(test)]
+pub(crate) fn run_on<F: Filter>(filter: &F, parts: &mut Parts) -> (Flow, Notes, FilterMetrics) {
+    let metrics = FilterMetrics::unregistered();
+    let mut notes = Notes::default();
+    let mut cx = Ctx {
+        conn: crate::attrs::tests::connection(),
+        grpc: false,
+        metrics: &metrics,
+        notes: &mut notes,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap_or_else(|e| panic!("test runtime: {e}"));
+    let flow = rt.block_on(filter.on_request(parts, &mut cx));
+    (flow, notes, metrics)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -146,18 +167,7 @@ mod tests {
 
     fn run<F: Filter>(chain: &F) -> (Flow, Vec<String>) {
         let (mut parts, ()) = http::Request::new(()).into_parts();
-        let metrics = FilterMetrics::unregistered();
-        let mut notes = Notes::default();
-        let mut cx = Ctx {
-            conn: crate::attrs::tests::connection(),
-            grpc: false,
-            metrics: &metrics,
-            notes: &mut notes,
-        };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let flow = rt.block_on(chain.on_request(&mut parts, &mut cx));
+        let (flow, _, _) = run_on(chain, &mut parts);
         let seen = parts
             .headers
             .get_all("x-seen")

@@ -152,21 +152,8 @@ mod tests {
             .body(())
             .unwrap();
         let (mut parts, ()) = std::mem::take(&mut req).into_parts();
-        let metrics = crate::metrics::FilterMetrics::unregistered();
-        let mut notes = Notes::default();
-        let mut cx = Ctx {
-            conn: crate::attrs::tests::connection(),
-            grpc: false,
-            metrics: &metrics,
-            notes: &mut notes,
-        };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        assert!(matches!(
-            rt.block_on(chain.on_request(&mut parts, &mut cx)),
-            Flow::Continue
-        ));
+        let (flow, mut notes, _) = crate::filter::run_on(&chain, &mut parts);
+        assert!(matches!(flow, Flow::Continue));
         assert_eq!(parts.headers["x-a"], "route", "the route's set comes last");
         assert!(parts.headers.get("x-gone").is_none());
         let b: Vec<_> = parts.headers.get_all("x-b").iter().collect();

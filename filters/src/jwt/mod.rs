@@ -277,17 +277,7 @@ fn claim_value<'a>(claims: &'a serde_json::Map<String, Value>, name: &str) -> Op
 /// The realm of a 401 answer: `<scheme>://<host><path>`, never the query (it may carry the
 /// token). `scheme` is what the client used (`http` or `https`).
 pub fn realm_url(parts: &Parts, scheme: &str) -> String {
-    let host = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            parts
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .unwrap_or("");
+    let host = crate::attrs::host_of(parts);
     format!("{scheme}://{host}{}", parts.uri.path())
 }
 

@@ -1,7 +1,6 @@
 //! Authorization as a filter: the workload's policies decide each request (403 when they
 //! deny it) and each connection that carries no HTTP; every decision is counted.
 
-use http::header;
 use http::request::Parts;
 
 use super::{Decision, Engine, Verdict};
@@ -16,12 +15,7 @@ impl Filter for Engine {
             return Flow::Continue;
         }
         let path = req.uri.path();
-        let host = req
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
-            .unwrap_or("");
+        let host = crate::attrs::host_of(req);
         let attrs = Request {
             method: req.method.as_str(),
             path,
