@@ -158,7 +158,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 }
 
 /// A server config presenting the store's certificate and verifying clients' SPIFFE IDs.
-/// TLS 1.3 preferred, 1.2 minimum; rustls never renegotiates.
+/// TLS 1.3 preferred, 1.2 minimum; rustls never renegotiates. Sessions are not resumed: a
+/// resumed session would carry the client certificate of its first handshake, which may
+/// have expired or been replaced since, so every connection proves the current one.
 pub fn server_config(
     store: Arc<CertStore>,
     auth: ClientAuth,
@@ -174,6 +176,8 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(store);
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
     Ok(Arc::new(cfg))
 }
 

@@ -241,6 +241,10 @@ pub struct NormalizePath;
 impl NormalizePath {
     /// The request's URI with its path normalised; `None` when it is already normal.
     fn normalised(uri: &http::Uri) -> Result<Option<http::Uri>, ()> {
+        // An authority-form target (CONNECT) has no path to normalise.
+        if uri.path_and_query().is_none() {
+            return Ok(None);
+        }
         let path = normalize(uri.path_and_query().map_or("/", |p| p.as_str())).map_err(|e| {
             tracing::debug!(error = %e, "request path cannot be normalised");
         })?;

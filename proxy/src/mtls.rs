@@ -112,6 +112,12 @@ impl MeshTls {
         self.store.identity()
     }
 
+    /// Which certificate is in service (its expiry, Unix seconds): a connection made with
+    /// another one is not reused once it has been replaced.
+    pub fn certificate(&self) -> Option<i64> {
+        self.store.current().map(|l| l.info.not_after)
+    }
+
     /// Whether a certificate is in service.
     pub fn ready(&self) -> bool {
         self.store.current().is_some()

@@ -527,12 +527,14 @@ fn two_sidecars_carry_http_and_tcp_over_mtls_and_refuse_the_wrong_peer() {
         "20 requests should share one sidecar connection"
     );
 
-    // Opaque TCP inside mTLS: by name through CONNECT, 1 MiB each way.
+    // Opaque bytes inside mTLS: by name through CONNECT, 1 MiB each way.
     let payload: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
     let back = connect_round_trip(frontend.outbound, "reviews.local:9000", &payload);
     assert_eq!(back.len(), payload.len());
     assert!(back == payload, "TCP bytes changed on the way");
-    let e = reviews.wait_log("the TCP connection at reviews", |e| e["protocol"] == "TCP");
+    // Between the sidecars the tunnel is an HTTP/2 CONNECT, which reviews' policy answers.
+    let e = reviews.wait_log("the tunnel at reviews", |e| e["method"] == "CONNECT");
+    assert_eq!(e["protocol"], "HTTP/2", "{e}");
     assert_eq!(e["bytes_received"], payload.len() as u64, "{e}");
 
     // A peer that cannot prove the expected identity: 503 UF, reason logged and counted.

@@ -1,5 +1,6 @@
 //! Opening a connection to one of a target's endpoints, trying others when one fails.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,12 +11,13 @@ use crate::plan::Target;
 use crate::shared::Shared;
 use crate::upstream::{pick, Avoid, ConnectError, InFlight, Upstream};
 
-/// An open connection to an endpoint, counted in its load while held.
-pub struct Connected {
+/// An open connection to an endpoint (or what opening it gave), counted in its load while
+/// held.
+pub struct Connected<T = UpstreamIo> {
     /// The endpoint.
     pub up: Arc<Upstream>,
     /// The connection.
-    pub io: UpstreamIo,
+    pub io: T,
     /// The endpoint's in-flight slot.
     pub in_flight: InFlight,
 }
@@ -33,14 +35,48 @@ pub struct ConnectFailed {
     pub tls_reason: Option<&'static str>,
 }
 
+/// A way to open a connection to an endpoint.
+pub trait Opener: Sync {
+    /// What opening gives.
+    type Opened: Send;
+    /// Opens a connection to `up`.
+    fn open<'a>(
+        &'a self,
+        shared: &'a Shared,
+        up: &'a Arc<Upstream>,
+    ) -> impl Future<Output = Result<Self::Opened, ConnectError>> + Send + 'a;
+}
+
+/// A connection over the endpoint's transport, its bytes opaque (no ALPN).
+pub struct Opaque;
+
+impl Opener for Opaque {
+    type Opened = UpstreamIo;
+
+    async fn open(&self, shared: &Shared, up: &Arc<Upstream>) -> Result<UpstreamIo, ConnectError> {
+        up.connect(shared.mtls.as_deref(), Alpn::Opaque).await
+    }
+}
+
 /// Connects to an endpoint of `target` (opaque ALPN), up to `attempts` times, each time to an
 /// endpoint not yet tried when there is one. `on_pick` sees every endpoint chosen.
 pub async fn open(
     shared: &Shared,
     target: &Target<'_>,
     attempts: u32,
-    mut on_pick: impl FnMut(&Arc<Upstream>),
+    on_pick: impl FnMut(&Arc<Upstream>),
 ) -> Result<Connected, ConnectFailed> {
+    open_with(shared, target, attempts, on_pick, &Opaque).await
+}
+
+/// [`open`] with `how` as the way to open a connection to the endpoint picked.
+pub async fn open_with<O: Opener>(
+    shared: &Shared,
+    target: &Target<'_>,
+    attempts: u32,
+    mut on_pick: impl FnMut(&Arc<Upstream>),
+    how: &O,
+) -> Result<Connected<O::Opened>, ConnectFailed> {
     let rr = target.rr.unwrap_or(&shared.unclustered_rr);
     let mut tried: Vec<Arc<Upstream>> = Vec::new();
     let mut failed = ConnectFailed::default();
@@ -53,16 +89,11 @@ pub async fn open(
             failed.no_healthy = true;
             break;
         };
-        on_pick(up);
+        let up = up.clone();
+        on_pick(&up);
         let in_flight = up.begin();
-        match up.connect(shared.mtls.as_deref(), Alpn::Opaque).await {
-            Ok(io) => {
-                return Ok(Connected {
-                    up: up.clone(),
-                    io,
-                    in_flight,
-                })
-            }
+        match how.open(shared, &up).await {
+            Ok(io) => return Ok(Connected { up, io, in_flight }),
             Err(e) => {
                 failed.failures += 1;
                 count_connect_failure(shared, &e);
@@ -71,7 +102,7 @@ pub async fn open(
                 }
                 tracing::debug!(upstream = %up.authority, error = %e, attempt = failed.failures, "upstream connect failed");
                 tried.push(up.clone());
-                failed.last = Some(up.clone());
+                failed.last = Some(up);
             }
         }
     }

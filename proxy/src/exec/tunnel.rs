@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -19,6 +19,7 @@ use crate::io::UpstreamIo;
 use crate::plan::Target;
 use crate::request::RequestCtx;
 use crate::shared::Shared;
+use crate::upstream::{Conn, ConnectError, HttpVersion, Upstream};
 use crate::watched::Registration;
 
 /// Attempts to open a CONNECT tunnel (Istio's default: 2 retries).
@@ -54,24 +55,15 @@ pub async fn connect(
     } else if target.is_passthrough() {
         ex.cluster = Some("PassthroughCluster".into());
     }
+    if target.endpoints.as_slice().iter().any(|u| u.mtls()) {
+        return connect_over_mesh(shared, target, req, ex, tunnel).await;
+    }
     let opened = connect::open(shared, &target, CONNECT_ATTEMPTS, |up| {
         ex.upstream = Some(up.authority.clone());
         ex.upstream_identity = up.identity.clone();
     })
     .await;
-    let c = match opened {
-        Ok(c) => c,
-        Err(failed) => {
-            if failed.tls_reason.is_some() {
-                ex.transport_failure = failed.tls_reason;
-            }
-            return Err(if failed.no_healthy {
-                LocalReply::NO_HEALTHY
-            } else {
-                LocalReply::connect_failed(failed.failures > 1)
-            });
-        }
-    };
+    let c = opened.map_err(|failed| failure_reply(ex, &failed))?;
     ex.guards.in_flight = Some(c.in_flight);
     *tunnel = Some(Tunnel {
         down: hyper::upgrade::on(req),
@@ -79,6 +71,108 @@ pub async fn connect(
         idle: target.idle,
     });
     Ok(Response::new(ProxyBody::Empty))
+}
+
+/// A tunnel to a mesh endpoint: `CONNECT` to its sidecar on a pooled mutual-TLS connection
+/// (HTTP/2), so the destination's policy answers before the client is told anything — a
+/// refusal there is a 403 here, not a 200 and then a closed connection.
+async fn connect_over_mesh(
+    shared: &Shared,
+    target: Target<'_>,
+    req: &mut Request<Incoming>,
+    ex: &mut RequestCtx,
+    tunnel: &mut Option<Tunnel>,
+) -> Result<Response<ProxyBody>, LocalReply> {
+    let on_pick = |up: &Arc<Upstream>| {
+        ex.upstream = Some(up.authority.clone());
+        ex.upstream_identity = up.identity.clone();
+    };
+    let opened =
+        connect::open_with(shared, &target, CONNECT_ATTEMPTS, on_pick, &SidecarTunnel).await;
+    let mut c = opened.map_err(|failed| failure_reply(ex, &failed))?;
+    match c.io.status() {
+        s if s.is_success() => {}
+        // The destination's authorization policy refused the tunnel.
+        StatusCode::FORBIDDEN => return Err(LocalReply::FORBIDDEN),
+        s => {
+            tracing::debug!(status = %s, upstream = %c.up.authority, "the sidecar refused the tunnel");
+            return Err(LocalReply::new(
+                s,
+                Flags::UF,
+                "the destination refused the tunnel",
+            ));
+        }
+    }
+    ex.guards.in_flight = Some(c.in_flight);
+    *tunnel = Some(Tunnel {
+        down: hyper::upgrade::on(req),
+        up: TunnelEnd::Upgraded(hyper::upgrade::on(&mut c.io)),
+        idle: target.idle,
+    });
+    Ok(Response::new(ProxyBody::Empty))
+}
+
+/// A tunnel asked of an endpoint's sidecar: its answer, whatever the status.
+struct SidecarTunnel;
+
+impl connect::Opener for SidecarTunnel {
+    type Opened = Response<Incoming>;
+
+    async fn open(
+        &self,
+        shared: &Shared,
+        up: &Arc<Upstream>,
+    ) -> Result<Response<Incoming>, ConnectError> {
+        let conn = up
+            .checkout(HttpVersion::Http2, shared.mtls.as_deref(), 0)
+            .await?;
+        let sent = match conn {
+            Conn::H2(mut sender) => {
+                sender
+                    .send_request(tunnel_request(up, Version::HTTP_2)?)
+                    .await
+            }
+            Conn::H1(mut pooled) => {
+                pooled
+                    .sender
+                    .send_request(tunnel_request(up, Version::HTTP_11)?)
+                    .await
+            }
+        };
+        sent.map_err(ConnectError::Handshake)
+    }
+}
+
+/// `CONNECT <endpoint>:<port>` for an endpoint's sidecar: the port names the workload port.
+fn tunnel_request(up: &Upstream, version: Version) -> Result<Request<ProxyBody>, ConnectError> {
+    let key = up.key();
+    let authority = if key.host.contains(':') {
+        format!("[{}]:{}", key.host, key.port)
+    } else {
+        format!("{}:{}", key.host, key.port)
+    };
+    let mut req = Request::new(ProxyBody::Empty);
+    *req.method_mut() = Method::CONNECT;
+    *req.version_mut() = version;
+    *req.uri_mut() = authority.parse().map_err(|_| {
+        ConnectError::Resolve(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "endpoint address is not a valid authority",
+        ))
+    })?;
+    Ok(req)
+}
+
+/// The reply for a tunnel that could not be opened, with the TLS reason noted.
+fn failure_reply(ex: &mut RequestCtx, failed: &connect::ConnectFailed) -> LocalReply {
+    if failed.tls_reason.is_some() {
+        ex.transport_failure = failed.tls_reason;
+    }
+    if failed.no_healthy {
+        LocalReply::NO_HEALTHY
+    } else {
+        LocalReply::connect_failed(failed.failures > 1)
+    }
 }
 
 /// Relays a tunnel to its end (or until `watch` says it must close), then records the

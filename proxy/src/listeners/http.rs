@@ -15,7 +15,7 @@ use crate::ctx::{ConnInfo, ListenerKind, LocalReply};
 use crate::exec::tunnel::{self, Tunnel};
 use crate::io::body::{ProxyBody, ResponseBody};
 use crate::io::reply::Render;
-use crate::plan::{HttpPlan, Step};
+use crate::plan::{HttpPlan, Step, Target};
 use crate::request::{grpc_status_of, RequestCtx};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
@@ -123,15 +123,14 @@ pub(super) async fn carry(
     crate::exec::http::send(shared, snap, conn, req, plan.route, fwd, ex, tunnel).await
 }
 
-/// CONNECT: plans the tunnel's target and opens it.
+/// CONNECT: opens the tunnel to its planned target.
 pub(super) async fn connect(
     shared: &Shared,
-    snap: &Snapshot,
+    target: Target<'_>,
     mut req: Request<Incoming>,
     ex: &mut RequestCtx,
     tunnel: &mut Option<Tunnel>,
 ) -> Result<Response<ProxyBody>, LocalReply> {
-    let target = crate::plan::connect(snap, &req)?;
     tunnel::connect(shared, target, &mut req, ex, tunnel).await
 }
 

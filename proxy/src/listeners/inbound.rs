@@ -76,7 +76,8 @@ pub(super) async fn request(
         req = Request::from_parts(parts, body);
     }
     if req.method() == Method::CONNECT {
-        return connect(shared, snap, req, ex, tunnel).await;
+        let target = plan::connect_inbound(snap, &req)?;
+        return connect(shared, target, req, ex, tunnel).await;
     }
     let plan = plan::inbound(snap, &req, conn, orig_h1)?;
     carry(shared, snap, conn, req, plan, ex, tunnel).await

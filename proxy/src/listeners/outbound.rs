@@ -55,7 +55,8 @@ pub(super) async fn request(
     // An app cannot speak for a mesh peer: its copies of the mesh headers go.
     strip_mesh_headers(&mut req);
     if req.method() == Method::CONNECT {
-        return connect(shared, snap, req, ex, tunnel).await;
+        let target = plan::connect(snap, &req)?;
+        return connect(shared, target, req, ex, tunnel).await;
     }
     let plan = plan::outbound(snap, &req, conn, false, fastrand::u64(..))?;
     carry(shared, snap, conn, req, plan, ex, tunnel).await

@@ -357,7 +357,7 @@ async fn inbound_chain_normalises_then_authorizes() {
 }
 
 /// A keep-alive connection to `to` from the loopback address `from`.
-async fn open_from(from: [u8; 4], to: std::net::SocketAddr) -> tokio::net::TcpStream {
+pub(super) async fn open_from(from: [u8; 4], to: std::net::SocketAddr) -> tokio::net::TcpStream {
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");
     sock.bind((std::net::Ipv4Addr::from(from), 0).into())
         .expect("bind");
@@ -366,7 +366,7 @@ async fn open_from(from: [u8; 4], to: std::net::SocketAddr) -> tokio::net::TcpSt
 
 /// One HTTP/1.1 exchange on an open connection: the status line, or `None` once the
 /// connection is closed.
-async fn exchange(s: &mut tokio::net::TcpStream) -> Option<String> {
+pub(super) async fn exchange(s: &mut tokio::net::TcpStream) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     s.write_all(b"GET /kept HTTP/1.1\r\nhost: app\r\n\r\n")
         .await
@@ -400,7 +400,10 @@ async fn exchange(s: &mut tokio::net::TcpStream) -> Option<String> {
 }
 
 /// Whether the peer closes `s` within `within` (reads return EOF or a reset).
-async fn closed_within(s: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+pub(super) async fn closed_within(
+    s: &mut tokio::net::TcpStream,
+    within: std::time::Duration,
+) -> bool {
     use tokio::io::AsyncReadExt;
     let mut buf = [0u8; 64];
     matches!(

@@ -271,3 +271,122 @@ async fn an_authorization_policy_admits_only_the_allowed_principal() {
         p.stop().await;
     }
 }
+
+/// Sidecar B with the echo app behind TCP workload ports 9000 and 9001, and `extra`.
+fn tcp_server_config(echo_port: u16, version: &str, extra: &str) -> String {
+    format!(
+        "version: {version}
+workload:
+  name: b
+  namespace: default
+  serviceAccount: b
+  mtls: STRICT
+  ports:
+    - {{port: 9000, protocol: TCP, appAddress: '127.0.0.1:{echo_port}'}}
+    - {{port: 9001, protocol: TCP, appAddress: '127.0.0.1:{echo_port}'}}
+{extra}"
+    )
+}
+
+/// Client sidecar A: `b-tcp.local` ports 9000 and 9001 are sidecar B's, as `b`.
+fn tcp_client_config(b: &TestProxy) -> String {
+    format!(
+        "version: a-1
+workload:
+  name: a
+  namespace: default
+  serviceAccount: a
+services:
+  - name: b-tcp.default.svc.cluster.local
+    hosts: [b-tcp.local]
+    ports: [{{port: 9000, protocol: TCP}}, {{port: 9001, protocol: TCP}}]
+    endpoints:
+      - {{address: 127.0.0.1, identity: '{}', sidecarAddress: '{}'}}
+    connectTimeout: 2s
+",
+        spiffe_id("b"),
+        b.addrs.inbound
+    )
+}
+
+/// `CONNECT target` on a fresh connection to `proxy`: the status line and the connection.
+async fn connect_via(proxy: std::net::SocketAddr, target: &str) -> (String, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect");
+    let head = format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n");
+    s.write_all(head.as_bytes()).await.expect("write");
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut byte))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        got.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let status = text.lines().next().unwrap_or_default().to_string();
+    (status, s)
+}
+
+#[tokio::test]
+async fn tunnels_cross_as_connect_and_the_destinations_policy_answers_them() {
+    use super::tests::{closed_within, exchange};
+    let ca = FakeCa::new();
+    let echo = Echo::start("b").await;
+    let deny_9001 = "authorizationPolicies:
+  - name: default/no-9001-for-a
+    action: DENY
+    rules: [{from: [{principals: [cluster.local/ns/default/sa/a]}], to: [{ports: ['9001']}]}]
+";
+    let b = TestProxy::start_with(
+        &tcp_server_config(echo.port(), "b-1", deny_9001),
+        Some(ca.identity("b")),
+    )
+    .await;
+    let a = TestProxy::start_with(&tcp_client_config(&b), Some(ca.identity("a"))).await;
+
+    // Allowed: 200 from A once B said yes, then bytes both ways.
+    let (status, mut open) = connect_via(a.addrs.outbound, "b-tcp.local:9000").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(
+        exchange(&mut open).await.as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+
+    // Refused by B's policy: A answers 403, not 200 and then a closed connection.
+    let (status, _) = connect_via(a.addrs.outbound, "b-tcp.local:9001").await;
+    assert!(status.starts_with("HTTP/1.1 403"), "{status}");
+    let e = a
+        .wait_log("the refused tunnel at A", |e| {
+            e["method"] == "CONNECT" && e["response_code"] == 403
+        })
+        .await;
+    assert_eq!(e["response_flags"], "RBAC", "{e}");
+    let e = b
+        .wait_log("the refused tunnel at B", |e| e["response_code"] == 403)
+        .await;
+    assert_eq!(e["rbac_policy"], "default/no-9001-for-a", "{e}");
+    assert_eq!(e["protocol"], "HTTP/2", "{e}");
+
+    // The open tunnel is decided again when B's policy tightens, and closed.
+    b.reconfigure(&tcp_server_config(
+        echo.port(),
+        "b-2",
+        &deny_9001.replace("['9001']", "['9000', '9001']"),
+    ));
+    assert!(closed_within(&mut open, std::time::Duration::from_secs(3)).await);
+    let e = b
+        .wait_log("the revoked tunnel at B", |e| {
+            e["method"] == "CONNECT" && e["response_code"] == 200
+        })
+        .await;
+    assert_eq!(e["response_flags"], "RBAC", "{e}");
+    a.stop().await;
+    b.stop().await;
+}

@@ -9,7 +9,7 @@ mod tcp;
 pub use self::http::{
     authority_of as http_authority, inbound, outbound, Endpoints, Forward, HttpPlan, Step, Target,
 };
-pub use self::tcp::{connect, tcp};
+pub use self::tcp::{connect, connect_inbound, tcp};
 
 #[cfg(test)]
 mod tests;

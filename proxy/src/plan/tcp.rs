@@ -1,6 +1,7 @@
 //! Planning an opaque TCP connection (outbound by server name or original destination,
 //! inbound to the app) and an HTTP CONNECT tunnel.
 
+use halyard_xds::Protocol;
 use http::{Request, Version};
 
 use super::http::{passthrough, Endpoints, Target};
@@ -38,6 +39,26 @@ pub fn tcp<'s>(snap: &'s Snapshot, conn: &ConnInfo, roll: u64) -> Result<Target<
             }
         }
     }
+}
+
+/// Plans an inbound `CONNECT host:port` (a mesh peer's tunnel, over HTTP/2 or HTTP/1.1): the
+/// workload port it names, and the app behind it.
+pub fn connect_inbound<'s, B>(
+    snap: &'s Snapshot,
+    req: &Request<B>,
+) -> Result<Target<'s>, LocalReply> {
+    let authority = req.uri().authority().ok_or(LocalReply::BAD_REQUEST)?;
+    let port = authority.port_u16().ok_or(LocalReply::BAD_REQUEST)?;
+    let t = snap
+        .inbound
+        .target(Some(port))
+        .filter(|t| t.port == port)
+        .ok_or(LocalReply::NO_ROUTE)?;
+    Ok(Target::single(
+        Endpoints::Shared(std::slice::from_ref(&t.app)),
+        Protocol::Tcp,
+        Some(t.port),
+    ))
 }
 
 /// Plans `CONNECT host:port` (HTTP/1.1 only): the service named by the host at that port, or

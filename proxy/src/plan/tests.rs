@@ -654,3 +654,35 @@ fn connect_tunnels_to_services_or_named_addresses() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn inbound_connect_tunnels_to_the_workload_port_named() {
+    let snap = snapshot("");
+    let run = |authority: &str, version: Version| {
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(authority)
+            .version(version)
+            .body(())
+            .expect("request");
+        match crate::plan::connect_inbound(&snap, &req) {
+            Ok(t) => describe_target(&t),
+            Err(l) => format!("error {} {}", l.status.as_u16(), l.flags),
+        }
+    };
+    #[rustfmt::skip]
+    let table: Vec<(&str, &str, Version, &str)> = vec![
+        ("a mesh peer's tunnel over HTTP/2 to a workload port", "10.0.0.5:8080", Version::HTTP_2, "app port=8080 eps=127.0.0.1:18080"),
+        ("the same over HTTP/1.1", "10.0.0.5:8080", Version::HTTP_11, "app port=8080 eps=127.0.0.1:18080"),
+        ("a port the workload does not have: NR (never the first port)", "10.0.0.5:1234", Version::HTTP_2, "error 502 NR"),
+        ("no port", "10.0.0.5", Version::HTTP_2, "error 400 DPE"),
+    ];
+    let mut failures = Vec::new();
+    for (name, authority, version, want) in table {
+        let got = run(authority, version);
+        if got != want {
+            failures.push(format!("{name}:\n   want {want}\n    got {got}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

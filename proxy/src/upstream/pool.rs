@@ -98,6 +98,8 @@ struct IdleH1 {
 struct SharedH2 {
     sender: http2::SendRequest<ProxyBody>,
     uses: Arc<std::sync::atomic::AtomicUsize>,
+    /// The certificate this proxy presented when it was made (mesh connections).
+    cert: Option<i64>,
 }
 
 /// The pool of one endpoint.
@@ -139,9 +141,17 @@ impl Pool {
 
     /// The shared connection, counting one more request on it; a connection that reaches
     /// `max_uses` is taken out of the pool (it finishes its streams, then closes).
-    fn current_h2(&self, max_uses: usize) -> Option<http2::SendRequest<ProxyBody>> {
+    /// The shared HTTP/2 connection, unless it is closed or was made with a certificate that
+    /// has since been replaced (the peer would see it expire while the connection lives on).
+    fn current_h2(
+        &self,
+        max_uses: usize,
+        cert: Option<i64>,
+    ) -> Option<http2::SendRequest<ProxyBody>> {
         let mut slot = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
-        let shared = slot.as_ref().filter(|s| !s.sender.is_closed())?;
+        let shared = slot
+            .as_ref()
+            .filter(|s| !s.sender.is_closed() && s.cert == cert)?;
         let sender = shared.sender.clone();
         let uses = shared
             .uses
@@ -174,11 +184,12 @@ impl Pool {
                 }))
             }
             HttpVersion::Http2 => {
-                if let Some(s) = self.current_h2(max_uses) {
+                let cert = tls.filter(|_| up.mtls()).and_then(MeshTls::certificate);
+                if let Some(s) = self.current_h2(max_uses, cert) {
                     return Ok(Conn::H2(s));
                 }
                 let _one_at_a_time = self.h2_connecting.lock().await;
-                if let Some(s) = self.current_h2(max_uses) {
+                if let Some(s) = self.current_h2(max_uses, cert) {
                     return Ok(Conn::H2(s));
                 }
                 let sender = self.connect_h2(up, tls).await?;
@@ -186,6 +197,7 @@ impl Pool {
                     *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(SharedH2 {
                         sender: sender.clone(),
                         uses: Arc::new(std::sync::atomic::AtomicUsize::new(1)),
+                        cert,
                     });
                 }
                 Ok(Conn::H2(sender))
