@@ -29,7 +29,7 @@ pub struct Notes {
     /// Response flags for the access log.
     pub flags: Flags,
     /// The verified JWT, once authentication has run and found one.
-    pub auth: Option<Authenticated>,
+    pub auth: Option<Box<Authenticated>>,
     /// The authorization policy that denied the request, when one did.
     pub denied_by: Option<Box<str>>,
     /// The URI the access log shows instead of the request's (a token was taken out of it).

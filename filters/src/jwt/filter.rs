@@ -26,7 +26,7 @@ impl Filter for Authenticator {
                     "no_token"
                 };
                 cx.metrics.jwt_authn.with_label_values(&[result]).inc();
-                cx.notes.auth = auth;
+                cx.notes.auth = auth.map(Box::new);
                 Flow::Continue
             }
             Err(e) => {

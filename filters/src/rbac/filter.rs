@@ -21,7 +21,7 @@ impl Filter for Engine {
             path,
             host,
             headers: &req.headers,
-            auth: cx.notes.auth.as_ref(),
+            auth: cx.notes.auth.as_deref(),
         };
         let decision = self.evaluate_http(&cx.conn, &attrs);
         record(cx.metrics, &decision);

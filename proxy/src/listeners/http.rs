@@ -74,7 +74,7 @@ pub async fn handle(
             let watch = ex.tunnel_request.take().map(|r| {
                 let port = conn.dst_port.or(ex.service_port).unwrap_or(0);
                 let conns = &shared.open_conns;
-                conns.register(conn.clone(), port, Some(r), snap.generation)
+                conns.register(conn.clone(), port, Some(*r), snap.generation)
             });
             shared.tasks.spawn(tunnel::run(t, ex, watch));
             Response::from_parts(parts, ResponseBody::new(body, None))

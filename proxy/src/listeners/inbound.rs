@@ -71,7 +71,10 @@ pub(super) async fn request(
         }
         if tunnel_opener {
             // The tunnel outlives this decision: it is decided again when the policy changes.
-            ex.tunnel_request = Some(OwnedRequest::of(&parts, ex.notes.auth.clone()));
+            ex.tunnel_request = Some(Box::new(OwnedRequest::of(
+                &parts,
+                ex.notes.auth.as_deref().cloned(),
+            )));
         }
         req = Request::from_parts(parts, body);
     }

@@ -86,7 +86,7 @@ pub struct RequestCtx {
     pub notes: Notes,
     /// Inbound: the request that opens a tunnel (CONNECT, upgrade), kept to decide the
     /// tunnel again when the policy changes.
-    pub tunnel_request: Option<OwnedRequest>,
+    pub tunnel_request: Option<Box<OwnedRequest>>,
     /// Upstream tries (1 + retries); 0 when nothing was sent upstream.
     pub attempts: u32,
     /// The request is gRPC (`content-type: application/grpc...`).
