@@ -17,6 +17,10 @@ OTLP/HTTP sink in this process (see run_telemetry).
 With --control (halyard-control, the CA), mutual TLS between two Halyard sidecars follows:
 an mTLS hop against a plaintext hop and direct, and new mTLS connections (handshakes) per
 second per core; both sidecars on core 1, one worker thread each (see run_mesh).
+
+With --baseline (another build's halyard-proxy), an A/B of that build against --halyard in
+the same run, telemetry off: CPU per request side by side for HTTP/1.1 and h2c and through
+the mTLS hop, and callgrind instructions per request (see run_ab); --only-ab runs only that.
 """
 
 from __future__ import annotations
@@ -628,11 +632,21 @@ def main() -> int:
                     help="skip every scenario but routed-and-retried (develop that one)")
     ap.add_argument("--only-telemetry", action="store_true",
                     help="skip every scenario but telemetry cost (develop that one)")
+    ap.add_argument("--baseline", help="a baseline halyard-proxy binary: adds the A/B of it "
+                    "against --halyard (telemetry off, both in this run)")
+    ap.add_argument("--baseline-control", help="the baseline's halyard-control, the CA of "
+                    "its sidecars in the A/B's mTLS hop (default: --control for both)")
+    ap.add_argument("--only-ab", action="store_true",
+                    help="skip every scenario but the A/B of --baseline against --halyard")
     ap.add_argument("--out", required=True)
     ap.add_argument("--state", help="directory for the pid list run.sh cleans up from")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--nice", type=int, default=-10)
     args = ap.parse_args()
+    if args.only_ab and not (args.baseline and args.halyard):
+        ap.error("--only-ab needs --baseline and --halyard")
+    if args.baseline_control and not args.baseline:
+        ap.error("--baseline-control needs --baseline")
 
     def on_signal(signum, _frame):
         raise Interrupted(f"signal {signum}")
@@ -700,7 +714,22 @@ def main() -> int:
         "scenarios": {},
         "problems": [],
     }
-    only = [k for k in ("mesh", "routed", "telemetry") if getattr(args, f"only_{k}")]
+    if args.baseline:
+        results["settings"]["ab"] = {
+            "rounds": TELEMETRY_CONCURRENT_ROUNDS,
+            "scenarios": list(AB_SCENARIOS) + ["mesh-hop"],
+            "config": "the telemetry scenario's (a): accessLog false, istioMetrics false, "
+                      "no tracing",
+            "capacity_concurrency_each": {
+                "h1": f"{CAPACITY_CONNS // 2} connections",
+                "h2": f"{H2_CAPACITY[0] // 2} connections x {H2_CAPACITY[1]} streams",
+                "mesh-hop": f"{CAPACITY_CONNS // 2} connections"},
+            "fixed_rate": f"{TELEMETRY_FIXED_SHARE:.0%} of the lowest rate the baseline side "
+                          "reached in the closed-loop rounds",
+            "instructions_requests": list(INSTR_REQUESTS),
+            "instructions_conns": INSTR_CONNS,
+        }
+    only = [k for k in ("mesh", "routed", "telemetry", "ab") if getattr(args, f"only_{k}")]
     if only:
         results["only"] = only[0]
     if args.mesh_skipped:
@@ -721,7 +750,9 @@ def main() -> int:
     results["load_after"] = loadavg()
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     report.write(results, out_dir)
-    log(f"wrote {out_dir}/REPORT.md, latency.svg, results.json in {results['elapsed_s']} s")
+    log(f"wrote {out_dir}/REPORT.md, "
+        + ("" if results.get("only") == "ab" else "latency.svg, ")
+        + f"results.json in {results['elapsed_s']} s")
     return 0
 
 
@@ -753,6 +784,9 @@ def run(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int, results: d
         return
     if args.only_telemetry:
         run_telemetry(args, tmp, procs, oha, dur, warm, results, up_h1)
+        return
+    if args.only_ab:
+        run_ab(args, tmp, procs, oha, dur, warm, results, up_h1, up_h2)
         return
 
     targets: list[Target] = [Target(
@@ -964,6 +998,10 @@ def run(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int, results: d
     # ---- telemetry cost: metrics and tracing on vs off (Halyard only; its own proxies)
     run_telemetry(args, tmp, procs, oha, dur, warm, results, up_h1)
 
+    # ---- A/B of a baseline build against this one (with --baseline; its own proxies)
+    if args.baseline:
+        run_ab(args, tmp, procs, oha, dur, warm, results, up_h1, up_h2)
+
     # ---- mutual TLS between two Halyard sidecars (after the others: they stay idle)
     if mesh:
         run_mesh(args, tmp, procs, oha, dur, warm, results, up_h1, up_tls)
@@ -1008,9 +1046,10 @@ def self_signed(tmp: Path) -> tuple[Path, Path] | None:
     return cert, key
 
 
-def start_ca(control: str, tmp: Path, procs: Procs, marker: str) -> dict:
-    """halyard-control serve with a tokens file for the two service accounts."""
-    d = tmp / "ca"
+def start_ca(control: str, tmp: Path, procs: Procs, marker: str, name: str = "ca") -> dict:
+    """halyard-control serve with a tokens file for the two service accounts, its data in
+    tmp/`name` (another name: a second CA beside the first)."""
+    d = tmp / name
     d.mkdir()
     tokens = "# written by benches/load/harness.py\n"
     for sa in (SA_CLIENT, SA_SERVER):
@@ -1020,7 +1059,7 @@ def start_ca(control: str, tmp: Path, procs: Procs, marker: str) -> dict:
         (d / f"{sa}.token").chmod(0o600)
     (d / "tokens.yaml").write_text(tokens)
     addr_file = d / "addr.json"
-    proc = procs.start("halyard-control", [
+    proc = procs.start("halyard-control" if name == "ca" else f"halyard-control-{name}", [
         control, "serve", "--data-dir", str(d / "data"), "--tokens", str(d / "tokens.yaml"),
         "--trust-domain", TRUST_DOMAIN, "--grpc-addr", "127.0.0.1:0",
         "--grpc-tls-addr", "127.0.0.1:0", "--address-file", str(addr_file),
@@ -1927,9 +1966,12 @@ TRACE_METRICS = ("halyard_trace_spans_exported_total", "halyard_trace_spans_drop
 
 
 def telemetry_conf(key: str, up_h1: int, istio_metrics: bool, sampling: float | None,
-                   sink_port: int) -> str:
+                   sink_port: int, up_h2: int | None = None) -> str:
     """The static config of configuration `key`: the h1 upstream as one service, access log
-    off, Istio metrics on or off, tracing at `sampling` % to the sink or none."""
+    off, Istio metrics on or off, tracing at `sampling` % to the sink or none. With `up_h2`
+    the service's port is `HTTP2` to the upstream's h2c port instead (the A/B's h2c case)."""
+    port = (f"{{port: 80, protocol: HTTP, targetPort: {up_h1}}}" if up_h2 is None
+            else f"{{port: 80, protocol: HTTP2, targetPort: {up_h2}}}")
     settings = "  accessLog: false\n"
     if not istio_metrics:
         settings += "  istioMetrics: false\n"
@@ -1941,7 +1983,7 @@ version: load-bench-telemetry-{key}
 services:
   - name: {TELEMETRY_SERVICE}
     hosts: [{HOST_TELEMETRY}]
-    ports: [{{port: 80, protocol: HTTP, targetPort: {up_h1}}}]
+    ports: [{port}]
     endpoints:
       - {{address: 127.0.0.1}}
 outboundTrafficPolicy:
@@ -2141,10 +2183,17 @@ def run_telemetry(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int,
 def start_telemetry_proxy(args, tmp: Path, procs: Procs, key: str, name: str) -> Sidecar:
     """Starts a proxy with the configuration of `key` (written by run_telemetry) on the proxy
     core; raises RuntimeError when it does not come up."""
+    return start_proxy(args.halyard, tmp / f"halyard-telemetry-{key}.yaml", tmp, procs, name)
+
+
+def start_proxy(halyard: str, config: Path, tmp: Path, procs: Procs, name: str) -> Sidecar:
+    """Starts the proxy binary `halyard` on `config` on the proxy core, the flags of every
+    Halyard here (`--concurrency 1`, log level warn, ports of its own); raises RuntimeError
+    when it does not come up."""
     out, admin, inb = free_ports(3)
     px = Sidecar(name, "", (out, admin, inb))
     px.proc = procs.start(name, [
-        args.halyard, "--config", str(tmp / f"halyard-telemetry-{key}.yaml"),
+        halyard, "--config", str(config),
         "--outbound-addr", f"127.0.0.1:{out}", "--admin-addr", f"127.0.0.1:{admin}",
         "--stats-addr", "127.0.0.1:0", "--inbound-addr", f"127.0.0.1:{inb}",
         "--concurrency", "1", "--log-level", "warn"], PROXY_CORE, str(tmp), tmp)
@@ -2190,43 +2239,54 @@ def telemetry_instructions(args, tmp: Path, procs: Procs, oha: Oha, res: dict,
         cfg = tmp / f"halyard-telemetry-{key}.yaml"
         if not cfg.exists():
             continue
-        totals: list[int] = []
-        for n in INSTR_REQUESTS:
-            name = f"callgrind-{key}-{n}"
-            dump = tmp / f"{name}.out"
-            port, admin, inb = free_ports(3)
-            proc = procs.start(name, [
-                valgrind, "--tool=callgrind", f"--callgrind-out-file={dump}", args.halyard,
-                "--config", str(cfg), "--outbound-addr", f"127.0.0.1:{port}",
-                "--admin-addr", f"127.0.0.1:{admin}", "--stats-addr", "127.0.0.1:0",
-                "--inbound-addr", f"127.0.0.1:{inb}", "--concurrency", "1",
-                "--log-level", "warn"], PROXY_CORE, str(tmp), tmp)
-            try:
-                wait_http_ok(f"http://127.0.0.1:{admin}/ready", proc, timeout=120)
-                wait_port(port, proc, timeout=60)
-                t = Target(key, label, {"h1": port}, {})
-                t.host = HOST_TELEMETRY
-                s = outcome(oha.run(t, sc, requests=n, conns=(INSTR_CONNS, 1), timeout=900))
-                if s["ok"] != n:
-                    raise RuntimeError(f"{s['ok']} of {n} answered 2xx: {s['status']}")
-            except RuntimeError as e:
-                problem(f"instructions, {label}, {n} requests: {e}")
-                procs.stop(proc)
-                break
-            # SIGTERM: the proxy drains and exits, and callgrind writes its counts.
-            procs.stop(proc, grace=120)
-            total = callgrind_total(dump)
-            if total is None:
-                problem(f"instructions, {label}: callgrind wrote no total to {dump}")
-                break
-            totals.append(total)
-        if len(totals) == len(INSTR_REQUESTS):
-            per = (totals[1] - totals[0]) / (INSTR_REQUESTS[1] - INSTR_REQUESTS[0])
-            out["targets"][key] = {"label": label, "totals": totals, "per_request": per}
-            log(f"instructions {label}: {per:,.0f} per request")
+        got = callgrind_per_request(valgrind, args.halyard, cfg, f"callgrind-{key}", label, sc,
+                                    tmp, procs, oha, problem)
+        if got:
+            out["targets"][key] = {"label": label, **got}
+            log(f"instructions {label}: {got['per_request']:,.0f} per request")
     base = out["targets"].get("off", {}).get("per_request")
     for r in out["targets"].values():
         r["overhead_pct"] = 100 * (r["per_request"] / base - 1) if base else None
+
+
+def callgrind_per_request(valgrind: str, halyard: str, cfg: Path, name: str, label: str,
+                          sc: dict, tmp: Path, procs: Procs, oha: Oha, problem) -> dict | None:
+    """User-space instructions per request of the proxy binary `halyard` on `cfg` for the
+    requests of `sc`: two runs under callgrind, INSTR_REQUESTS[0] and [1] requests with
+    INSTR_CONNS connections, each in a fresh process stopped with SIGTERM (callgrind writes
+    its counts at exit); the difference of the totals over the difference of the requests
+    cancels start-up and warm-up. None (and a problem) when a run fails."""
+    totals: list[int] = []
+    for n in INSTR_REQUESTS:
+        dump = tmp / f"{name}-{n}.out"
+        port, admin, inb = free_ports(3)
+        proc = procs.start(f"{name}-{n}", [
+            valgrind, "--tool=callgrind", f"--callgrind-out-file={dump}", halyard,
+            "--config", str(cfg), "--outbound-addr", f"127.0.0.1:{port}",
+            "--admin-addr", f"127.0.0.1:{admin}", "--stats-addr", "127.0.0.1:0",
+            "--inbound-addr", f"127.0.0.1:{inb}", "--concurrency", "1",
+            "--log-level", "warn"], PROXY_CORE, str(tmp), tmp)
+        try:
+            wait_http_ok(f"http://127.0.0.1:{admin}/ready", proc, timeout=120)
+            wait_port(port, proc, timeout=60)
+            t = Target(name, label, {sc["proto"]: port}, {})
+            t.host = sc["host"]
+            s = outcome(oha.run(t, sc, requests=n, conns=(INSTR_CONNS, 1), timeout=900))
+            if s["ok"] != n:
+                raise RuntimeError(f"{s['ok']} of {n} answered 2xx: {s['status']}")
+        except RuntimeError as e:
+            problem(f"instructions, {label}, {n} requests: {e}")
+            procs.stop(proc)
+            return None
+        # SIGTERM: the proxy drains and exits, and callgrind writes its counts.
+        procs.stop(proc, grace=120)
+        total = callgrind_total(dump)
+        if total is None:
+            problem(f"instructions, {label}: callgrind wrote no total to {dump}")
+            return None
+        totals.append(total)
+    per = (totals[1] - totals[0]) / (INSTR_REQUESTS[1] - INSTR_REQUESTS[0])
+    return {"totals": totals, "per_request": per}
 
 
 def telemetry_settings(admin: int) -> dict:
@@ -2256,23 +2316,43 @@ def telemetry_concurrent(oha: Oha, dur: int, warm: int, res: dict, problem, laun
     show, the noise floor."""
     if "off" not in usable:
         return
-    half = max(1, CAPACITY_CONNS // 2)
-    out: dict = {"rounds": TELEMETRY_CONCURRENT_ROUNDS, "conns_each": half, "by_key": {},
-                 "rate_each": rate, "fresh_processes": True}
+    out = side_by_side(oha, dur, warm, problem, launch, stop, sc, usable, "off", rate=rate)
     res["concurrent_fixed" if rate else "concurrent"] = out
-    for key in usable:
+    ov = out["by_key"].get("trace-1", {}).get("overhead_pct_median")
+    out["target_met"] = ov < TELEMETRY_TARGET_PCT if ov is not None else None
+
+
+def side_by_side(oha: Oha, dur: int, warm: int, problem, launch, stop, sc: dict,
+                 keys: list[str], base: str, rate: int | None = None,
+                 conns: tuple[int, int] | None = None, what: str = "telemetry",
+                 latency: bool = False) -> dict:
+    """Each of `keys` against `base` at the same time, TELEMETRY_CONCURRENT_ROUNDS rounds
+    each: two oha runs of `sc` (closed loop, or with `rate` both at that many requests per
+    second), `conns` each (default half of CAPACITY_CONNS, one stream), CPU per 2xx request of
+    each proxy over the same window. `launch(key, name)` starts a fresh proxy (anything with
+    `outbound` and `cpu()`) for every side of every round, the two started in alternating
+    order; `stop(proxy)` ends it. `base` among `keys` is `base` against itself (the noise
+    floor). With `latency`, each round also keeps both sides' latency percentiles."""
+    c, p = conns or (max(1, CAPACITY_CONNS // 2), 1)
+    out: dict = {"rounds": TELEMETRY_CONCURRENT_ROUNDS, "conns_each": c, "by_key": {},
+                 "rate_each": rate, "fresh_processes": True}
+    if p > 1:
+        out["streams_each"] = p
+    for key in keys:
         ratios, rows = [], []
         for rnd in range(TELEMETRY_CONCURRENT_ROUNDS):
             # Sides: the baseline and the configuration measured, started in alternating order.
-            sides = [("base", "off"), ("test", key)]
+            sides = [("base", base), ("test", key)]
             if rnd % 2:
                 sides.reverse()
-            fresh: dict[str, Sidecar] = {}
+            fresh: dict = {}
             try:
                 for side, k in sides:
-                    fresh[side] = launch(k, f"halyard-telemetry-{k}-{side}-{rnd + 1}")
-                targets = {side: mesh_target(side, side, px.outbound, HOST_TELEMETRY, [px], "")
-                           for side, px in fresh.items()}
+                    fresh[side] = launch(k, f"halyard-{what}-{k}-{side}-{rnd + 1}")
+                targets = {}
+                for side, px in fresh.items():
+                    targets[side] = mesh_target(side, side, px.outbound, sc["host"], [px], "")
+                    targets[side].ports[sc["proto"]] = px.outbound
                 results: dict = {}
                 errors: list[str] = []
 
@@ -2280,7 +2360,7 @@ def telemetry_concurrent(oha: Oha, dur: int, warm: int, res: dict, problem, laun
                     try:
                         results[side] = outcome(oha.run(targets[side], sc,
                                                         duration=f"{seconds}s",
-                                                        conns=(half, 1), rate=rate,
+                                                        conns=(c, p), rate=rate,
                                                         timeout=seconds + 60))
                     except RuntimeError as e:
                         errors.append(f"{side}: {e}")
@@ -2306,22 +2386,34 @@ def telemetry_concurrent(oha: Oha, dur: int, warm: int, res: dict, problem, laun
                 row = {"round": rnd + 1, "cpu_us_per_ok": per,
                        "rps": {side: results[side]["rps"] for side in fresh},
                        "bad": {side: results[side]["bad"] for side in fresh}}
+                if latency:
+                    row["latency_us"] = {side: results[side]["latency_us"] for side in fresh}
                 rows.append(row)
                 if per["base"] and per["test"]:
                     ratios.append((per["test"] / per["base"] - 1) * 100)
-                log(f"telemetry concurrent{f' @ {rate}/s' if rate else ''} {key} vs off "
+                log(f"{what} concurrent{f' @ {rate}/s' if rate else ''} {key} vs {base} "
                     f"round {rnd + 1}: "
                     f"{per['test'] or 0:.2f} vs {per['base'] or 0:.2f} CPU-us/req "
                     f"({ratios[-1] if ratios else 0:+.1f} %)")
             except RuntimeError as e:
-                problem(f"telemetry concurrent {key} round {rnd + 1}: {e}")
+                problem(f"{what} concurrent {key} round {rnd + 1}: {e}")
             finally:
                 for px in fresh.values():
                     stop(px)
         out["by_key"][key] = {"rows": rows, "overhead_pct_by_round": ratios,
                               "overhead_pct_median": median(ratios) if ratios else None}
-    ov = out["by_key"].get("trace-1", {}).get("overhead_pct_median")
-    out["target_met"] = ov < TELEMETRY_TARGET_PCT if ov is not None else None
+    return out
+
+
+def side_by_side_rate(conc: dict) -> int | None:
+    """The fixed rate of the side-by-side rounds that follow the closed-loop ones in `conc`:
+    TELEMETRY_FIXED_SHARE of the lowest rate the base side reached in them, so that neither
+    proxy saturates (None when no round ran)."""
+    shared = [row["rps"]["base"] for v in (conc.get("by_key") or {}).values()
+              for row in v["rows"] if row["rps"].get("base")]
+    if not shared:
+        return None
+    return max(100, int(min(shared) * TELEMETRY_FIXED_SHARE / 100.0) * 100)
 
 
 def telemetry_measure(oha: Oha, dur: int, warm: int, res: dict, problem, sink: OtlpSink,
@@ -2443,11 +2535,8 @@ def telemetry_measure(oha: Oha, dur: int, warm: int, res: dict, problem, sink: O
     telemetry_concurrent(oha, dur, warm, res, problem, launch, stop, sc, usable)
     # The same at a fixed rate both proxies sustain: a share of (a)'s closed-loop rate when it
     # shared the core, so that neither side saturates and both see the same load.
-    conc = res.get("concurrent", {}).get("by_key", {})
-    shared = [row["rps"]["base"] for v in conc.values() for row in v["rows"]
-              if row["rps"].get("base")]
-    if shared:
-        fixed = max(100, int(min(shared) * TELEMETRY_FIXED_SHARE / 100.0) * 100)
+    fixed = side_by_side_rate(res.get("concurrent", {}))
+    if fixed:
         telemetry_concurrent(oha, dur, warm, res, problem, launch, stop, sc, usable,
                              rate=fixed)
 
@@ -2521,6 +2610,375 @@ def telemetry_summary(rounds: list[dict]) -> dict:
         "sink_bytes": sum(c["sink"]["bytes"] for c in rounds),
         "istio_requests": sum(c["istio_requests"] for c in rounds),
     }
+
+
+# --------------------------------------------------------------------------- A/B of two builds
+
+# A baseline build of the proxy (--baseline) against this one (--halyard) in the same run, both
+# with telemetry off (the telemetry scenario's (a) configuration: access log off, istioMetrics
+# false, no tracing) and the flags of every Halyard here (proxy core, `--concurrency 1`), by
+# the methods above: CPU per request side by side (side_by_side: fresh processes per round,
+# alternating start order, the baseline against itself first as the noise floor), closed loop
+# and at a fixed rate, for HTTP/1.1 0 B and h2c; callgrind instructions per request
+# (callgrind_per_request); the mTLS hop through sidecars A and B of each build.
+AB_SCENARIOS = ("h1-0", "h2-0")  # keys of SCENARIOS
+# Keys of the side-by-side rounds, each against the baseline: the baseline itself (A/A), this
+# build (A/B).
+AB_KEYS = ("base", "new")
+AB_LABELS = {"base": "baseline vs baseline (A/A)", "new": "new vs baseline"}
+# Issue 17 item 10: HTTP/1.1 user-space instructions per request with telemetry off before the
+# restructure, the figure the new build must not exceed (the baseline is measured here too).
+AB_INSTR_REFERENCE = 42_474
+
+
+class SidecarPair:
+    """Sidecar A (outbound) and sidecar B (inbound, `mtls: STRICT`) of one build, as one proxy
+    for side_by_side: the load enters at A's outbound listener, the CPU is A's plus B's."""
+
+    def __init__(self, name: str, a: Sidecar, b: Sidecar):
+        self.name, self.a, self.b = name, a, b
+        self.sidecars = [a, b]
+        self.outbound = a.outbound
+
+    def cpu(self) -> float:
+        return self.a.cpu() + self.b.cpu()
+
+
+def binary_info(path: str) -> dict:
+    """What identifies a binary in the report: its path, `--version`, SHA-256 and mtime."""
+    import hashlib
+    info: dict = {"path": str(Path(path).resolve())}
+    try:
+        r = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+        info["version"] = ((r.stdout + r.stderr).strip().splitlines() or ["?"])[0]
+    except (OSError, subprocess.SubprocessError) as e:
+        info["version"] = f"unknown ({e})"
+    try:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        info["sha256"] = h.hexdigest()
+        st = os.stat(path)
+        info["mtime"] = dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%S UTC")
+        info["size"] = st.st_size
+    except OSError as e:
+        info["error"] = str(e)
+    src = source_tree(path)
+    if src:
+        info["source"] = src
+    return info
+
+
+def source_tree(binary: str) -> str | None:
+    """The git tree a cargo-built binary came from, by the sources its dep-info file (`BIN.d`
+    beside it) lists, with the commit that tree is at now: "DIR at COMMIT (+ uncommitted
+    changes)". The tree may have moved since the build; None when it cannot be told."""
+    try:
+        deps = Path(binary + ".d").read_text(errors="replace").split(":", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    target = str(Path(binary).resolve().parent.parent)
+    for dep in deps:
+        if dep.startswith(target) or not dep.endswith(".rs"):
+            continue  # generated code in the target directory
+        try:
+            d = str(Path(dep).parent)
+            top = subprocess.run(["git", "-C", d, "rev-parse", "--show-toplevel"],
+                                 capture_output=True, text=True, timeout=10).stdout.strip()
+            if not top:
+                continue
+            head = subprocess.run(["git", "-C", top, "rev-parse", "--short", "HEAD"],
+                                  capture_output=True, text=True, timeout=10).stdout.strip()
+            dirty = subprocess.run(["git", "-C", top, "status", "--porcelain",
+                                    "--untracked-files=no", "--", ".", ":!benches"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return f"{top} at {head}" + (" (+ uncommitted changes)" if dirty else "")
+    return None
+
+
+def ab_summary(out: dict | None) -> dict | None:
+    """Adds to side_by_side's result, per key, the medians over the rounds of each side's CPU
+    per request, rate and (when kept) latency, the new-minus-baseline latency per round and
+    its median; and the verdict: the new build's median overhead against the largest A/A round
+    (`noise_pct`)."""
+    if not out:
+        return out
+    for v in out["by_key"].values():
+        rows = v["rows"]
+        v["cpu_us_per_ok_median"] = {side: median([r["cpu_us_per_ok"].get(side) for r in rows])
+                                     for side in ("base", "test")}
+        v["rps_median"] = {side: median([r["rps"].get(side) for r in rows])
+                           for side in ("base", "test")}
+        v["bad"] = sum(sum(r["bad"].values()) for r in rows)
+        lat = [r["latency_us"] for r in rows if r.get("latency_us")]
+        if lat:
+            pcts = ("p50", "p99", "p99.9")
+            v["latency_us_median"] = {side: {q: median([x[side].get(q) for x in lat]) for q in pcts}
+                                      for side in ("base", "test")}
+            v["latency_diff_us_by_round"] = {
+                q: [x["test"][q] - x["base"][q] if x["test"].get(q) is not None
+                    and x["base"].get(q) is not None else None for x in lat] for q in pcts}
+            v["latency_diff_us_median"] = {q: median(d) for q, d
+                                           in v["latency_diff_us_by_round"].items()}
+    aa = out["by_key"].get("base", {}).get("overhead_pct_by_round") or []
+    new = out["by_key"].get("new", {}).get("overhead_pct_median")
+    out["noise_pct"] = max(abs(x) for x in aa) if aa else None
+    out["within_noise_or_better"] = (new <= out["noise_pct"]
+                                     if new is not None and out["noise_pct"] is not None else None)
+    return out
+
+
+def run_ab(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int, results: dict,
+           up_h1: int, up_h2: int) -> None:
+    """A/B of two builds: the baseline proxy binary (--baseline) against this one
+    (--halyard), telemetry off, in the same run (see AB_SCENARIOS and the README)."""
+    res: dict = {"load_before": loadavg(), "rounds": TELEMETRY_CONCURRENT_ROUNDS,
+                 "labels": AB_LABELS, "binaries": {}, "cpu": {}, "mesh": {},
+                 "instructions": {}}
+    results["ab"] = res
+
+    def problem(msg: str) -> None:
+        results["problems"].append(f"ab: {msg}")
+        log(results["problems"][-1])
+
+    if not (args.halyard and args.baseline):
+        res["skipped"] = "no Halyard binary (--no-halyard)" if not args.halyard else \
+            "no baseline binary (--baseline)"
+        return
+    binaries = {"base": args.baseline, "new": args.halyard}
+    for k, path in binaries.items():
+        res["binaries"][k] = binary_info(path)
+        log(f"ab: {k}: {path} ({res['binaries'][k].get('version')}, sha256 "
+            f"{res['binaries'][k].get('sha256', '?')[:12]})")
+    if res["binaries"]["base"].get("sha256") == res["binaries"]["new"].get("sha256"):
+        problem("the baseline and the new proxy binary are the same file: the A/B is an A/A")
+
+    def stop(px) -> None:
+        # Every side of every round: it must still run and have written nothing at warn.
+        for s in getattr(px, "sidecars", [px]):
+            if not s.alive():
+                problem(f"{s.name} exited with {s.proc.returncode}: {s.stderr()}")
+            elif s.stderr().strip():
+                lines = s.stderr().strip().splitlines()
+                problem(f"{s.name} wrote {len(lines)} line(s) to stderr at level warn; last: "
+                        + " | ".join(lines[-3:])[:1000])
+            procs.stop(s.proc)
+
+    def check(name: str, out: dict | None) -> None:
+        for key, v in (out or {}).get("by_key", {}).items():
+            for row in v["rows"]:
+                if sum(row["bad"].values()):
+                    problem(f"{name} {key} round {row['round']}: failed requests {row['bad']}")
+                rate = out.get("rate_each")
+                slow = {side: round(x) for side, x in row["rps"].items()
+                        if rate and x < 0.9 * rate}
+                if slow:
+                    problem(f"{name} {key} round {row['round']}: reached only {slow} of "
+                            f"{rate} req/s")
+
+    # The (a) configuration of the telemetry scenario; for h2c its service port is HTTP2 to
+    # the upstream's h2c port. The HTTP/1.1 one is byte for byte telemetry's (a).
+    scenarios = [dict(sc, host=HOST_TELEMETRY) for sc in SCENARIOS if sc["key"] in AB_SCENARIOS]
+    cfgs: dict[str, Path] = {}
+    usable: list[dict] = []
+    for sc in scenarios:
+        cfg = tmp / f"halyard-ab-{sc['key']}.yaml"
+        cfg.write_text(telemetry_conf("off", up_h1, False, None, 0,
+                                      up_h2 if sc["proto"] == "h2" else None))
+        cfgs[sc["key"]] = cfg
+        r: dict = {"title": sc["title"], "proto": sc["proto"], "path": sc["path"],
+                   "host": sc["host"], "config": cfg.name, "sanity": {}}
+        res["cpu"][sc["key"]] = r
+        # 20 requests through each build: all 2xx, and no istio_* metrics (telemetry off).
+        ok = True
+        for k in AB_KEYS:
+            try:
+                px = start_proxy(binaries[k], cfg, tmp, procs, f"halyard-ab-{sc['key']}-{k}-sanity")
+            except RuntimeError as e:
+                problem(f"{sc['key']} {k}: {e}")
+                ok = False
+                continue
+            try:
+                m0 = px.metrics()
+                t = mesh_target(k, k, px.outbound, sc["host"], [px], "")
+                t.ports[sc["proto"]] = px.outbound
+                s = outcome(oha.run(t, sc, requests=20, conns=(1, 1), timeout=30))
+                if s["ok"] != 20:
+                    raise RuntimeError(f"status {s['status']} errors {s['errors']}")
+                istio = metric_delta(m0, px.metrics(), "istio_requests_total")
+                if istio:
+                    raise RuntimeError(f"istio_requests_total grew by {istio:.0f} with "
+                                       "istioMetrics false")
+                r["sanity"][k] = {"status": s["status"], "settings": telemetry_settings(px.admin)}
+            except RuntimeError as e:
+                problem(f"{sc['key']} {k} sanity check failed: {e}")
+                ok = False
+            finally:
+                stop(px)
+        if ok:
+            usable.append(sc)
+
+    # 1. CPU per request side by side, closed loop then at a fixed rate.
+    for sc in usable:
+        r = res["cpu"][sc["key"]]
+        cfg = cfgs[sc["key"]]
+        conns = ((H2_CAPACITY[0] // 2, H2_CAPACITY[1]) if sc["proto"] == "h2"
+                 else (CAPACITY_CONNS // 2, 1))
+
+        def launch(k: str, name: str, cfg=cfg) -> Sidecar:
+            return start_proxy(binaries[k], cfg, tmp, procs, name)
+
+        what = f"ab-{sc['key']}"
+        r["closed"] = ab_summary(side_by_side(oha, dur, warm, problem, launch, stop, sc,
+                                              list(AB_KEYS), "base", conns=conns, what=what))
+        check(f"{sc['key']} closed loop", r["closed"])
+        rate = side_by_side_rate(r["closed"])
+        if rate:
+            r["fixed"] = ab_summary(side_by_side(oha, dur, warm, problem, launch, stop, sc,
+                                                 list(AB_KEYS), "base", rate=rate, conns=conns,
+                                                 what=what, latency=True))
+            check(f"{sc['key']} at {rate}/s", r["fixed"])
+        for mode in ("closed", "fixed"):
+            v = (r.get(mode) or {}).get("by_key", {})
+            if v:
+                log(f"ab {sc['key']} {mode}: new vs baseline "
+                    f"{v.get('new', {}).get('overhead_pct_median') or 0:+.2f} %, A/A "
+                    f"{v.get('base', {}).get('overhead_pct_median') or 0:+.2f} %")
+
+    # 2. The mTLS hop through sidecars A and B of each build.
+    try:
+        ab_mesh(args, tmp, procs, oha, dur, warm, res, problem, stop, check, binaries, up_h1)
+    except RuntimeError as e:
+        problem(f"mesh: {e}")
+
+    # 3. Instructions per request (deterministic; last, since it does not mind the load).
+    ins: dict = {"requests": list(INSTR_REQUESTS), "conns": INSTR_CONNS,
+                 "reference_h1": AB_INSTR_REFERENCE, "scenarios": {}}
+    res["instructions"] = ins
+    valgrind = shutil.which("valgrind")
+    if not valgrind:
+        ins["skipped"] = "valgrind not installed"
+    else:
+        ins["tool"] = subprocess.run([valgrind, "--version"], capture_output=True,
+                                     text=True).stdout.strip()
+        for sc in usable:
+            row: dict = {"title": sc["title"]}
+            ins["scenarios"][sc["key"]] = row
+            for k in AB_KEYS:
+                got = callgrind_per_request(valgrind, binaries[k], cfgs[sc["key"]],
+                                            f"callgrind-ab-{sc['key']}-{k}",
+                                            f"{k} build, {sc['key']}", sc, tmp, procs, oha,
+                                            problem)
+                if got:
+                    row[k] = got
+            b, n = (row.get(k, {}).get("per_request") for k in AB_KEYS)
+            row["diff_pct"] = (n / b - 1) * 100 if b and n else None
+            if b and n:
+                log(f"ab instructions {sc['key']}: baseline {b:,.0f}, new {n:,.0f} per request "
+                    f"({row['diff_pct']:+.2f} %)")
+    res["load_after"] = loadavg()
+
+
+def ab_mesh(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int, res: dict, problem,
+            stop, check, binaries: dict, up_h1: int) -> None:
+    """The mTLS hop of the mesh scenario (HTTP/1.1 client → A → h2 in mutual TLS → B →
+    upstream), a pair of sidecars of the baseline build against a pair of the new one, side
+    by side: CPU per request of A+B, closed loop and at a fixed rate, and the latency at that
+    rate. Certificates from halyard-control: the baseline's own (--baseline-control) for its
+    pair when given, else the same one (this build's) for both."""
+    m: dict = {"controls": {}}
+    res["mesh"] = m
+    if not args.control:
+        m["skipped"] = args.mesh_skipped or "no halyard-control binary (--no-mesh)"
+        return
+    marker = str(tmp)
+    controls = {"base": args.baseline_control or args.control, "new": args.control}
+    cas: dict[str, dict] = {}
+    started: dict[str, dict] = {}
+    try:
+        for k in AB_KEYS:
+            path = controls[k]
+            if path not in started:
+                started[path] = start_ca(path, tmp, procs, marker, name=f"ca-ab-{k}")
+                log(f"ab mesh: CA for {k} ({path}) on {started[path]['grpc_tls']}")
+            cas[k] = started[path]
+            m["controls"][k] = {**binary_info(path), "ca": cas[k]["grpc_tls"]}
+        m["shared_ca"] = len(started) == 1
+        server_cfg = mesh_server_config("mtls", "STRICT", [(up_h1, "HTTP")])
+        sc = MESH_HOP_SCENARIO
+
+        def launch(k: str, name: str) -> SidecarPair:
+            ports = free_ports(6)
+            b = Sidecar(f"{name}-b", SA_SERVER, tuple(ports[0:3]))
+            a = Sidecar(f"{name}-a", SA_CLIENT, tuple(ports[3:6]))
+            pair = SidecarPair(name, a, b)
+            # A's config is the mesh scenario's, its plaintext services (unused here)
+            # pointing at B as well.
+            b.start(binaries[k], server_cfg, cas[k], tmp, procs, marker)
+            a.start(binaries[k], mesh_client_config(b, b, b, up_h1, 9), cas[k], tmp, procs,
+                    marker)
+            try:
+                b.wait_ready()
+                a.wait_ready()
+            except RuntimeError:
+                stop(pair)
+                raise
+            return pair
+
+        # Each build's hop must really be mutual TLS: B counts its connections as mutual_tls.
+        usable = True
+        m["sanity"] = {}
+        for k in AB_KEYS:
+            try:
+                pair = launch(k, f"ab-mesh-{k}-sanity")
+            except RuntimeError as e:
+                problem(f"mesh {k}: the sidecars did not become ready: {e}")
+                usable = False
+                continue
+            try:
+                m0 = pair.b.metrics()
+                t = mesh_target(k, k, pair.outbound, sc["host"], [pair], "")
+                s = outcome(oha.run(t, sc, requests=20, conns=(1, 1), timeout=30))
+                if s["ok"] != 20:
+                    raise RuntimeError(f"status {s['status']} errors {s['errors']}")
+                m1 = pair.b.metrics()
+                conns = {sec: metric_delta(m0, m1, "halyard_inbound_connections_total",
+                                           security=sec)
+                         for sec in ("mutual_tls", "plaintext", "passthrough")}
+                if not conns["mutual_tls"]:
+                    raise RuntimeError(f"B counted no mutual_tls connection: {conns}")
+                m["sanity"][k] = {"status": s["status"], "b_inbound_conns": conns}
+            except RuntimeError as e:
+                problem(f"mesh {k} sanity check failed: {e}")
+                usable = False
+            finally:
+                stop(pair)
+        if not usable:
+            return
+        m.update({"title": "HTTP/1.1 keep-alive, 0 B body, client → sidecar A → h2 in mTLS → "
+                           "sidecar B → upstream", "path": sc["path"], "host": sc["host"]})
+        m["closed"] = ab_summary(side_by_side(oha, dur, warm, problem, launch, stop, sc,
+                                              list(AB_KEYS), "base", what="ab-mesh"))
+        check("mesh closed loop", m["closed"])
+        rate = side_by_side_rate(m["closed"])
+        if rate:
+            m["fixed"] = ab_summary(side_by_side(oha, dur, warm, problem, launch, stop, sc,
+                                                 list(AB_KEYS), "base", rate=rate,
+                                                 what="ab-mesh", latency=True))
+            check(f"mesh at {rate}/s", m["fixed"])
+        for mode in ("closed", "fixed"):
+            v = (m.get(mode) or {}).get("by_key", {})
+            if v:
+                log(f"ab mesh {mode}: new vs baseline "
+                    f"{v.get('new', {}).get('overhead_pct_median') or 0:+.2f} %, A/A "
+                    f"{v.get('base', {}).get('overhead_pct_median') or 0:+.2f} %")
+    finally:
+        for ca in started.values():
+            procs.stop(ca["proc"])
 
 
 if __name__ == "__main__":

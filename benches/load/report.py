@@ -716,8 +716,220 @@ def telemetry_section(results: dict) -> list[str]:
 
 
 
+# --------------------------------------------------------------------------- A/B of two builds
+
+def _pp(v, fmt="{:+.1f} %"):
+    return "n/a" if v is None else fmt.format(v)
+
+
+def _rounds(v: list | None) -> str:
+    return " / ".join(f"{x:+.1f}" for x in v) + " %" if v else "—"
+
+
+def ab_rows(name: str, d: dict | None) -> list[str]:
+    """One row of the A/B table per side-by-side measurement (closed loop or fixed rate)."""
+    if not d:
+        return [f"| {name} | not run (see Problems) | | | | | | |"]
+    by = d.get("by_key") or {}
+    new, aa = by.get("new") or {}, by.get("base") or {}
+    cpu = new.get("cpu_us_per_ok_median") or {}
+    rps = new.get("rps_median") or {}
+    verdict = d.get("within_noise_or_better")
+    word = ("n/a" if verdict is None else "within noise or better" if verdict
+            else "**slower than the A/A spread**")
+    load = (f"{d['rate_each']:,} req/s each" if d.get("rate_each") else
+            f"closed loop, ~{_num(rps.get('base'))} / {_num(rps.get('test'))} rps")
+    return [f"| {name} ({load}) | {_num(cpu.get('base'), '{:.2f}')} "
+            f"| {_num(cpu.get('test'), '{:.2f}')} "
+            f"| **{_pp(new.get('overhead_pct_median'), '{:+.2f} %')}** "
+            f"| {_rounds(new.get('overhead_pct_by_round'))} "
+            f"| {_pp(aa.get('overhead_pct_median'), '{:+.2f} %')} "
+            f"| {_rounds(aa.get('overhead_pct_by_round'))} | {word} |"]
+
+
+def ab_latency_rows(name: str, d: dict | None) -> list[str]:
+    if not d or not d.get("by_key"):
+        return []
+    by = d["by_key"]
+    new, aa = by.get("new") or {}, by.get("base") or {}
+    lm, dm = new.get("latency_us_median") or {}, new.get("latency_diff_us_median") or {}
+    am = aa.get("latency_diff_us_median") or {}
+    b, n = lm.get("base") or {}, lm.get("test") or {}
+    return [f"| {name} | {_num(d.get('rate_each'))} | {_num(b.get('p50'))} / {_num(b.get('p99'))} "
+            f"| {_num(n.get('p50'))} / {_num(n.get('p99'))} "
+            f"| **{_signed(dm.get('p50'))}** / **{_signed(dm.get('p99'))}** "
+            f"| {_signed(am.get('p50'))} / {_signed(am.get('p99'))} |"]
+
+
+def ab_section(results: dict) -> list[str]:
+    ab = results["ab"]
+    cores = results["settings"]["cores"]
+    st = results["settings"].get("ab", {})
+    L = ["## A/B: a baseline build against this build (telemetry off)", ""]
+    if ab.get("skipped"):
+        return L + [f"Not run: {ab['skipped']}.", ""]
+    bins = ab.get("binaries", {})
+    L += ["| build | binary | source tree (its commit at the time of the run) | `--version` "
+          "| SHA-256 | mtime |", "|---|---|---|---|---|---|"]
+    for k, label in (("base", "baseline"), ("new", "new")):
+        b = bins.get(k, {})
+        L.append(f"| {label} | `{b.get('path', '?')}` | {b.get('source', 'unknown')} "
+                 f"| {b.get('version', '?')} | `{(b.get('sha256') or '?')[:16]}` "
+                 f"| {b.get('mtime', '?')} |")
+    L.append("")
+    conc = st.get("capacity_concurrency_each", {})
+    L.append(
+        f"Both builds with the telemetry scenario's (a) configuration (`settings: {{accessLog: "
+        f"false, istioMetrics: false}}`, no tracing; for h2c the same service with port "
+        f"protocol `HTTP2` to the upstream's h2c port), on core {cores['proxy']} with "
+        f"`--concurrency 1`. **CPU per request side by side**: a proxy of each build loaded "
+        f"at the same time by two oha runs (HTTP/1.1 {conc.get('h1', '?')} each, h2c "
+        f"{conc.get('h2', '?')} each), CPU-µs per 2xx answer of each over the same window; "
+        f"{ab.get('rounds', '?')} rounds, every round with two fresh processes started in "
+        "alternating order. First the baseline against a second baseline (A/A: what two "
+        "identical builds differ by here, the noise floor), then the new build against the "
+        "baseline (A/B). Closed loop, then both at a fixed rate "
+        f"({st.get('fixed_rate', '?')}). The figure is the median over the rounds of "
+        "(new / baseline − 1); *within noise or better* means that median is at most the "
+        "largest A/A round in absolute value. The CPU columns are the medians of each "
+        "side's CPU-µs per request in the A/B rounds.")
+    L.append("")
+    L.append("| measure | baseline CPU-µs/req | new CPU-µs/req | new vs baseline (median) "
+             "| per round | A/A (median) | A/A per round | verdict |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---|")
+    names = {"h1-0": "HTTP/1.1 keep-alive, 0 B", "h2-0": "h2c (prior knowledge), 0 B"}
+    for key, r in (ab.get("cpu") or {}).items():
+        name = names.get(key, r.get("title", key))
+        L += ab_rows(name, r.get("closed"))
+        L += ab_rows(name, r.get("fixed"))
+    mesh = ab.get("mesh") or {}
+    if mesh.get("closed") or mesh.get("fixed"):
+        L += ab_rows("mTLS hop, A+B", mesh.get("closed"))
+        L += ab_rows("mTLS hop, A+B", mesh.get("fixed"))
+    L.append("")
+    lat = []
+    for key, r in (ab.get("cpu") or {}).items():
+        lat += ab_latency_rows(names.get(key, key), r.get("fixed"))
+    lat += ab_latency_rows("mTLS hop", mesh.get("fixed"))
+    if lat:
+        L.append("Latency in the fixed-rate side-by-side rounds (µs; medians over the rounds; "
+                 "both sides at the same rate on the same core, so the absolute figures include "
+                 "the other side's load; the difference is the median of the per-round "
+                 "differences):")
+        L.append("")
+        L.append("| path | req/s each | baseline p50 / p99 | new p50 / p99 "
+                 "| new − baseline p50 / p99 | A/A difference p50 / p99 |")
+        L.append("|---|---:|---:|---:|---:|---:|")
+        L += lat
+        L.append("")
+    if mesh.get("skipped"):
+        L += [f"mTLS hop: not run ({mesh['skipped']}).", ""]
+    elif mesh.get("controls"):
+        c = mesh["controls"]
+        ca = ("one halyard-control for both builds (`" + c.get("new", {}).get("path", "?") + "`)"
+              if mesh.get("shared_ca") else
+              "each build's own halyard-control (baseline `" + c.get("base", {}).get("path", "?")
+              + "`, new `" + c.get("new", {}).get("path", "?") + "`)")
+        L += [f"mTLS hop: the mesh scenario's hop (HTTP/1.1 client → sidecar A → h2 in mutual "
+              f"TLS → sidecar B `mtls: STRICT` → upstream `{mesh.get('path', '/0')}`), a pair "
+              f"of sidecars of each build side by side ({conc.get('mesh-hop', '?')} each), all "
+              f"four on core {cores['proxy']}; CPU is A's plus B's per request. Certificates "
+              f"from {ca}. Each pair's B counted its connections as `mutual_tls` in a "
+              "sanity check before the rounds.", ""]
+    ins = ab.get("instructions") or {}
+    if ins.get("scenarios"):
+        L.append("**User-space instructions per request** (callgrind; nearly deterministic: "
+                 "two runs of one binary agree to a few tenths of a percent even on a busy "
+                 f"machine): each build served {ins['requests'][0]:,} and then "
+                 f"{ins['requests'][1]:,} requests ({ins['conns']} connections) in two fresh "
+                 f"processes under `{ins.get('tool', 'valgrind')} --tool=callgrind`; the "
+                 "difference of the totals over the difference of the requests.")
+        L.append("")
+        L.append("| path | baseline | new | new vs baseline |")
+        L.append("|---|---:|---:|---:|")
+        for key, r in ins["scenarios"].items():
+            L.append(f"| {names.get(key, key)} | {_num((r.get('base') or {}).get('per_request'))} "
+                     f"| {_num((r.get('new') or {}).get('per_request'))} "
+                     f"| **{_pp(r.get('diff_pct'), '{:+.2f} %')}** |")
+        L.append("")
+    elif ins.get("skipped"):
+        L += [f"Instructions per request: skipped ({ins['skipped']}).", ""]
+    # Issue 17 item 10, the restructure's "no slower".
+    goals = []
+    for key, r in (ab.get("cpu") or {}).items():
+        for mode, what in (("closed", "closed loop"), ("fixed", "fixed rate")):
+            d = r.get(mode) or {}
+            v = d.get("within_noise_or_better")
+            if v is not None:
+                goals.append(f"{names.get(key, key)} {what} "
+                             f"{_pp(d['by_key']['new'].get('overhead_pct_median'))} "
+                             f"(A/A spread ±{d.get('noise_pct') or 0:.1f} %): "
+                             + ("ok" if v else "**not within noise**"))
+    h1 = (ins.get("scenarios") or {}).get("h1-0") or {}
+    h1n, h1b = (h1.get(k, {}).get("per_request") for k in ("new", "base"))
+    ref = ins.get("reference_h1")
+    if h1n is not None and ref:
+        goals.append(f"HTTP/1.1 instructions per request {h1n:,.0f} against issue 17's "
+                     f"{ref:,}: " + ("ok" if h1n <= ref else "**above**")
+                     + (f" (the baseline here: {h1b:,.0f}, new {_pp(h1.get('diff_pct'), '{:+.2f} %')})"
+                        if h1b is not None else ""))
+    for mode, what in (("closed", "closed loop"), ("fixed", "fixed rate")):
+        d = mesh.get(mode) or {}
+        v = d.get("within_noise_or_better")
+        if v is not None:
+            goals.append(f"mTLS hop {what} {_pp(d['by_key']['new'].get('overhead_pct_median'))} "
+                         f"(A/A spread ±{d.get('noise_pct') or 0:.1f} %): "
+                         + ("unchanged or better" if v else "**not within noise**"))
+    if goals:
+        L.append("**No slower** (issue 17, item 10): " + "; ".join(goals) + ". Load average "
+                 f"before / after the A/B: {ab.get('load_before', '?')} / "
+                 f"{ab.get('load_after', '?')}.")
+        L.append("")
+    return L
+
+
+def write_ab_markdown(results: dict, out: Path) -> None:
+    """REPORT.md of `run.sh --ab` (harness.py --only-ab): the A/B section alone."""
+    s = results["settings"]
+    quick = " --quick" if results["mode"] == "quick" else ""
+    L = ["# Halyard load benchmark: A/B of two builds", ""]
+    L.append(f"Run: {results['date']}, `{results['mode']}` mode ({s['duration_s']} s per "
+             f"measurement after {s['warmup_s']} s of warm-up), harness time "
+             f"{results.get('elapsed_s', '?')} s. Produced by `bash benches/load/run.sh "
+             f"--ab BASELINE_PROXY_BIN{quick}`; raw numbers in `results.json`. Every figure is "
+             "from this run: the two builds were measured side by side, under the same load "
+             "of the machine.")
+    L += machine_tools_lines(results)
+    L.append("")
+    L += ab_section(results)
+    L += ["## Problems", ""]
+    probs = results.get("problems") or []
+    L += [f"- {p}" for p in probs] if probs else ["None: every request answered 2xx, every "
+                                                   "process stayed up."]
+    L.append("")
+    (out / "REPORT.md").write_text("\n".join(L))
+
+
+def machine_tools_lines(results: dict) -> list[str]:
+    m, t = results["machine"], results["tools"]
+    L = ["", "## Machine", ""]
+    L.append(f"- {m['nproc']} CPUs: {m['cpu_model']}; {m['mem_gib']} GiB; Linux {m['kernel']}; "
+             f"CLK_TCK {m['clk_tck']}")
+    L.append(f"- load average before / after: {results['load_before']} / "
+             f"{results.get('load_after', '?')} (other work on the machine shows up as noise)")
+    L += ["", "## Tools", ""]
+    for k in ("halyard", "halyard_control", "halyard_commit", "nginx", "haproxy", "oha",
+              "openssl", "python"):
+        if k in t:
+            L.append(f"- {k}: {t[k]}")
+    return L
+
+
 def write_markdown(results: dict, out: Path) -> None:
-    m, t, s = results["machine"], results["tools"], results["settings"]
+    if results.get("only") == "ab":
+        write_ab_markdown(results, out)
+        return
+    s = results["settings"]
     L = ["# Halyard load benchmark", ""]
     L.append(f"Run: {results['date']}, `{results['mode']}` mode "
              f"({s['duration_s']} s per measurement after {s['warmup_s']} s of warm-up), "
@@ -731,16 +943,7 @@ def write_markdown(results: dict, out: Path) -> None:
     L.append("")
     L.append("Ratios are against the baseline (direct to the upstream) or nginx **from this same "
              "run**; absolute numbers from another day or machine are not comparable.")
-    L += ["", "## Machine", ""]
-    L.append(f"- {m['nproc']} CPUs: {m['cpu_model']}; {m['mem_gib']} GiB; Linux {m['kernel']}; "
-             f"CLK_TCK {m['clk_tck']}")
-    L.append(f"- load average before / after: {results['load_before']} / "
-             f"{results.get('load_after', '?')} (other work on the machine shows up as noise)")
-    L += ["", "## Tools", ""]
-    for k in ("halyard", "halyard_control", "halyard_commit", "nginx", "haproxy", "oha",
-              "openssl", "python"):
-        if k in t:
-            L.append(f"- {k}: {t[k]}")
+    L += machine_tools_lines(results)
     L += ["", "## Setup", ""]
     L += [
         f"- Core {s['cores']['proxy']}: the proxy under test (`taskset -c {s['cores']['proxy']}`), "
@@ -776,6 +979,8 @@ def write_markdown(results: dict, out: Path) -> None:
         L += routed_section(results)
     if results.get("telemetry"):
         L += telemetry_section(results)
+    if results.get("ab"):
+        L += ab_section(results)
     if results.get("mesh"):
         L += mesh_sections(results)
         L.append("")
@@ -894,7 +1099,8 @@ def write_svg(results: dict, out: Path) -> None:
 
 def write(results: dict, out: Path) -> None:
     write_markdown(results, out)
-    write_svg(results, out)
+    if results.get("only") != "ab":  # the A/B alone has none of the svg's scenarios
+        write_svg(results, out)
 
 
 if __name__ == "__main__":

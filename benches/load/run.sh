@@ -3,7 +3,9 @@
 # between two Halyard sidecars (mTLS hop vs plaintext hop, handshakes per second per core).
 #
 #   bash benches/load/run.sh [--quick] [--no-halyard] [--no-mesh] [--no-install]
-#                            [--only-telemetry]
+#                            [--no-build] [--only-telemetry]
+#   bash benches/load/run.sh --ab BASELINE_PROXY_BIN [--ab-control BASELINE_CONTROL_BIN]
+#                            [--quick] [--no-mesh] [--no-install] [--no-build]
 #
 # Installs what is missing (nginx, haproxy, taskset, openssl, oha), builds the proxy and the
 # CA (halyard-control) in release, then runs benches/load/harness.py, which starts every
@@ -12,20 +14,27 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 Options:
   --quick        3 s per measurement instead of 15 s (about 6 minutes in all)
   --no-halyard   do not build or run Halyard (develop the harness against the others)
   --no-mesh      skip the mutual-TLS scenarios (do not build halyard-control)
   --no-install   never run apt-get or cargo install; fail if a tool is missing
+  --no-build     do not run cargo build; use the binaries already in $CARGO_TARGET_DIR/release
   --only-telemetry  run only the telemetry-cost scenario (implies --no-mesh); writes to
                  $BENCH_OUT, default /var/tmp/halyard-bench-only-telemetry, not benches/report
+  --ab BIN       run only the A/B of the baseline halyard-proxy BIN against this tree's
+                 build, telemetry off (CPU/req side by side for HTTP/1.1, h2c and the mTLS hop;
+                 callgrind instructions/req); writes to $BENCH_OUT, default
+                 /var/tmp/halyard-bench-ab, not benches/report
+  --ab-control BIN  the baseline's halyard-control: the CA of the baseline's sidecars in the
+                 mTLS hop (default: this tree's halyard-control for both builds)
 Environment:
   CARGO_TARGET_DIR  default /var/tmp/halyard-target (binaries in $CARGO_TARGET_DIR/release)
   HALYARD_TOOLS     default /var/tmp/halyard-tools (oha is installed into $HALYARD_TOOLS/bin)
   BENCH_NICE        niceness of every benchmark process, default -10 (0 to leave it)
-  BENCH_OUT         output directory (default benches/report; see --only-telemetry)
+  BENCH_OUT         output directory (default benches/report; see --only-telemetry, --ab)
 EOF
 }
 
@@ -33,18 +42,37 @@ QUICK=0
 NO_HALYARD=0
 NO_MESH=0
 NO_INSTALL=0
+NO_BUILD=0
 ONLY=""
-for arg in "$@"; do
-    case "$arg" in
+AB_BIN=""
+AB_CONTROL=""
+while (( $# )); do
+    case "$1" in
         --quick) QUICK=1 ;;
         --no-halyard) NO_HALYARD=1 ;;
         --no-mesh) NO_MESH=1 ;;
         --no-install) NO_INSTALL=1 ;;
+        --no-build) NO_BUILD=1 ;;
         --only-telemetry) ONLY=telemetry; NO_MESH=1 ;;
+        --ab|--ab-control)
+            [[ $# -ge 2 && -n "$2" ]] || { echo "run.sh: $1 needs a binary" >&2; exit 2; }
+            [[ -x "$2" && -f "$2" ]] || { echo "run.sh: $1: not an executable file: $2" >&2; exit 2; }
+            if [[ $1 == --ab ]]; then AB_BIN="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"
+            else AB_CONTROL="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; fi
+            shift ;;
         -h|--help) usage; exit 0 ;;
-        *) echo "run.sh: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
+        *) echo "run.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
+    shift
 done
+if [[ -n "$AB_CONTROL" && -z "$AB_BIN" ]]; then
+    echo "run.sh: --ab-control needs --ab" >&2; exit 2
+fi
+if [[ -n "$AB_BIN" ]]; then
+    [[ -z "$ONLY" ]] || { echo "run.sh: --ab and --only-$ONLY exclude each other" >&2; exit 2; }
+    [[ $NO_HALYARD == 0 ]] || { echo "run.sh: --ab needs Halyard (not --no-halyard)" >&2; exit 2; }
+    ONLY=ab
+fi
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
@@ -130,9 +158,11 @@ PYTHON="$(command -v python3.11 || command -v python3)" || die "python3 not foun
 # --- 2. build the proxy ---------------------------------------------------------------
 PROXY_BIN=""
 if [[ $NO_HALYARD == 0 ]]; then
-    log "cargo build --release -p halyard-proxy (CARGO_TARGET_DIR=$CARGO_TARGET_DIR; may wait on the build lock)"
-    (cd "$ROOT" && timeout 3600 cargo build --release -p halyard-proxy) \
-        || die "building halyard-proxy failed (use --no-halyard to bench the others)"
+    if [[ $NO_BUILD == 0 ]]; then
+        log "cargo build --release -p halyard-proxy (CARGO_TARGET_DIR=$CARGO_TARGET_DIR; may wait on the build lock)"
+        (cd "$ROOT" && timeout 3600 cargo build --release -p halyard-proxy) \
+            || die "building halyard-proxy failed (use --no-halyard to bench the others)"
+    fi
     PROXY_BIN="$CARGO_TARGET_DIR/release/halyard-proxy"
     [[ -x "$PROXY_BIN" ]] || die "no binary at $PROXY_BIN"
 fi
@@ -141,8 +171,8 @@ fi
 CONTROL_BIN=""
 MESH_SKIP=""
 if [[ $NO_HALYARD == 0 && $NO_MESH == 0 ]]; then
-    log "cargo build --release -p halyard-control"
-    if (cd "$ROOT" && timeout 3600 cargo build --release -p halyard-control); then
+    [[ $NO_BUILD == 1 ]] || log "cargo build --release -p halyard-control"
+    if [[ $NO_BUILD == 1 ]] || (cd "$ROOT" && timeout 3600 cargo build --release -p halyard-control); then
         CONTROL_BIN="$CARGO_TARGET_DIR/release/halyard-control"
         [[ -x "$CONTROL_BIN" ]] || { CONTROL_BIN=""; MESH_SKIP="no binary at $CARGO_TARGET_DIR/release/halyard-control"; }
     else
@@ -158,7 +188,9 @@ fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 
 # A partial run must not overwrite the full report in benches/report.
-if [[ -n "$ONLY" ]]; then
+if [[ $ONLY == ab ]]; then
+    OUT="${BENCH_OUT:-/var/tmp/halyard-bench-ab}"
+elif [[ -n "$ONLY" ]]; then
     OUT="${BENCH_OUT:-/var/tmp/halyard-bench-only-$ONLY}"
 else
     OUT="${BENCH_OUT:-$ROOT/benches/report}"
@@ -170,6 +202,8 @@ args=(--oha "$OHA" --out "$OUT" --state "$STATE_DIR"
 [[ -n "$PROXY_BIN" ]] && args+=(--halyard "$PROXY_BIN")
 [[ -n "$CONTROL_BIN" ]] && args+=(--control "$CONTROL_BIN")
 [[ -n "$MESH_SKIP" ]] && args+=(--mesh-skipped "$MESH_SKIP")
+[[ -n "$AB_BIN" ]] && args+=(--baseline "$AB_BIN")
+[[ -n "$AB_CONTROL" && -n "$CONTROL_BIN" ]] && args+=(--baseline-control "$AB_CONTROL")
 
 log "harness: $PYTHON $HERE/harness.py ${args[*]}"
 # Run in the background and wait, so that the traps run at once on a signal.
