@@ -322,10 +322,22 @@ services:
     )
 }
 
-/// A port nothing listens on (bound, noted, closed).
+/// A port nothing listens on, and nothing else in this process can take: a socket bound to
+/// it without listening is kept open (connects to it are refused) for the life of the tests.
 pub fn dead_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("address").port()
+    static HELD: std::sync::Mutex<Vec<socket2::Socket>> = std::sync::Mutex::new(Vec::new());
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .expect("socket");
+    let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
+    sock.bind(&addr.into()).expect("bind");
+    let port = sock
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("bound address")
+        .port();
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(sock);
+    port
 }
 
 /// The SPIFFE ID of service account `sa` in namespace `default` of `cluster.local`.
