@@ -40,7 +40,10 @@ where
     let svc = service_fn(move |req| {
         let shared = shared.clone();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(handle(shared, info, req).await) }
+        // Boxed: the request's future is large, and hyper's HTTP/2 server moves each stream's
+        // task several times on its way to the executor; moving a box is cheap.
+        let fut = Box::pin(handle(shared, info, req));
+        async move { Ok::<_, Infallible>(fut.await) }
     });
     let io = TokioIo::new(io);
     if h2 {
