@@ -326,8 +326,8 @@ services:
 /// it without listening is kept open (connects to it are refused) for the life of the tests.
 pub fn dead_port() -> u16 {
     static HELD: std::sync::Mutex<Vec<socket2::Socket>> = std::sync::Mutex::new(Vec::new());
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .expect("socket");
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
     sock.bind(&addr.into()).expect("bind");
     let port = sock
