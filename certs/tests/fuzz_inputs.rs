@@ -13,7 +13,7 @@
 mod harness;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use halyard_certs::{CaPolicy, CertificateAuthority, SignError, SpiffeId, WorkloadKey};
@@ -203,9 +203,7 @@ fn hidden_ca_duplicate() -> Vec<u8> {
 }
 
 fn corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target)
+    Path::new("fuzz/corpus").join(target)
 }
 
 /// The committed seeds of `target`, sorted by name.

@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn manifests(which: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/manifests")
-        .join(which)
+    Path::new("tests/manifests").join(which)
 }
 
 fn check(dir: &Path) -> Output {

@@ -5,10 +5,10 @@ use std::process::Command;
 
 #[test]
 fn quickstart_checks_clean() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+    let dir = Path::new("../examples/quickstart");
     let out = Command::new(env!("CARGO_BIN_EXE_halyard-control"))
         .arg("check")
-        .arg(&dir)
+        .arg(dir)
         .output()
         .expect("run halyard-control check");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -11,7 +11,7 @@
 mod harness;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use harness::{claim_match, path_normalize, SEEDS};
 
@@ -85,9 +85,7 @@ fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
 }
 
 fn corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target)
+    Path::new("fuzz/corpus").join(target)
 }
 
 #[test]

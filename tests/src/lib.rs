@@ -69,11 +69,17 @@ pub fn peer_python(script: &str) -> PathBuf {
     python
 }
 
+/// The checkout the tests run from. Cargo runs each test in its package's directory; that is
+/// used rather than the compile-time path because checkouts sharing a target directory share
+/// test binaries.
+pub fn repo_dir() -> PathBuf {
+    let package = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    package.parent().map(Path::to_path_buf).unwrap_or(package)
+}
+
 /// A peer script under `tests/peers/`.
 pub fn peer(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("peers")
-        .join(name)
+    repo_dir().join("tests/peers").join(name)
 }
 
 /// Polls `f` until it returns `Some`, failing the test after `DEADLINE`.

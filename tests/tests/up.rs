@@ -3,7 +3,6 @@
 //! mutual TLS, log lines prefixed per child, and a graceful stop on SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ fn up_runs_the_quickstart_mesh_and_stops_on_sigterm() {
     let tmp = TempDir::new("up");
     let state = tmp.path().join("state.json");
     let log = tmp.path().join("up.log");
-    let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+    let quickstart = halyard_tests::repo_dir().join("examples/quickstart");
     let mut cmd = Command::new(control_bin());
     cmd.arg("up")
         .arg(&quickstart)

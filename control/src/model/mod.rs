@@ -174,7 +174,7 @@ mod tests {
     use super::*;
 
     fn valid() -> (Model, Vec<Diagnostic>) {
-        load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/manifests/valid"))
+        load_dir(Path::new("tests/manifests/valid"))
     }
 
     #[test]
