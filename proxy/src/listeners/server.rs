@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -37,16 +38,14 @@ where
         info: info.clone(),
         timeout: limits.idle_timeout,
     };
-    let svc = service_fn(move |req| {
-        let shared = shared.clone();
-        let info = info.clone();
-        // Boxed: the request's future is large, and hyper's HTTP/2 server moves each stream's
-        // task several times on its way to the executor; moving a box is cheap.
-        let fut = Box::pin(handle(shared, info, req));
-        async move { Ok::<_, Infallible>(fut.await) }
-    });
     let io = TokioIo::new(io);
     if h2 {
+        // Boxed: hyper's HTTP/2 server moves each stream's task (this future, several KiB)
+        // several times on its way to the executor, and moving a box is cheap. HTTP/1.1 polls
+        // it in place, where the allocation would be the only cost.
+        let svc = service_fn(move |req| {
+            Box::pin(handle(shared.clone(), info.clone(), req)).map(Ok::<_, Infallible>)
+        });
         let conn = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(max_headers as u32)
@@ -56,6 +55,10 @@ where
             .serve_connection(io, svc);
         drive(conn, shutdown, idle).await;
     } else {
+        let svc = service_fn(move |req| {
+            // Mapped, not awaited in an `async` block, which would hold the future twice.
+            handle(shared.clone(), info.clone(), req).map(Ok::<_, Infallible>)
+        });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(Some(HEADER_READ_TIMEOUT))
