@@ -2700,6 +2700,24 @@ def source_tree(binary: str) -> str | None:
     return None
 
 
+def ab_closed_then_fixed(out: dict, label: str, check, run) -> None:
+    """One A/B side by side in a closed loop, then at the rate that loop reached (with
+    latency), into out["closed"] and out["fixed"]; `run(**kw)` is side_by_side with all but
+    `rate` and `latency` bound."""
+    out["closed"] = ab_summary(run())
+    check(f"{label} closed loop", out["closed"])
+    rate = side_by_side_rate(out["closed"])
+    if rate:
+        out["fixed"] = ab_summary(run(rate=rate, latency=True))
+        check(f"{label} at {rate}/s", out["fixed"])
+    for mode in ("closed", "fixed"):
+        v = (out.get(mode) or {}).get("by_key", {})
+        if v:
+            log(f"ab {label} {mode}: new vs baseline "
+                f"{v.get('new', {}).get('overhead_pct_median') or 0:+.2f} %, A/A "
+                f"{v.get('base', {}).get('overhead_pct_median') or 0:+.2f} %")
+
+
 def ab_summary(out: dict | None) -> dict | None:
     """Adds to side_by_side's result, per key, the medians over the rounds of each side's CPU
     per request, rate and (when kept) latency, the new-minus-baseline latency per round and
@@ -2832,22 +2850,9 @@ def run_ab(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int, results
         def launch(k: str, name: str, cfg=cfg) -> Sidecar:
             return start_proxy(binaries[k], cfg, tmp, procs, name)
 
-        what = f"ab-{sc['key']}"
-        r["closed"] = ab_summary(side_by_side(oha, dur, warm, problem, launch, stop, sc,
-                                              list(AB_KEYS), "base", conns=conns, what=what))
-        check(f"{sc['key']} closed loop", r["closed"])
-        rate = side_by_side_rate(r["closed"])
-        if rate:
-            r["fixed"] = ab_summary(side_by_side(oha, dur, warm, problem, launch, stop, sc,
-                                                 list(AB_KEYS), "base", rate=rate, conns=conns,
-                                                 what=what, latency=True))
-            check(f"{sc['key']} at {rate}/s", r["fixed"])
-        for mode in ("closed", "fixed"):
-            v = (r.get(mode) or {}).get("by_key", {})
-            if v:
-                log(f"ab {sc['key']} {mode}: new vs baseline "
-                    f"{v.get('new', {}).get('overhead_pct_median') or 0:+.2f} %, A/A "
-                    f"{v.get('base', {}).get('overhead_pct_median') or 0:+.2f} %")
+        ab_closed_then_fixed(r, sc["key"], check, lambda **kw: side_by_side(
+            oha, dur, warm, problem, launch, stop, sc, list(AB_KEYS), "base", conns=conns,
+            what=f"ab-{sc['key']}", **kw))
 
     # 2. The mTLS hop through sidecars A and B of each build.
     try:
@@ -2961,21 +2966,9 @@ def ab_mesh(args, tmp: Path, procs: Procs, oha: Oha, dur: int, warm: int, res: d
             return
         m.update({"title": "HTTP/1.1 keep-alive, 0 B body, client → sidecar A → h2 in mTLS → "
                            "sidecar B → upstream", "path": sc["path"], "host": sc["host"]})
-        m["closed"] = ab_summary(side_by_side(oha, dur, warm, problem, launch, stop, sc,
-                                              list(AB_KEYS), "base", what="ab-mesh"))
-        check("mesh closed loop", m["closed"])
-        rate = side_by_side_rate(m["closed"])
-        if rate:
-            m["fixed"] = ab_summary(side_by_side(oha, dur, warm, problem, launch, stop, sc,
-                                                 list(AB_KEYS), "base", rate=rate,
-                                                 what="ab-mesh", latency=True))
-            check(f"mesh at {rate}/s", m["fixed"])
-        for mode in ("closed", "fixed"):
-            v = (m.get(mode) or {}).get("by_key", {})
-            if v:
-                log(f"ab mesh {mode}: new vs baseline "
-                    f"{v.get('new', {}).get('overhead_pct_median') or 0:+.2f} %, A/A "
-                    f"{v.get('base', {}).get('overhead_pct_median') or 0:+.2f} %")
+        ab_closed_then_fixed(m, "mesh", check, lambda **kw: side_by_side(
+            oha, dur, warm, problem, launch, stop, sc, list(AB_KEYS), "base", what="ab-mesh",
+            **kw))
     finally:
         for ca in started.values():
             procs.stop(ca["proc"])

@@ -856,15 +856,19 @@ def ab_section(results: dict) -> list[str]:
         L += [f"Instructions per request: skipped ({ins['skipped']}).", ""]
     # Issue 17 item 10, the restructure's "no slower".
     goals = []
-    for key, r in (ab.get("cpu") or {}).items():
+
+    def cpu_goals(label: str, r: dict, ok: str) -> None:
         for mode, what in (("closed", "closed loop"), ("fixed", "fixed rate")):
             d = r.get(mode) or {}
             v = d.get("within_noise_or_better")
             if v is not None:
-                goals.append(f"{names.get(key, key)} {what} "
+                goals.append(f"{label} {what} "
                              f"{_pp(d['by_key']['new'].get('overhead_pct_median'))} "
                              f"(A/A spread ±{d.get('noise_pct') or 0:.1f} %): "
-                             + ("ok" if v else "**not within noise**"))
+                             + (ok if v else "**not within noise**"))
+
+    for key, r in (ab.get("cpu") or {}).items():
+        cpu_goals(names.get(key, key), r, "ok")
     h1 = (ins.get("scenarios") or {}).get("h1-0") or {}
     h1n, h1b = (h1.get(k, {}).get("per_request") for k in ("new", "base"))
     ref = ins.get("reference_h1")
@@ -873,13 +877,7 @@ def ab_section(results: dict) -> list[str]:
                      f"{ref:,}: " + ("ok" if h1n <= ref else "**above**")
                      + (f" (the baseline here: {h1b:,.0f}, new {_pp(h1.get('diff_pct'), '{:+.2f} %')})"
                         if h1b is not None else ""))
-    for mode, what in (("closed", "closed loop"), ("fixed", "fixed rate")):
-        d = mesh.get(mode) or {}
-        v = d.get("within_noise_or_better")
-        if v is not None:
-            goals.append(f"mTLS hop {what} {_pp(d['by_key']['new'].get('overhead_pct_median'))} "
-                         f"(A/A spread ±{d.get('noise_pct') or 0:.1f} %): "
-                         + ("unchanged or better" if v else "**not within noise**"))
+    cpu_goals("mTLS hop", mesh, "unchanged or better")
     if goals:
         L.append("**No slower** (issue 17, item 10): " + "; ".join(goals) + ". Load average "
                  f"before / after the A/B: {ab.get('load_before', '?')} / "
