@@ -61,16 +61,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             ],
         );
     if connection {
-        // Names listed in Connection are hop-by-hop too.
-        let listed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-            .collect();
-        for name in listed {
+        for name in listed_in_connection(headers, keep_upgrade) {
             headers.remove(name);
         }
     }
@@ -101,6 +92,30 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(header::UPGRADE);
         }
     }
+}
+
+/// The headers the map holds that `Connection` names as hop-by-hop too. Its tokens are
+/// mostly `keep-alive`, `close` or `upgrade`, naming no header present, so a token is matched
+/// against the map's few names rather than parsed into a name and looked up.
+fn listed_in_connection(headers: &HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
+    let mut listed = Vec::new();
+    let tokens = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim);
+    for token in tokens {
+        let held = headers
+            .keys()
+            .find(|n| n.as_str().eq_ignore_ascii_case(token));
+        if let Some(name) = held {
+            if !(keep_upgrade && name == header::UPGRADE) {
+                listed.push(name.clone());
+            }
+        }
+    }
+    listed
 }
 
 /// Whether a request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
@@ -142,16 +157,47 @@ fn new_request_id() -> HeaderValue {
 
 /// Appends the client address to `x-forwarded-for` and sets `x-forwarded-proto` when absent.
 pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr) {
-    let ip = client.to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    let prev = headers
+        .get(&X_FORWARDED_FOR)
+        .filter(|v| v.to_str().is_ok_and(|p| !p.trim().is_empty()))
+        .map(HeaderValue::as_bytes);
+    let mut value = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 45);
+    if let Some(prev) = prev {
+        value.extend_from_slice(prev);
+        value.extend_from_slice(b", ");
+    }
+    write_ip(client, &mut value);
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+}
+
+/// Writes `ip` as `Display` would. IPv4 is done by hand: through `fmt` it cost more than any
+/// other header rule on the request path.
+fn write_ip(ip: IpAddr, out: &mut Vec<u8>) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -223,5 +269,83 @@ mod tests {
         add_forwarded(&mut h, "127.0.0.1".parse().unwrap());
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn client_addresses_are_written_as_display_writes_them() {
+        let cases = [
+            "0.0.0.0",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "10.200.7.45",
+            "::1",
+            "fd00::a:1",
+            "::ffff:10.0.0.1",
+        ];
+        for case in cases {
+            let ip: IpAddr = case.parse().unwrap();
+            let mut out = Vec::new();
+            write_ip(ip, &mut out);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), ip.to_string(), "{case}");
+        }
+    }
+
+    #[test]
+    fn forwarded_for_appends_only_to_a_usable_value() {
+        let cases: [(Option<&[u8]>, &str); 4] = [
+            (None, "10.1.2.3"),
+            (Some(b"  "), "10.1.2.3"),
+            (Some(b"1.1.1.1, 2.2.2.2"), "1.1.1.1, 2.2.2.2, 10.1.2.3"),
+            (Some(b"caf\xe9"), "10.1.2.3"),
+        ];
+        for (prev, want) in cases {
+            let mut h = HeaderMap::new();
+            if let Some(p) = prev {
+                h.insert("x-forwarded-for", HeaderValue::from_bytes(p).unwrap());
+            }
+            h.insert("x-forwarded-proto", "https".parse().unwrap());
+            add_forwarded(&mut h, "10.1.2.3".parse().unwrap());
+            assert_eq!(h["x-forwarded-for"], want, "{prev:?}");
+            assert_eq!(h["x-forwarded-proto"], "https");
+        }
+    }
+
+    #[test]
+    fn connection_names_only_headers_it_lists() {
+        // (Connection values, headers present, keep_upgrade, headers left)
+        let cases: [(&[&str], &[&str], bool, &[&str]); 5] = [
+            (&["keep-alive"], &["x-keep"], false, &["x-keep"]),
+            (&["close, X-Foo"], &["x-foo", "x-keep"], false, &["x-keep"]),
+            (
+                &["x-a", " X-B ,keep-alive"],
+                &["x-a", "x-b", "keep-alive", "x-keep"],
+                false,
+                &["x-keep"],
+            ),
+            (
+                &["Upgrade, x-a"],
+                &["upgrade", "x-a"],
+                true,
+                &["connection", "upgrade"],
+            ),
+            (&["Upgrade"], &["upgrade", "x-keep"], false, &["x-keep"]),
+        ];
+        for (connection, present, keep_upgrade, left) in cases {
+            let mut h = HeaderMap::new();
+            for c in connection {
+                h.append(header::CONNECTION, c.parse().unwrap());
+            }
+            for p in present {
+                h.insert(
+                    HeaderName::from_bytes(p.as_bytes()).unwrap(),
+                    "1".parse().unwrap(),
+                );
+            }
+            remove_hop_by_hop(&mut h, keep_upgrade);
+            let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+            names.sort_unstable();
+            assert_eq!(names, left, "{connection:?} {present:?}");
+        }
     }
 }

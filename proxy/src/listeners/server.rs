@@ -4,7 +4,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -43,8 +42,8 @@ where
         // Boxed: hyper's HTTP/2 server moves each stream's task (this future, several KiB)
         // several times on its way to the executor, and moving a box is cheap. HTTP/1.1 polls
         // it in place, where the allocation would be the only cost.
-        let svc = service_fn(move |req| {
-            Box::pin(handle(shared.clone(), info.clone(), req)).map(Ok::<_, Infallible>)
+        let svc = service_fn(move |req| Infallibly {
+            inner: Box::pin(handle(shared.clone(), info.clone(), req)),
         });
         let conn = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -55,9 +54,8 @@ where
             .serve_connection(io, svc);
         drive(conn, shutdown, idle).await;
     } else {
-        let svc = service_fn(move |req| {
-            // Mapped, not awaited in an `async` block, which would hold the future twice.
-            handle(shared.clone(), info.clone(), req).map(Ok::<_, Infallible>)
+        let svc = service_fn(move |req| Infallibly {
+            inner: handle(shared.clone(), info.clone(), req),
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -67,6 +65,28 @@ where
             .serve_connection(io, svc)
             .with_upgrades();
         drive(conn, shutdown, idle).await;
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's future as the `Result` hyper's service expects.
+    ///
+    /// Not `FutureExt::map`, which moves the finished future out to drop it (a copy of several
+    /// KiB per request), nor an `async` block, which would hold the future twice.
+    struct Infallibly<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Infallibly<F> {
+    type Output = Result<F::Output, Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.project().inner.poll(cx).map(Ok)
     }
 }
 
