@@ -314,7 +314,13 @@ mod tests {
     #[test]
     fn connection_names_only_headers_it_lists() {
         // (Connection values, headers present, keep_upgrade, headers left)
-        let cases: [(&[&str], &[&str], bool, &[&str]); 5] = [
+        type Case = (
+            &'static [&'static str],
+            &'static [&'static str],
+            bool,
+            &'static [&'static str],
+        );
+        let cases: [Case; 5] = [
             (&["keep-alive"], &["x-keep"], false, &["x-keep"]),
             (&["close, X-Foo"], &["x-foo", "x-keep"], false, &["x-keep"]),
             (
