@@ -21,7 +21,6 @@ use crate::shared::Shared;
 use crate::telemetry::access_log::{AccessLog, AccessLogWriter};
 use crate::telemetry::logging::LogControl;
 use crate::telemetry::metrics::Metrics;
-use crate::watched::Revoked;
 
 /// Start-up options (flags win over the config file).
 #[derive(Debug, Clone)]
@@ -309,20 +308,22 @@ async fn recheck_open_connections(shared: Arc<Shared>) {
         let closed = shared
             .open_conns
             .recheck(&snap, &shared.metrics.filters, now);
-        let revoked = &shared.metrics.connections_revoked;
-        for (reason, n) in [
-            (Revoked::Policy, closed.policy),
-            (Revoked::CertificateExpired, closed.expired),
+        let metrics = &shared.metrics;
+        for (what, counts, counter) in [
+            (
+                "connections",
+                closed.connections,
+                &metrics.connections_revoked,
+            ),
+            ("streams", closed.streams, &metrics.streams_revoked),
         ] {
-            if n > 0 {
-                revoked
-                    .with_label_values(&[reason.as_str()])
-                    .inc_by(n as u64);
-                tracing::info!(
-                    reason = reason.as_str(),
-                    connections = n,
-                    "closed open connections"
-                );
+            for (reason, n) in counts.by_reason() {
+                if n > 0 {
+                    counter
+                        .with_label_values(&[reason.as_str()])
+                        .inc_by(n as u64);
+                    tracing::info!(reason = reason.as_str(), count = n, "closed open {what}");
+                }
             }
         }
     }

@@ -10,15 +10,22 @@ client --target HOST:PORT --authority NAME
     Unary with 1 MiB, a bidirectional ping-pong (each ping goes out only after the previous
     pong came back) and Fail. Prints a JSON summary on stdout, or "FAILED: ..." on stderr
     with exit code 1.
-call --target HOST:PORT --authority NAME
-    One Unary call; prints {"code": NAME, "details": TEXT, "trailing": {...}} as grpcio
+call --target HOST:PORT --authority NAME [--user USER]
+    One Unary call (with metadata `x-user: USER` if given); prints {"code": NAME, "details": TEXT, "trailing": {...}} as grpcio
     reports it (code OK on success).
+watch --target HOST:PORT --authority NAME --direct HOST:PORT --call NAME:METHOD:USER[:N] ...
+    Long calls at once, each with metadata `x-user: USER`: Ticks streams N messages (default
+    600), one every 100 ms; Hold is a unary call the server answers only after 60 s. Prints
+    one JSON line per event as it happens: {"call", "event": "open"} once the call is under
+    way (Ticks: its first message arrived; Hold: the server, asked over --direct, holds it),
+    then {"call", "event": "end", "code", "details", "messages"}. Exits when all ended.
 """
 import argparse
 import json
 import queue
 import sys
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -27,6 +34,11 @@ SERVICE = "halyard.test.Echo"
 UNARY = f"/{SERVICE}/Unary"
 BIDI = f"/{SERVICE}/Bidi"
 FAIL = f"/{SERVICE}/Fail"
+TICKS = f"/{SERVICE}/Ticks"
+HOLD = f"/{SERVICE}/Hold"
+HOLDING = f"/{SERVICE}/Holding"
+TICK_INTERVAL = 0.1
+HOLD_FOR = 60.0
 FAIL_DETAILS = "no such thing: halyard.test/42"
 TRAILER = ("x-trailer", "done")
 # Every wait of the client is bounded by this many seconds.
@@ -46,10 +58,36 @@ def serve() -> None:
     def fail(request: bytes, context: grpc.ServicerContext) -> bytes:
         context.abort(grpc.StatusCode.NOT_FOUND, FAIL_DETAILS)
 
+    def ticks(request: bytes, context: grpc.ServicerContext):
+        for i in range(int(request or b"600")):
+            if i and not sleep_while_active(context, TICK_INTERVAL):
+                return
+            yield f"tick {i}".encode()
+
+    holding = [0]
+    lock = threading.Lock()
+
+    def hold(request: bytes, context: grpc.ServicerContext) -> bytes:
+        with lock:
+            holding[0] += 1
+        try:
+            sleep_while_active(context, HOLD_FOR)
+        finally:
+            with lock:
+                holding[0] -= 1
+        return b"held"
+
+    def count_holding(request: bytes, context: grpc.ServicerContext) -> bytes:
+        with lock:
+            return str(holding[0]).encode()
+
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
+        "Ticks": grpc.unary_stream_rpc_method_handler(ticks),
+        "Hold": grpc.unary_unary_rpc_method_handler(hold),
+        "Holding": grpc.unary_unary_rpc_method_handler(count_holding),
     }
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
@@ -57,6 +95,17 @@ def serve() -> None:
     server.start()
     print(f"listening on {port}", file=sys.stderr, flush=True)
     server.wait_for_termination()
+
+
+def sleep_while_active(context: grpc.ServicerContext, seconds: float) -> bool:
+    """Sleeps up to `seconds`; False as soon as the call is no longer active."""
+    deadline = time.monotonic() + seconds
+    while context.is_active():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True
+        time.sleep(min(left, 0.02))
+    return False
 
 
 class Failed(Exception):
@@ -141,14 +190,17 @@ def call_fail(channel: grpc.Channel) -> dict:
     raise Failed(f"Fail: succeeded with {reply!r}")
 
 
-def client(target: str, authority: str) -> dict:
-    options = [
+def channel_options(authority: str) -> list:
+    # Talk to the proxy under test only, and report what it did without retrying.
+    return [
         ("grpc.default_authority", authority),
-        # Talk to the proxy under test only, and report what it did without retrying.
         ("grpc.enable_http_proxy", 0),
         ("grpc.enable_retries", 0),
     ]
-    with grpc.insecure_channel(target, options=options) as channel:
+
+
+def client(target: str, authority: str) -> dict:
+    with grpc.insecure_channel(target, options=channel_options(authority)) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
         except grpc.FutureTimeoutError:
@@ -160,15 +212,12 @@ def client(target: str, authority: str) -> dict:
         return summary
 
 
-def one_call(target: str, authority: str) -> dict:
-    options = [
-        ("grpc.default_authority", authority),
-        ("grpc.enable_http_proxy", 0),
-        ("grpc.enable_retries", 0),
-    ]
-    with grpc.insecure_channel(target, options=options) as channel:
+def one_call(target: str, authority: str, user: str | None) -> dict:
+    metadata = (("x-user", user),) if user else None
+    with grpc.insecure_channel(target, options=channel_options(authority)) as channel:
         try:
-            _, call = channel.unary_unary(UNARY).with_call(b"ping", timeout=TIMEOUT)
+            _, call = channel.unary_unary(UNARY).with_call(
+                b"ping", metadata=metadata, timeout=TIMEOUT)
             return {"code": "OK", "details": None,
                     "trailing": dict(call.trailing_metadata() or ())}
         except grpc.RpcError as e:
@@ -176,19 +225,80 @@ def one_call(target: str, authority: str) -> dict:
                     "trailing": dict(e.trailing_metadata() or ())}
 
 
+def watch(target: str, authority: str, direct: str, calls: list) -> None:
+    out = threading.Lock()
+
+    def emit(record: dict) -> None:
+        with out:
+            print(json.dumps(record), flush=True)
+
+    holds = sum(1 for c in calls if c.split(":")[1] == "Hold")
+
+    def wait_holding(channel: grpc.Channel) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            n = int(channel.unary_unary(HOLDING)(b"", timeout=TIMEOUT))
+            if n >= holds:
+                return
+            time.sleep(0.02)
+        raise Failed(f"the server held fewer than {holds} calls within {TIMEOUT:g} s")
+
+    def run(spec: str, channel: grpc.Channel, server: grpc.Channel) -> None:
+        name, method, user, *count = spec.split(":")
+        metadata = (("x-user", user),)
+        end = {"call": name, "event": "end", "code": "OK", "details": None, "messages": 0}
+        try:
+            if method == "Ticks":
+                request = count[0].encode() if count else b"600"
+                call = channel.unary_stream(TICKS)(request, metadata=metadata, timeout=90)
+                for _ in call:
+                    if end["messages"] == 0:
+                        emit({"call": name, "event": "open"})
+                    end["messages"] += 1
+            elif method == "Hold":
+                future = channel.unary_unary(HOLD).future(b"", metadata=metadata, timeout=90)
+                wait_holding(server)
+                emit({"call": name, "event": "open"})
+                future.result()
+                end["messages"] = 1
+            else:
+                raise Failed(f"unknown method {method}")
+        except grpc.RpcError as e:
+            end.update(code=e.code().name, details=e.details())
+        except Failed as e:
+            end.update(code="FAILED", details=str(e))
+        emit(end)
+
+    with grpc.insecure_channel(target, options=channel_options(authority)) as channel, \
+            grpc.insecure_channel(direct, options=channel_options(authority)) as server:
+        threads = [threading.Thread(target=run, args=(c, channel, server)) for c in calls]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=["server", "client", "call"])
+    ap.add_argument("mode", choices=["server", "client", "call", "watch"])
     ap.add_argument("--target", help="HOST:PORT the client dials (the proxy)")
     ap.add_argument("--authority", default="grpc.local", help=":authority the client sends")
+    ap.add_argument("--user", help="metadata x-user of the call (call)")
+    ap.add_argument("--direct", help="HOST:PORT of the server itself (watch)")
+    ap.add_argument("--call", action="append", default=[], help="NAME:METHOD:USER[:N] (watch)")
     args = ap.parse_args()
     if args.mode == "server":
         serve()
         return
     if not args.target:
         ap.error(f"{args.mode} needs --target")
+    if args.mode == "watch":
+        if not args.direct or not args.call:
+            ap.error("watch needs --direct and at least one --call")
+        watch(args.target, args.authority, args.direct, args.call)
+        return
     if args.mode == "call":
-        print(json.dumps(one_call(args.target, args.authority)), flush=True)
+        print(json.dumps(one_call(args.target, args.authority, args.user)), flush=True)
         return
     try:
         summary = client(args.target, args.authority)

@@ -175,3 +175,174 @@ services:
         assert_eq!(e["response_flags"], flags, "{e}");
     }
 }
+
+/// The `watch` peer's events as they arrive, each with the moment it was read.
+struct Watch {
+    _proc: Proc,
+    events: std::sync::mpsc::Receiver<(std::time::Instant, Value)>,
+}
+
+impl Watch {
+    fn start(target: SocketAddr, direct: u16, calls: &[&str]) -> Watch {
+        let mut cmd = peer_command("grpc_peer.py");
+        cmd.args(["watch", "--target", &target.to_string()])
+            .args(["--authority", "grpc.local"])
+            .args(["--direct", &format!("127.0.0.1:{direct}")]);
+        for c in calls {
+            cmd.args(["--call", c]);
+        }
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn the watch peer");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let v = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                if tx.send((std::time::Instant::now(), v)).is_err() {
+                    break;
+                }
+            }
+        });
+        Watch {
+            _proc: Proc::from_child("grpc watch peer", child),
+            events,
+        }
+    }
+
+    /// The next `n` events of kind `event`, by call name, with when each arrived.
+    fn next(
+        &self,
+        event: &str,
+        n: usize,
+    ) -> std::collections::HashMap<String, (std::time::Instant, Value)> {
+        let mut got = std::collections::HashMap::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let (at, v) = self
+                .events
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("only {got:?} of {n} `{event}` events within 30 s"));
+            assert_eq!(v["event"], event, "{v}");
+            let name = v["call"].as_str().unwrap_or_default().to_string();
+            got.insert(name, (at, v));
+        }
+        got
+    }
+}
+
+/// What the inbound proxy serves: the gRPC peer on a GRPC port, with `policies`.
+fn grpc_workload(version: &str, app_port: u16, policies: &str) -> String {
+    format!(
+        "version: {version}
+workload:
+  name: grpc-app
+  namespace: default
+  ports: [{{port: 8080, protocol: GRPC, appAddress: '127.0.0.1:{app_port}'}}]
+{policies}"
+    )
+}
+
+const DENY_MALLORY: &str = "authorizationPolicies:
+  - name: default/deny-mallory
+    action: DENY
+    rules:
+      - when: [{key: 'request.headers[x-user]', values: [mallory]}]
+";
+
+#[test]
+fn a_tightened_policy_ends_grpc_calls_in_flight_with_permission_denied() {
+    let (_server, port) = start_peer_server("grpc_peer.py");
+    let proxy = Proxy::start(&grpc_workload("open", port, ""));
+    // Mallory's stream and held call are denied by the new policy; Alice's stream of 40
+    // ticks (4 s) outlives the change untouched.
+    let watch = Watch::start(
+        proxy.inbound,
+        port,
+        &[
+            "mallory-ticks:Ticks:mallory",
+            "mallory-hold:Hold:mallory",
+            "alice-ticks:Ticks:alice:40",
+        ],
+    );
+    watch.next("open", 3);
+
+    std::fs::write(
+        proxy.config_path(),
+        grpc_workload("tight", port, DENY_MALLORY),
+    )
+    .expect("write config");
+    proxy.proc.signal("HUP");
+    wait_for("version tight", || {
+        (proxy.admin("GET", "/config_dump").json()["version"] == "tight").then_some(())
+    });
+    let applied = std::time::Instant::now();
+    let ended = watch.next("end", 2);
+    for name in ["mallory-ticks", "mallory-hold"] {
+        let (at, e) = &ended[name];
+        assert_eq!(e["code"], "PERMISSION_DENIED", "{name}: {e}");
+        assert_eq!(e["details"], "RBAC: access denied", "{name}: {e}");
+        let took = at.saturating_duration_since(applied);
+        eprintln!("{name} ended {took:?} after the policy was applied");
+        assert!(took < Duration::from_secs(1), "{name}: {took:?}");
+    }
+    assert!(ended["mallory-ticks"].1["messages"].as_u64() > Some(0));
+    let alice = &watch.next("end", 1)["alice-ticks"].1;
+    assert_eq!(alice["code"], "OK", "{alice}");
+    assert_eq!(alice["messages"], 40, "{alice}");
+
+    // The ended calls are logged with the flag, and counted.
+    for path in ["/halyard.test.Echo/Ticks", "/halyard.test.Echo/Hold"] {
+        let e = proxy.wait_log(path, |e| e["path"] == path && e["response_flags"] == "RBAC");
+        assert_eq!(e["response_code"], 200, "{e}");
+    }
+    assert_eq!(
+        proxy.metric("halyard_streams_revoked_total{reason=\"policy\"}"),
+        Some(2.0)
+    );
+    let denied = proxy
+        .admin("GET", "/stats/prometheus")
+        .text()
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .filter(|l| l.contains("grpc_response_status=\"7\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    assert_eq!(denied, 2.0);
+}
+
+/// One unary call to the inbound listener as `user` (metadata `x-user`).
+fn one_call_as(target: SocketAddr, user: &str) -> Value {
+    run_peer(
+        "grpc call",
+        peer_command("grpc_peer.py")
+            .args(["call", "--target", &target.to_string()])
+            .args(["--authority", "grpc.local", "--user", user]),
+        CLIENT_DEADLINE,
+    )
+}
+
+#[test]
+fn calls_in_flight_are_left_alone_when_resetting_is_off() {
+    let (_server, port) = start_peer_server("grpc_peer.py");
+    let off = "settings: {resetDeniedStreams: false}\n";
+    let proxy = Proxy::start(&grpc_workload("open", port, off));
+    let watch = Watch::start(proxy.inbound, port, &["mallory-ticks:Ticks:mallory:30"]);
+    watch.next("open", 1);
+    let tight = format!("{off}{DENY_MALLORY}");
+    std::fs::write(proxy.config_path(), grpc_workload("tight", port, &tight))
+        .expect("write config");
+    proxy.proc.signal("HUP");
+    wait_for("version tight", || {
+        (proxy.admin("GET", "/config_dump").json()["version"] == "tight").then_some(())
+    });
+    let e = &watch.next("end", 1)["mallory-ticks"].1;
+    assert_eq!(e["code"], "OK", "{e}");
+    assert_eq!(e["messages"], 30, "{e}");
+    // A new call is decided under the new policy all the same.
+    let r = one_call_as(proxy.inbound, "mallory");
+    assert_eq!(r["code"], "PERMISSION_DENIED", "{r}");
+}

@@ -17,6 +17,8 @@
 //!     fields: [start_time, method, path, response_code, duration]   # default: all
 //!   metrics:
 //!     enabled: true                   # istio_* request and TCP metrics on /stats/prometheus
+//!   resetDeniedStreams: true          # gRPC calls in flight that a new policy denies end
+//!                                     # with PERMISSION_DENIED
 //!   tracing:
 //!     otlpEndpoint: http://127.0.0.1:4317   # plain http: a local collector relays further
 //!     protocol: grpc                  # or http (OTLP/HTTP protobuf)
@@ -53,6 +55,9 @@ pub struct MeshConfig {
     pub tracing: Option<Tracing>,
     /// Istio's standard metrics.
     pub metrics: Option<Metrics>,
+    /// Whether gRPC calls in flight that a newly applied policy denies are ended (default
+    /// true).
+    pub reset_denied_streams: Option<bool>,
 }
 
 /// `metrics`.

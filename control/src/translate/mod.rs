@@ -144,6 +144,7 @@ fn mesh_settings(model: &Model) -> MeshSettings {
                 .and_then(|a| a.fields.clone())
                 .unwrap_or_default(),
             istio_metrics: model.mesh.metrics.as_ref().and_then(|m| m.enabled),
+            reset_denied_streams: model.mesh.reset_denied_streams,
             tracing: model.mesh.tracing.as_ref().map(|t| Tracing {
                 sampling: Some(model.mesh.tracing_sampling()),
                 otlp_endpoint: t.otlp_endpoint.clone().unwrap_or_default(),

@@ -167,6 +167,45 @@ fn one_node_per_workload_entry_with_its_workload() {
 }
 
 #[test]
+fn mesh_settings_reach_every_node() {
+    let mesh = |spec: &str| {
+        let yaml = format!(
+            "{DEMO}---\napiVersion: halyard.dev/v1alpha1\nkind: MeshConfig\nmetadata: {{name: mesh}}\nspec: {spec}\n"
+        );
+        let t = translate(&model(&yaml), &Placement::default());
+        let settings = |node: &str| {
+            let r = &t.nodes[node];
+            r.mesh_settings
+                .clone()
+                .unwrap_or_default()
+                .settings
+                .unwrap_or_default()
+        };
+        let (a, b) = (settings("demo/backend"), settings("demo/frontend"));
+        assert_eq!(a, b, "{spec}");
+        a
+    };
+    // (MeshConfig spec, istio metrics, reset denied streams): unset is left to the proxy.
+    let cases = [
+        ("{}", None, None),
+        (
+            "{metrics: {enabled: false}, resetDeniedStreams: false}",
+            Some(false),
+            Some(false),
+        ),
+        ("{resetDeniedStreams: true}", None, Some(true)),
+    ];
+    for (spec, metrics, reset) in cases {
+        let s = mesh(spec);
+        assert_eq!(
+            (s.istio_metrics, s.reset_denied_streams),
+            (metrics, reset),
+            "{spec}"
+        );
+    }
+}
+
+#[test]
 fn services_carry_identities_ports_and_destination_rule_settings() {
     let mut placement = Placement::default();
     placement

@@ -1,5 +1,6 @@
 //! Body types of the proxy: streamed through, counted, never buffered whole.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::io::replay::{BoxError, ReplayBody};
 
@@ -101,6 +103,12 @@ pub trait OnFinish: Send + 'static {
 
     /// Sees the response trailers as they pass (gRPC puts its status there).
     fn trailers(&mut self, _trailers: &http::HeaderMap) {}
+
+    /// The response is being cut short (its permission was revoked): the trailers that end
+    /// it, or `None` to reset it instead. `finish` follows.
+    fn cut(&mut self) -> Option<http::HeaderMap> {
+        None
+    }
 }
 
 /// No-op when absent: a response whose exchange is recorded elsewhere (a tunnel).
@@ -116,6 +124,10 @@ impl<F: OnFinish> OnFinish for Option<F> {
             f.trailers(trailers);
         }
     }
+
+    fn cut(&mut self) -> Option<http::HeaderMap> {
+        self.as_mut().and_then(F::cut)
+    }
 }
 
 /// A boxed recorder: a large one (the request's exchange) then moves with the response as a
@@ -128,7 +140,14 @@ impl<F: OnFinish> OnFinish for Box<F> {
     fn trailers(&mut self, trailers: &http::HeaderMap) {
         (**self).trailers(trailers);
     }
+
+    fn cut(&mut self) -> Option<http::HeaderMap> {
+        (**self).cut()
+    }
 }
+
+/// Fires when a response must be cut short.
+pub type CutSignal = Pin<Box<WaitForCancellationFutureOwned>>;
 
 pin_project! {
     /// A response body that counts what it sends and reports once at the end.
@@ -137,6 +156,8 @@ pin_project! {
         inner: ProxyBody,
         sent: u64,
         finish: Option<F>,
+        // Boxed: most responses have none, and the body moves through hyper by value.
+        cut: Option<CutSignal>,
     }
 
     impl<F: OnFinish> PinnedDrop for ResponseBody<F> {
@@ -152,13 +173,21 @@ pin_project! {
 impl<F: OnFinish> ResponseBody<F> {
     /// Wraps `inner`; `finish` runs when it ends.
     pub fn new(inner: ProxyBody, finish: F) -> Self {
+        Self::cut_by(inner, finish, None)
+    }
+
+    /// Wraps `inner`, to be ended early (with the trailers [`OnFinish::cut`] gives) once
+    /// `cut` fires.
+    pub fn cut_by(inner: ProxyBody, finish: F, cut: Option<CutSignal>) -> Self {
         let mut body = Self {
             inner,
             sent: 0,
             finish: Some(finish),
+            cut,
         };
         if body.inner.is_end_stream() {
             // Nothing will be polled for an empty body: the exchange is complete now.
+            body.cut = None;
             if let Some(f) = body.finish.take() {
                 f.finish(true, 0);
             }
@@ -176,6 +205,23 @@ impl<F: OnFinish> Body for ResponseBody<F> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        if let (Some(cut), true) = (this.cut.as_mut(), this.finish.is_some()) {
+            if cut.as_mut().poll(cx).is_ready() {
+                *this.cut = None;
+                // Dropping the upstream body resets the stream to the app.
+                this.inner.set(ProxyBody::Empty);
+                let mut finish = this.finish.take();
+                let trailers = finish.as_mut().and_then(F::cut);
+                if let Some(f) = finish {
+                    // The upstream's answer was abandoned, whatever the client is told.
+                    f.finish(false, *this.sent);
+                }
+                return Poll::Ready(Some(match trailers {
+                    Some(t) => Ok(Frame::trailers(t)),
+                    None => Err(BoxError::from("response cut short")),
+                }));
+            }
+        }
         let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {
@@ -211,5 +257,93 @@ impl<F: OnFinish> Body for ResponseBody<F> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use http_body_util::BodyExt;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    /// What a response's recorder saw: (trailers it was asked for, finish's arguments).
+    #[derive(Default)]
+    struct Seen {
+        cut: bool,
+        finished: Option<(bool, u64)>,
+    }
+
+    struct Recorder(Arc<Mutex<Seen>>, Option<http::HeaderMap>);
+
+    impl OnFinish for Recorder {
+        fn finish(self, completed: bool, bytes_sent: u64) {
+            if let Ok(mut s) = self.0.lock() {
+                s.finished = Some((completed, bytes_sent));
+            }
+        }
+
+        fn cut(&mut self) -> Option<http::HeaderMap> {
+            if let Ok(mut s) = self.0.lock() {
+                s.cut = true;
+            }
+            self.1.take()
+        }
+    }
+
+    fn status(code: &'static str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", http::HeaderValue::from_static(code));
+        h
+    }
+
+    fn body(
+        token: &CancellationToken,
+        trailers: Option<http::HeaderMap>,
+    ) -> (ResponseBody<Recorder>, Arc<Mutex<Seen>>) {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let signal: CutSignal = Box::pin(token.clone().cancelled_owned());
+        let inner = ProxyBody::full(&b"hello"[..]);
+        let rec = Recorder(seen.clone(), trailers);
+        (ResponseBody::cut_by(inner, rec, Some(signal)), seen)
+    }
+
+    #[tokio::test]
+    async fn a_cut_response_ends_with_the_trailers_it_is_given() {
+        let token = CancellationToken::new();
+        let (mut b, seen) = body(&token, Some(status("7")));
+        token.cancel();
+        let frame = b.frame().await.expect("a frame").expect("not an error");
+        assert_eq!(frame.into_trailers().ok(), Some(status("7")));
+        assert!(b.is_end_stream());
+        assert!(b.frame().await.is_none());
+        let s = seen.lock().expect("lock");
+        assert!(s.cut);
+        assert_eq!(
+            s.finished,
+            Some((false, 0)),
+            "the app's answer was abandoned"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cut_without_trailers_resets_and_an_uncut_body_is_untouched() {
+        let token = CancellationToken::new();
+        let (mut b, seen) = body(&token, None);
+        token.cancel();
+        assert!(b.frame().await.expect("a frame").is_err());
+        assert_eq!(seen.lock().expect("lock").finished, Some((false, 0)));
+
+        let token = CancellationToken::new();
+        let (b, seen) = body(&token, Some(status("7")));
+        let all = b.collect().await.expect("collect").to_bytes();
+        assert_eq!(&all[..], b"hello");
+        // Cancelled once the body ended: nothing more happens.
+        token.cancel();
+        let s = seen.lock().expect("lock");
+        assert!(!s.cut);
+        assert_eq!(s.finished, Some((true, 5)));
     }
 }

@@ -2,7 +2,7 @@
 //! trailers-only answer).
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response};
+use http::{header, HeaderMap, HeaderValue, Response};
 
 use super::body::ProxyBody;
 use crate::ctx::{grpc_code, Form, LocalReply};
@@ -57,11 +57,26 @@ pub fn grpc_reply(code: u32, message: &str) -> Response<ProxyBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
+    put_grpc_status(h, code, message);
+    r
+}
+
+/// The trailers that end a gRPC response already under way with `reply`'s status.
+pub fn grpc_trailers(reply: &LocalReply) -> HeaderMap {
+    let code = match reply.form {
+        Form::Grpc(code) => code,
+        Form::Auto | Form::Plain => grpc_code(reply.status),
+    };
+    let mut h = HeaderMap::with_capacity(2);
+    put_grpc_status(&mut h, code, &reply.reason);
+    h
+}
+
+fn put_grpc_status(h: &mut HeaderMap, code: u32, message: &str) {
     h.insert("grpc-status", HeaderValue::from(code));
     if let Ok(v) = HeaderValue::from_str(&grpc_message(message)) {
         h.insert("grpc-message", v);
     }
-    r
 }
 
 /// gRPC's percent-encoding of `grpc-message`: printable ASCII except `%` as is.
@@ -106,6 +121,17 @@ mod tests {
         let plain = LocalReply::NO_HEALTHY.response_for(false);
         assert_eq!(plain.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(plain.headers().get("grpc-status").is_none());
+    }
+
+    #[test]
+    fn grpc_trailers_carry_the_replys_status() {
+        let t = grpc_trailers(&LocalReply::FORBIDDEN);
+        assert_eq!(t["grpc-status"], "7");
+        assert_eq!(t["grpc-message"], "RBAC: access denied");
+        assert_eq!(t.len(), 2);
+        let mut fixed = LocalReply::FORBIDDEN;
+        fixed.form = Form::Grpc(16);
+        assert_eq!(grpc_trailers(&fixed)["grpc-status"], "16");
     }
 
     #[test]

@@ -79,7 +79,11 @@ pub async fn handle(
             shared.tasks.spawn(tunnel::run(t, ex, watch));
             Response::from_parts(parts, ResponseBody::new(body, None))
         }
-        None => Response::from_parts(parts, ResponseBody::new(body, Some(Box::new(ex)))),
+        None => {
+            let cut = ex.cut_signal();
+            let body = ResponseBody::cut_by(body, Some(Box::new(ex)), cut);
+            Response::from_parts(parts, body)
+        }
     }
 }
 

@@ -28,6 +28,7 @@ use crate::routes::normalize_host;
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 use crate::telemetry::peer;
+use crate::watched::Revoked;
 
 /// A request from the mesh (or, where the port allows, from plaintext clients): the peer's
 /// verified identity replaces any XFCC it sent, its metadata is read, policy decides, and
@@ -60,7 +61,9 @@ pub(super) async fn request(
             .map(|c| c.service.clone());
     }
     let tunnel_opener = req.method() == Method::CONNECT || headers::is_upgrade(req.headers());
-    if snap.inbound_chain.is_some() || tunnel_opener {
+    // A gRPC call may stream for as long as a tunnel lives: it is watched the same way.
+    let watch_call = ex.grpc && !tunnel_opener && snap.settings.reset_denied_streams;
+    if snap.inbound_chain.is_some() || tunnel_opener || watch_call {
         let port = conn
             .dst_port
             .or_else(|| snap.inbound.target(None).map(|t| t.port))
@@ -69,12 +72,16 @@ pub(super) async fn request(
         if let Some(chain) = &snap.inbound_chain {
             chain::run(chain, shared, conn, port, &mut parts, ex).await?;
         }
-        if tunnel_opener {
-            // The tunnel outlives this decision: it is decided again when the policy changes.
-            ex.tunnel_request = Some(Box::new(OwnedRequest::of(
-                &parts,
-                ex.notes.auth.as_deref().cloned(),
-            )));
+        if tunnel_opener || watch_call {
+            // It outlives this decision: it is decided again when the policy changes.
+            let decided = OwnedRequest::of(&parts, ex.notes.auth.as_deref().cloned());
+            if tunnel_opener {
+                ex.tunnel_request = Some(Box::new(decided));
+            } else {
+                let conns = &shared.open_conns;
+                let c = ex.conn.clone();
+                ex.stream_watch = Some(conns.register_stream(c, port, decided, snap.generation));
+            }
         }
         req = Request::from_parts(parts, body);
     }
@@ -83,7 +90,25 @@ pub(super) async fn request(
         return connect(shared, target, req, ex, tunnel).await;
     }
     let plan = plan::inbound(snap, &req, conn, orig_h1)?;
-    carry(shared, snap, conn, req, plan, ex, tunnel).await
+    let Some(closed) = ex
+        .stream_watch
+        .as_ref()
+        .map(|r| r.watched().closed().clone())
+    else {
+        return carry(shared, snap, conn, req, plan, ex, tunnel).await;
+    };
+    // Revoked before the app answered: the call gets the answer a new one would.
+    match closed
+        .run_until_cancelled(carry(shared, snap, conn, req, plan, ex, tunnel))
+        .await
+    {
+        Some(answer) => answer,
+        None => Err(ex
+            .stream_watch
+            .as_ref()
+            .and_then(|r| r.watched().why())
+            .map_or(LocalReply::FORBIDDEN, Revoked::reply)),
+    }
 }
 
 /// Applies the inbound port's mutual TLS mode: terminates mesh TLS (recording the verified

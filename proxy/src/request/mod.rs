@@ -15,7 +15,8 @@ use halyard_filters::filter::Notes;
 use http::{HeaderValue, Method, Request, Uri, Version};
 
 use crate::ctx::{ConnInfo, Flags};
-use crate::io::body::OnFinish;
+use crate::io::body::{CutSignal, OnFinish};
+use crate::io::reply::grpc_trailers;
 use crate::shared::Shared;
 use crate::snapshot::{LocalWorkload, Settings};
 use crate::telemetry::access_log::LogFields;
@@ -23,6 +24,7 @@ use crate::telemetry::peer::WorkloadMeta;
 use crate::telemetry::trace::ActiveSpan;
 use crate::telemetry::tracers::TracerSlot;
 use crate::upstream::{breaker, InFlight, PooledH1};
+use crate::watched::Registration;
 
 /// The upstream resources a request holds until its response ends.
 #[derive(Default)]
@@ -87,6 +89,8 @@ pub struct RequestCtx {
     /// Inbound: the request that opens a tunnel (CONNECT, upgrade), kept to decide the
     /// tunnel again when the policy changes.
     pub tunnel_request: Option<Box<OwnedRequest>>,
+    /// Inbound: the request while a new policy may still end it (a gRPC call in flight).
+    pub stream_watch: Option<Registration>,
     /// Upstream tries (1 + retries); 0 when nothing was sent upstream.
     pub attempts: u32,
     /// The request is gRPC (`content-type: application/grpc...`).
@@ -148,6 +152,7 @@ impl RequestCtx {
             transport_failure: None,
             notes: Notes::default(),
             tunnel_request: None,
+            stream_watch: None,
             attempts: 0,
             grpc: req
                 .headers()
@@ -158,6 +163,14 @@ impl RequestCtx {
     }
 }
 
+impl RequestCtx {
+    /// Fires when the policy ends this request in flight (see [`Self::stream_watch`]).
+    pub fn cut_signal(&self) -> Option<CutSignal> {
+        let w = self.stream_watch.as_ref()?.watched();
+        Some(Box::pin(w.closed().clone().cancelled_owned()))
+    }
+}
+
 impl OnFinish for RequestCtx {
     fn trailers(&mut self, trailers: &http::HeaderMap) {
         if self.grpc {
@@ -165,6 +178,19 @@ impl OnFinish for RequestCtx {
                 self.grpc_status = Some(s);
             }
         }
+    }
+
+    /// A gRPC call whose permission was revoked ends with the status a new call would get.
+    fn cut(&mut self) -> Option<http::HeaderMap> {
+        let why = self.stream_watch.as_ref()?.watched().why()?;
+        let reply = why.reply();
+        self.flags.set(reply.flags);
+        if !self.grpc {
+            return None;
+        }
+        let trailers = grpc_trailers(&reply);
+        self.grpc_status = grpc_status_of(&trailers);
+        Some(trailers)
     }
 
     fn finish(mut self, completed: bool, bytes_sent: u64) {

@@ -26,6 +26,8 @@ pub struct Settings {
     pub istio_metrics: bool,
     /// Per-listener connection cap.
     pub max_connections: usize,
+    /// Whether inbound gRPC requests in flight are ended when a new policy denies them.
+    pub reset_denied_streams: bool,
 }
 
 /// The local workload as telemetry names it.
@@ -71,6 +73,7 @@ impl Settings {
                 0 => defaults::MAX_CONNECTIONS,
                 n => n as usize,
             },
+            reset_denied_streams: s.reset_denied_streams.unwrap_or(true),
         }
     }
 }
@@ -123,7 +126,8 @@ mod tests {
     #[test]
     fn settings_take_defaults_for_what_the_config_leaves_out() {
         let secs = Duration::from_secs;
-        // (settings YAML, detection, header bytes, downstream idle, access log, istio, conns)
+        // (settings YAML, detection, header bytes, downstream idle, access log, istio, conns,
+        // reset denied streams)
         let cases = [
             (
                 "version: t\n",
@@ -133,6 +137,7 @@ mod tests {
                 true,
                 true,
                 defaults::MAX_CONNECTIONS,
+                true,
             ),
             (
                 "settings: {}\n",
@@ -142,15 +147,17 @@ mod tests {
                 true,
                 true,
                 defaults::MAX_CONNECTIONS,
+                true,
             ),
             (
-                "settings: {protocolDetectionTimeout: 2s, maxRequestHeadersKb: 8, downstreamIdleTimeout: 30s, accessLog: false, istioMetrics: false, maxConnections: 7}\n",
+                "settings: {protocolDetectionTimeout: 2s, maxRequestHeadersKb: 8, downstreamIdleTimeout: 30s, accessLog: false, istioMetrics: false, maxConnections: 7, resetDeniedStreams: false}\n",
                 secs(2),
                 8 * 1024,
                 secs(30),
                 false,
                 false,
                 7,
+                false,
             ),
             (
                 "settings: {accessLog: true, accessLogFields: [authority]}\n",
@@ -160,9 +167,10 @@ mod tests {
                 true,
                 true,
                 defaults::MAX_CONNECTIONS,
+                true,
             ),
         ];
-        for (yaml, detection, headers, idle, log, istio, conns) in cases {
+        for (yaml, detection, headers, idle, log, istio, conns, reset) in cases {
             let (s, _) = build(&cfg(yaml));
             assert_eq!(s.detection_timeout, detection, "{yaml}");
             assert_eq!(s.max_request_headers, headers, "{yaml}");
@@ -170,6 +178,7 @@ mod tests {
             assert_eq!(s.access_log.is_some(), log, "{yaml}");
             assert_eq!(s.istio_metrics, istio, "{yaml}");
             assert_eq!(s.max_connections, conns, "{yaml}");
+            assert_eq!(s.reset_denied_streams, reset, "{yaml}");
         }
     }
 

@@ -55,6 +55,9 @@ pub struct Metrics {
     /// the policy now denies them (`policy`) or the peer's certificate expired
     /// (`certificate_expired`).
     pub connections_revoked: IntCounterVec,
+    /// `halyard_streams_revoked_total{reason}`: inbound requests in flight (gRPC calls)
+    /// ended for the same reasons.
+    pub streams_revoked: IntCounterVec,
     /// `halyard_cert_expiry_timestamp_seconds`: when the workload certificate expires.
     pub cert_expiry: Gauge,
     /// `halyard_cert_renewals_total{result}`.
@@ -258,6 +261,13 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let streams_revoked = IntCounterVec::new(
+            Opts::new(
+                "halyard_streams_revoked_total",
+                "Inbound requests in flight (gRPC calls) ended because the policy now denies them or the peer's certificate expired.",
+            ),
+            &["reason"],
+        )?;
         let cert_expiry = Gauge::new(
             "halyard_cert_expiry_timestamp_seconds",
             "Expiry of the workload certificate in service (Unix seconds).",
@@ -296,6 +306,7 @@ impl Metrics {
         registry.register(Box::new(connect_failures.clone()))?;
         registry.register(Box::new(connections_rejected.clone()))?;
         registry.register(Box::new(connections_revoked.clone()))?;
+        registry.register(Box::new(streams_revoked.clone()))?;
         let listener = |kind: ListenerKind| ListenerMetrics {
             connections_active: active.with_label_values(&[kind.as_str()]),
             connections_total: total.with_label_values(&[kind.as_str()]),
@@ -321,6 +332,7 @@ impl Metrics {
             connect_failures,
             connections_rejected,
             connections_revoked,
+            streams_revoked,
             cert_expiry,
             cert_renewals,
             tls_failures,

@@ -1,8 +1,9 @@
-//! Inbound connections that outlive the authorization decision that let them in (opaque TCP,
-//! TLS passthrough, CONNECT tunnels, upgraded HTTP connections such as WebSocket). Each is
-//! registered while open; whenever the snapshot changes every one is decided again against
-//! the policy in force, and one whose peer certificate has expired or that the policy now
-//! denies is closed. Nothing here runs per byte: a relay only watches its token.
+//! Inbound connections and streams that outlive the authorization decision that let them in
+//! (opaque TCP, TLS passthrough, CONNECT tunnels, upgraded HTTP connections such as WebSocket;
+//! gRPC calls in flight). Each is registered while open; whenever the snapshot changes every
+//! one is decided again against the policy in force, and one whose peer certificate has
+//! expired or that the policy now denies is closed. Nothing here runs per byte: a relay or a
+//! response body only watches its token.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +14,9 @@ use halyard_filters::attrs::OwnedRequest;
 use halyard_filters::metrics::FilterMetrics;
 use tokio_util::sync::CancellationToken;
 
-use crate::ctx::{ConnInfo, Flags};
+use http::StatusCode;
+
+use crate::ctx::{ConnInfo, Flags, LocalReply};
 use crate::snapshot::Snapshot;
 
 /// Why an open connection was closed.
@@ -41,10 +44,32 @@ impl Revoked {
             Self::CertificateExpired => Flags::PCE,
         }
     }
+
+    /// The answer a request in flight gets instead (gRPC: PERMISSION_DENIED).
+    pub fn reply(self) -> LocalReply {
+        match self {
+            Self::Policy => LocalReply::FORBIDDEN,
+            Self::CertificateExpired => LocalReply::new(
+                StatusCode::FORBIDDEN,
+                Flags::PCE,
+                "peer certificate expired",
+            ),
+        }
+    }
+}
+
+/// What is watched: a connection is closed, a stream (one request) is ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A connection relayed as bytes.
+    Connection,
+    /// One request in flight on an HTTP connection.
+    Stream,
 }
 
 /// One open connection as it is decided again.
 pub struct Watched {
+    kind: Kind,
     conn: Arc<ConnInfo>,
     port: u16,
     request: Option<OwnedRequest>,
@@ -91,13 +116,48 @@ impl Watched {
     }
 }
 
+/// How many of one kind a re-check closed, by reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// The policy now denies them.
+    pub policy: usize,
+    /// Their peer certificate expired.
+    pub expired: usize,
+}
+
+impl Counts {
+    /// The counts with their reasons.
+    pub fn by_reason(self) -> [(Revoked, usize); 2] {
+        [
+            (Revoked::Policy, self.policy),
+            (Revoked::CertificateExpired, self.expired),
+        ]
+    }
+
+    fn add(&mut self, why: Revoked) {
+        match why {
+            Revoked::Policy => self.policy += 1,
+            Revoked::CertificateExpired => self.expired += 1,
+        }
+    }
+}
+
 /// What one re-check closed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Closed {
-    /// Connections the policy now denies.
-    pub policy: usize,
-    /// Connections whose peer certificate expired.
-    pub expired: usize,
+    /// Connections closed.
+    pub connections: Counts,
+    /// Streams ended.
+    pub streams: Counts,
+}
+
+impl Closed {
+    fn add(&mut self, kind: Kind, why: Revoked) {
+        match kind {
+            Kind::Connection => self.connections.add(why),
+            Kind::Stream => self.streams.add(why),
+        }
+    }
 }
 
 /// The open inbound connections.
@@ -138,8 +198,31 @@ impl OpenConns {
         request: Option<OwnedRequest>,
         decided: u64,
     ) -> Registration {
+        self.insert(Kind::Connection, conn, port, request, decided)
+    }
+
+    /// Watches one request in flight on `conn`, as [`Self::register`] does a connection.
+    pub fn register_stream(
+        self: &Arc<Self>,
+        conn: Arc<ConnInfo>,
+        port: u16,
+        request: OwnedRequest,
+        decided: u64,
+    ) -> Registration {
+        self.insert(Kind::Stream, conn, port, Some(request), decided)
+    }
+
+    fn insert(
+        self: &Arc<Self>,
+        kind: Kind,
+        conn: Arc<ConnInfo>,
+        port: u16,
+        request: Option<OwnedRequest>,
+        decided: u64,
+    ) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let watched = Arc::new(Watched {
+            kind,
             conn,
             port,
             request,
@@ -176,8 +259,8 @@ impl OpenConns {
         self.lock().values().cloned().collect()
     }
 
-    /// Decides again, under `snap`, every open connection decided under another snapshot,
-    /// and closes those it denies and those whose peer certificate expired by `now`.
+    /// Decides again, under `snap`, every open connection and stream decided under another
+    /// snapshot, and closes those it denies and those whose peer certificate expired by `now`.
     pub fn recheck(&self, snap: &Snapshot, metrics: &FilterMetrics, now: SystemTime) -> Closed {
         let mut closed = Closed::default();
         for w in self.all() {
@@ -186,7 +269,7 @@ impl OpenConns {
             }
             if w.expired(now) {
                 if w.revoke(Revoked::CertificateExpired) {
-                    closed.expired += 1;
+                    closed.add(w.kind, Revoked::CertificateExpired);
                 }
                 continue;
             }
@@ -194,7 +277,7 @@ impl OpenConns {
                 continue;
             }
             if !w.allowed(snap, metrics) && w.revoke(Revoked::Policy) {
-                closed.policy += 1;
+                closed.add(w.kind, Revoked::Policy);
             }
         }
         closed
