@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -295,20 +295,28 @@ const RECHECK_INTERVAL: Duration = Duration::from_millis(250);
 async fn recheck_open_connections(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(RECHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut generation = shared.live.load().generation;
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if shared.open_conns.is_empty() {
+        let snap = shared.live.load();
+        let changed = std::mem::replace(&mut generation, snap.generation) != snap.generation;
+        let open = shared.open_conns.len();
+        if open == 0 {
             continue;
         }
-        let snap = shared.live.load();
-        let now = std::time::SystemTime::now();
+        let started = std::time::Instant::now();
         let closed = shared
             .open_conns
-            .recheck(&snap, &shared.metrics.filters, now);
+            .recheck(&snap, &shared.metrics.filters, SystemTime::now());
         let metrics = &shared.metrics;
+        if changed {
+            let took = started.elapsed();
+            metrics.recheck_seconds.set(took.as_secs_f64());
+            tracing::info!(open, took_ms = took.as_secs_f64() * 1e3, version = %snap.version, "open connections and streams decided again");
+        }
         for (what, counts, counter) in [
             (
                 "connections",

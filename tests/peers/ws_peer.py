@@ -10,6 +10,11 @@ client --proxy HOST:PORT --host NAME
     text messages and one 256 KiB binary message, each checked against its echo, then
     "close-me" and a check that the close code and reason came through. Prints a JSON summary
     on stdout, or "FAILED: ..." on stderr with exit code 1.
+hold --proxy HOST:PORT --host NAME
+    Opens a WebSocket the same way and keeps it: one message every 100 ms, each checked against
+    its echo. Prints one JSON line per event as it happens: {"event": "open"} after the first
+    echo, {"event": "echo", "n": N} for every later one, and {"event": "closed", "messages": N,
+    "why": TEXT} when the connection ends (or an echo does not come within 10 s).
 """
 import argparse
 import asyncio
@@ -64,7 +69,7 @@ async def within(step, what: str):
         raise Failed(f"{what}: connection closed ({e})") from None
 
 
-async def client(proxy: str, host: str) -> dict:
+async def open_ws(proxy: str, host: str):
     addr, port = proxy.rsplit(":", 1)
     try:
         sock = socket.create_connection((addr, int(port)), timeout=TIMEOUT)
@@ -83,6 +88,38 @@ async def client(proxy: str, host: str) -> dict:
         )
     except (WebSocketException, OSError, asyncio.TimeoutError) as e:
         raise Failed(f"opening handshake for {uri}: {type(e).__name__}: {e}") from None
+    return ws
+
+
+async def hold(proxy: str, host: str) -> None:
+    def emit(record: dict) -> None:
+        print(json.dumps(record), flush=True)
+
+    ws = await open_ws(proxy, host)
+    n = 0
+    why = "closed"
+    try:
+        while True:
+            text = f"hold {n}"
+            await ws.send(text)
+            got = await asyncio.wait_for(ws.recv(), TIMEOUT)
+            if got != text:
+                why = f"echo {got!r} of {text!r}"
+                break
+            emit({"event": "open"} if n == 0 else {"event": "echo", "n": n})
+            n += 1
+            await asyncio.sleep(0.1)
+    except ConnectionClosed as e:
+        why = f"connection closed ({e})"
+    except asyncio.TimeoutError:
+        why = f"no echo within {TIMEOUT:g} s"
+    except OSError as e:
+        why = f"{type(e).__name__}: {e}"
+    emit({"event": "closed", "messages": n, "why": why})
+
+
+async def client(proxy: str, host: str) -> dict:
+    ws = await open_ws(proxy, host)
     async with ws:
         for i in range(TEXT_MESSAGES):
             text = f"message {i}"
@@ -118,7 +155,7 @@ async def client(proxy: str, host: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=["server", "client"])
+    ap.add_argument("mode", choices=["server", "client", "hold"])
     ap.add_argument("--proxy", help="HOST:PORT the client connects to (the proxy)")
     ap.add_argument("--host", default="ws.local", help="host of the ws:// URI (Host header)")
     args = ap.parse_args()
@@ -126,7 +163,13 @@ def main() -> None:
         asyncio.run(server())
         return
     if not args.proxy:
-        ap.error("client needs --proxy")
+        ap.error(f"{args.mode} needs --proxy")
+    if args.mode == "hold":
+        try:
+            asyncio.run(hold(args.proxy, args.host))
+        except Failed as e:
+            print(json.dumps({"event": "closed", "messages": 0, "why": str(e)}), flush=True)
+        return
     try:
         summary = asyncio.run(client(args.proxy, args.host))
     except Failed as e:

@@ -15,6 +15,8 @@ mod control;
 pub use control::*;
 mod issuer;
 pub use issuer::Issuer;
+mod up;
+pub use up::{up_command, write_mesh, Up};
 
 /// How long any single wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -232,6 +234,69 @@ pub fn spawn_until(name: &str, mut cmd: Command, marker: &str) -> (Proc, String)
     match rx.recv_timeout(DEADLINE) {
         Ok(rest) => (proc, rest),
         Err(_) => panic!("{name} did not print `{marker}`"),
+    }
+}
+
+/// A peer that prints one JSON line per event on stdout, read as the events happen.
+pub struct Events {
+    _proc: Proc,
+    name: String,
+    lines: std::sync::mpsc::Receiver<(Instant, Value)>,
+}
+
+impl Events {
+    /// Spawns `cmd` (stdin closed, stdout read line by line, stderr inherited).
+    pub fn start(name: &str, mut cmd: Command) -> Events {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let v = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                if tx.send((Instant::now(), v)).is_err() {
+                    break;
+                }
+            }
+        });
+        Events {
+            _proc: Proc::from_child(name, child),
+            name: name.to_string(),
+            lines,
+        }
+    }
+
+    /// The next event, which must be of kind `event` (its `"event"` field), and when it was
+    /// read; fails the test after 30 s.
+    pub fn next(&self, event: &str) -> (Instant, Value) {
+        let (at, v) = self
+            .lines
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("{}: no `{event}` event within 30 s", self.name));
+        assert_eq!(v["event"], event, "{}: {v}", self.name);
+        (at, v)
+    }
+
+    /// The first event of kind `event`, skipping others, and when it was read; fails the test
+    /// after 30 s.
+    pub fn until(&self, event: &str) -> (Instant, Value) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (at, v) = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("{}: no `{event}` event within 30 s", self.name));
+            if v["event"] == event {
+                return (at, v);
+            }
+        }
+    }
+
+    /// Events that arrived so far, without waiting.
+    pub fn ready(&self) -> Vec<(Instant, Value)> {
+        self.lines.try_iter().collect()
     }
 }
 

@@ -3,8 +3,9 @@
 //! sent only after the previous echo came back, so buffering in either direction stalls it)
 //! and an error status, via the outbound and the inbound listener.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use halyard_tests::*;
 
@@ -176,62 +177,26 @@ services:
     }
 }
 
-/// The `watch` peer's events as they arrive, each with the moment it was read.
-struct Watch {
-    _proc: Proc,
-    events: std::sync::mpsc::Receiver<(std::time::Instant, Value)>,
+/// Starts the `watch` peer with `calls` against `target` (the server itself at `direct`).
+fn watch(target: SocketAddr, direct: u16, calls: &[&str]) -> Events {
+    let mut cmd = peer_command("grpc_peer.py");
+    cmd.args(["watch", "--target", &target.to_string()])
+        .args(["--authority", "grpc.local"])
+        .args(["--direct", &format!("127.0.0.1:{direct}")]);
+    for c in calls {
+        cmd.args(["--call", c]);
+    }
+    Events::start("grpc watch peer", cmd)
 }
 
-impl Watch {
-    fn start(target: SocketAddr, direct: u16, calls: &[&str]) -> Watch {
-        let mut cmd = peer_command("grpc_peer.py");
-        cmd.args(["watch", "--target", &target.to_string()])
-            .args(["--authority", "grpc.local"])
-            .args(["--direct", &format!("127.0.0.1:{direct}")]);
-        for c in calls {
-            cmd.args(["--call", c]);
-        }
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn the watch peer");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, events) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let v = serde_json::from_str(&line).unwrap_or(Value::String(line));
-                if tx.send((std::time::Instant::now(), v)).is_err() {
-                    break;
-                }
-            }
-        });
-        Watch {
-            _proc: Proc::from_child("grpc watch peer", child),
-            events,
-        }
-    }
-
-    /// The next `n` events of kind `event`, by call name, with when each arrived.
-    fn next(
-        &self,
-        event: &str,
-        n: usize,
-    ) -> std::collections::HashMap<String, (std::time::Instant, Value)> {
-        let mut got = std::collections::HashMap::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while got.len() < n {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let (at, v) = self
-                .events
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("only {got:?} of {n} `{event}` events within 30 s"));
-            assert_eq!(v["event"], event, "{v}");
-            let name = v["call"].as_str().unwrap_or_default().to_string();
-            got.insert(name, (at, v));
-        }
-        got
-    }
+/// The next `n` events of kind `event`, by call name, with when each arrived.
+fn next_calls(w: &Events, event: &str, n: usize) -> HashMap<String, (Instant, Value)> {
+    (0..n)
+        .map(|_| {
+            let (at, v) = w.next(event);
+            (v["call"].as_str().unwrap_or_default().to_string(), (at, v))
+        })
+        .collect()
 }
 
 /// What the inbound proxy serves: the gRPC peer on a GRPC port, with `policies`.
@@ -259,7 +224,7 @@ fn a_tightened_policy_ends_grpc_calls_in_flight_with_permission_denied() {
     let proxy = Proxy::start(&grpc_workload("open", port, ""));
     // Mallory's stream and held call are denied by the new policy; Alice's stream of 40
     // ticks (4 s) outlives the change untouched.
-    let watch = Watch::start(
+    let watch = watch(
         proxy.inbound,
         port,
         &[
@@ -268,7 +233,7 @@ fn a_tightened_policy_ends_grpc_calls_in_flight_with_permission_denied() {
             "alice-ticks:Ticks:alice:40",
         ],
     );
-    watch.next("open", 3);
+    next_calls(&watch, "open", 3);
 
     std::fs::write(
         proxy.config_path(),
@@ -279,8 +244,8 @@ fn a_tightened_policy_ends_grpc_calls_in_flight_with_permission_denied() {
     wait_for("version tight", || {
         (proxy.admin("GET", "/config_dump").json()["version"] == "tight").then_some(())
     });
-    let applied = std::time::Instant::now();
-    let ended = watch.next("end", 2);
+    let applied = Instant::now();
+    let ended = next_calls(&watch, "end", 2);
     for name in ["mallory-ticks", "mallory-hold"] {
         let (at, e) = &ended[name];
         assert_eq!(e["code"], "PERMISSION_DENIED", "{name}: {e}");
@@ -290,7 +255,7 @@ fn a_tightened_policy_ends_grpc_calls_in_flight_with_permission_denied() {
         assert!(took < Duration::from_secs(1), "{name}: {took:?}");
     }
     assert!(ended["mallory-ticks"].1["messages"].as_u64() > Some(0));
-    let alice = &watch.next("end", 1)["alice-ticks"].1;
+    let alice = &next_calls(&watch, "end", 1)["alice-ticks"].1;
     assert_eq!(alice["code"], "OK", "{alice}");
     assert_eq!(alice["messages"], 40, "{alice}");
 
@@ -330,8 +295,8 @@ fn calls_in_flight_are_left_alone_when_resetting_is_off() {
     let (_server, port) = start_peer_server("grpc_peer.py");
     let off = "settings: {resetDeniedStreams: false}\n";
     let proxy = Proxy::start(&grpc_workload("open", port, off));
-    let watch = Watch::start(proxy.inbound, port, &["mallory-ticks:Ticks:mallory:30"]);
-    watch.next("open", 1);
+    let watch = watch(proxy.inbound, port, &["mallory-ticks:Ticks:mallory:30"]);
+    next_calls(&watch, "open", 1);
     let tight = format!("{off}{DENY_MALLORY}");
     std::fs::write(proxy.config_path(), grpc_workload("tight", port, &tight))
         .expect("write config");
@@ -339,7 +304,7 @@ fn calls_in_flight_are_left_alone_when_resetting_is_off() {
     wait_for("version tight", || {
         (proxy.admin("GET", "/config_dump").json()["version"] == "tight").then_some(())
     });
-    let e = &watch.next("end", 1)["mallory-ticks"].1;
+    let e = &next_calls(&watch, "end", 1)["mallory-ticks"].1;
     assert_eq!(e["code"], "OK", "{e}");
     assert_eq!(e["messages"], 30, "{e}");
     // A new call is decided under the new policy all the same.

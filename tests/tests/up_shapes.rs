@@ -5,10 +5,8 @@
 //! every backend workload, and the AuthorizationPolicy holds. Two workloads on one address and
 //! port are refused by both `check` and `up`, naming both.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::path::Path;
+use std::process::Command;
 
 use halyard_tests::*;
 
@@ -62,13 +60,6 @@ fn mesh(workloads: &[We], backend_target: Option<u16>) -> String {
     y
 }
 
-fn write_mesh(tmp: &TempDir, yaml: &str) -> PathBuf {
-    let dir = tmp.path().join("mesh");
-    std::fs::create_dir_all(&dir).expect("mesh dir");
-    std::fs::write(dir.join("mesh.yaml"), yaml).expect("mesh.yaml");
-    dir
-}
-
 /// `halyard-control check DIR`: exit code and stdout.
 fn check(dir: &Path) -> (Option<i32>, String) {
     let out = Command::new(control_bin())
@@ -82,60 +73,13 @@ fn check(dir: &Path) -> (Option<i32>, String) {
     )
 }
 
-/// A running `up` and the state file it wrote.
-struct Up {
-    proc: Proc,
-    state: Value,
-    log: PathBuf,
+/// What the shapes check of a running `up`.
+trait Shapes {
+    fn calls_reach(&self, backends: &[&str]);
+    fn policy_holds(&self, a_backend: &str);
 }
 
-impl Up {
-    fn start(tmp: &TempDir, dir: &Path) -> Up {
-        let state = tmp.path().join("state.json");
-        let log = tmp.path().join("up.log");
-        let mut cmd = up_command(tmp, dir);
-        cmd.arg("--state-file")
-            .arg(&state)
-            .stdout(std::fs::File::create(&log).expect("log"))
-            .stderr(Stdio::inherit());
-        let mut proc = Proc::spawn("halyard-control up", &mut cmd);
-        let state = wait_for("up's state file", || {
-            if let Some(s) = proc.wait_exit(Duration::ZERO) {
-                panic!(
-                    "up exited early: {s}\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            serde_json::from_str(&std::fs::read_to_string(&state).ok()?).ok()
-        });
-        Up { proc, state, log }
-    }
-
-    fn workload(&self, name: &str) -> &Value {
-        self.state["workloads"]
-            .as_array()
-            .and_then(|ws| ws.iter().find(|w| w["name"] == name))
-            .unwrap_or_else(|| panic!("no {name} in {}", self.state))
-    }
-
-    fn addr(&self, name: &str, key: &str) -> SocketAddr {
-        self.workload(name)[key]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("{name}.{key} in {}", self.state))
-    }
-
-    fn apps(&self, name: &str) -> Vec<String> {
-        self.workload(name)["app"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
+impl Shapes for Up {
     /// `frontend → backend` until every one of `backends` answered; each must see frontend's
     /// identity in XFCC.
     fn calls_reach(&self, backends: &[&str]) {
@@ -169,31 +113,6 @@ impl Up {
         let r = curl(&["-H", "Host: backend:8080", &url(own, "/hello")]);
         assert_eq!(r.status, 403, "backend calling backend: {r:?}");
     }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(mut self) {
-        self.proc.signal("TERM");
-        let status = self
-            .proc
-            .wait_exit(DEADLINE)
-            .expect("up stops after SIGTERM");
-        assert_eq!(status.code(), Some(0));
-    }
-}
-
-fn up_command(tmp: &TempDir, dir: &Path) -> Command {
-    let mut cmd = Command::new(control_bin());
-    cmd.arg("up")
-        .arg(dir)
-        .arg("--work-dir")
-        .arg(tmp.path().join("work"))
-        .arg("--proxy-bin")
-        .arg(proxy_bin())
-        .stdin(Stdio::null());
-    cmd
 }
 
 /// Checks the directory, runs `up`, and drives calls and policy.

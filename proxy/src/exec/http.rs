@@ -232,6 +232,7 @@ fn respond(
                 down,
                 up: TunnelEnd::Upgraded(hyper::upgrade::on(&mut resp)),
                 idle: back.idle,
+                slot: None,
             });
             headers::remove_hop_by_hop(resp.headers_mut(), true);
         }

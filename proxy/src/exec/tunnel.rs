@@ -19,7 +19,7 @@ use crate::io::UpstreamIo;
 use crate::plan::Target;
 use crate::request::RequestCtx;
 use crate::shared::Shared;
-use crate::upstream::{Conn, ConnectError, HttpVersion, Upstream};
+use crate::upstream::{ConnectError, TunnelSlot, Upstream};
 use crate::watched::Registration;
 
 /// Attempts to open a CONNECT tunnel (Istio's default: 2 retries).
@@ -30,6 +30,8 @@ pub struct Tunnel {
     pub(super) down: OnUpgrade,
     pub(super) up: TunnelEnd,
     pub(super) idle: Duration,
+    /// Its stream's place on a shared connection to a sidecar, while it lives.
+    pub(super) slot: Option<TunnelSlot>,
 }
 
 /// The upstream side of a tunnel.
@@ -69,6 +71,7 @@ pub async fn connect(
         down: hyper::upgrade::on(req),
         up: TunnelEnd::Io(c.io),
         idle: target.idle,
+        slot: None,
     });
     Ok(Response::new(ProxyBody::Empty))
 }
@@ -89,8 +92,9 @@ async fn connect_over_mesh(
     };
     let opened =
         connect::open_with(shared, &target, CONNECT_ATTEMPTS, on_pick, &SidecarTunnel).await;
-    let mut c = opened.map_err(|failed| failure_reply(ex, &failed))?;
-    match c.io.status() {
+    let c = opened.map_err(|failed| failure_reply(ex, &failed))?;
+    let (mut answer, slot) = c.io;
+    match answer.status() {
         s if s.is_success() => {}
         // The destination's authorization policy refused the tunnel.
         StatusCode::FORBIDDEN => return Err(LocalReply::FORBIDDEN),
@@ -106,8 +110,9 @@ async fn connect_over_mesh(
     ex.guards.in_flight = Some(c.in_flight);
     *tunnel = Some(Tunnel {
         down: hyper::upgrade::on(req),
-        up: TunnelEnd::Upgraded(hyper::upgrade::on(&mut c.io)),
+        up: TunnelEnd::Upgraded(hyper::upgrade::on(&mut answer)),
         idle: target.idle,
+        slot: Some(slot),
     });
     Ok(Response::new(ProxyBody::Empty))
 }
@@ -116,30 +121,19 @@ async fn connect_over_mesh(
 struct SidecarTunnel;
 
 impl connect::Opener for SidecarTunnel {
-    type Opened = Response<Incoming>;
+    type Opened = (Response<Incoming>, TunnelSlot);
 
     async fn open(
         &self,
         shared: &Shared,
         up: &Arc<Upstream>,
-    ) -> Result<Response<Incoming>, ConnectError> {
-        let conn = up
-            .checkout(HttpVersion::Http2, shared.mtls.as_deref(), 0)
-            .await?;
-        let sent = match conn {
-            Conn::H2(mut sender) => {
-                sender
-                    .send_request(tunnel_request(up, Version::HTTP_2)?)
-                    .await
-            }
-            Conn::H1(mut pooled) => {
-                pooled
-                    .sender
-                    .send_request(tunnel_request(up, Version::HTTP_11)?)
-                    .await
-            }
-        };
-        sent.map_err(ConnectError::Handshake)
+    ) -> Result<Self::Opened, ConnectError> {
+        let (mut sender, slot) = up.checkout_tunnel(shared.mtls.as_deref()).await?;
+        let answer = sender
+            .send_request(tunnel_request(up, Version::HTTP_2)?)
+            .await
+            .map_err(ConnectError::Handshake)?;
+        Ok((answer, slot))
     }
 }
 
@@ -179,6 +173,8 @@ fn failure_reply(ex: &mut RequestCtx, failed: &connect::ConnectFailed) -> LocalR
 /// exchange with the bytes it carried.
 pub async fn run(t: Tunnel, mut ex: RequestCtx, watch: Option<Registration>) {
     let stop = watch.as_ref().map(|w| w.watched().closed());
+    // Given back once the tunnel is done, not before.
+    let _slot = t.slot;
     let result = match t.up {
         TunnelEnd::Upgraded(up) => match tokio::try_join!(t.down, up) {
             Ok((d, u)) => {

@@ -58,6 +58,9 @@ pub struct Metrics {
     /// `halyard_streams_revoked_total{reason}`: inbound requests in flight (gRPC calls)
     /// ended for the same reasons.
     pub streams_revoked: IntCounterVec,
+    /// `halyard_open_connections_recheck_seconds`: how long deciding every open connection
+    /// and stream again took, the last time a new configuration was applied.
+    pub recheck_seconds: Gauge,
     /// `halyard_cert_expiry_timestamp_seconds`: when the workload certificate expires.
     pub cert_expiry: Gauge,
     /// `halyard_cert_renewals_total{result}`.
@@ -268,6 +271,10 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let recheck_seconds = Gauge::new(
+            "halyard_open_connections_recheck_seconds",
+            "Time the last re-check of open connections and streams against a new configuration took.",
+        )?;
         let cert_expiry = Gauge::new(
             "halyard_cert_expiry_timestamp_seconds",
             "Expiry of the workload certificate in service (Unix seconds).",
@@ -307,6 +314,7 @@ impl Metrics {
         registry.register(Box::new(connections_rejected.clone()))?;
         registry.register(Box::new(connections_revoked.clone()))?;
         registry.register(Box::new(streams_revoked.clone()))?;
+        registry.register(Box::new(recheck_seconds.clone()))?;
         let listener = |kind: ListenerKind| ListenerMetrics {
             connections_active: active.with_label_values(&[kind.as_str()]),
             connections_total: total.with_label_values(&[kind.as_str()]),
@@ -333,6 +341,7 @@ impl Metrics {
             connections_rejected,
             connections_revoked,
             streams_revoked,
+            recheck_seconds,
             cert_expiry,
             cert_renewals,
             tls_failures,

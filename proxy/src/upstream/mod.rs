@@ -7,6 +7,7 @@ pub mod origin;
 pub mod outlier;
 mod pool;
 pub mod transport;
+mod tunnels;
 pub mod verify;
 
 use std::fmt;
@@ -19,11 +20,16 @@ pub use balance::{pick, Avoid};
 pub use origin::{OriginError, TlsOrigin};
 pub use pool::{Conn, ConnectError, HttpVersion, PooledH1};
 pub use transport::Transport;
+pub use tunnels::{TunnelSlot, TUNNELS_PER_CONNECTION};
 
+use hyper::client::conn::http2;
+
+use crate::io::body::ProxyBody;
 use crate::io::UpstreamIo;
 use crate::mtls::{Alpn, MeshTls};
 
 use pool::Pool;
+use tunnels::Tunnels;
 
 /// Identity of an upstream endpoint: where it is and how its pool behaves.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -72,6 +78,7 @@ pub struct Upstream {
     /// Outlier-detection state (shared by every cluster that uses the endpoint).
     pub health: outlier::Health,
     pool: Pool,
+    tunnels: Tunnels,
 }
 
 impl fmt::Debug for Upstream {
@@ -96,6 +103,7 @@ impl Upstream {
         };
         Self {
             pool: Pool::new(key.idle_timeout),
+            tunnels: Tunnels::default(),
             identity: match &key.transport {
                 Transport::Mesh { identity, .. } => Some(identity.to_string().into()),
                 _ => None,
@@ -190,9 +198,19 @@ impl Upstream {
         self.pool.checkout(self, version, tls, max_uses).await
     }
 
+    /// An HTTP/2 connection to this endpoint's sidecar with room for one more tunnel, and
+    /// the tunnel's place on it (held for as long as the tunnel lives).
+    pub async fn checkout_tunnel(
+        &self,
+        tls: Option<&MeshTls>,
+    ) -> Result<(http2::SendRequest<ProxyBody>, TunnelSlot), ConnectError> {
+        self.tunnels.checkout(self, tls).await
+    }
+
     /// Drops idle connections older than the idle timeout.
     pub fn sweep(&self) {
         self.pool.sweep();
+        self.tunnels.sweep();
     }
 }
 

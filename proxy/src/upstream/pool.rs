@@ -192,7 +192,7 @@ impl Pool {
                 if let Some(s) = self.current_h2(max_uses, cert) {
                     return Ok(Conn::H2(s));
                 }
-                let sender = self.connect_h2(up, tls).await?;
+                let sender = connect_h2(up, tls).await?;
                 if max_uses != 1 {
                     *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(SharedH2 {
                         sender: sender.clone(),
@@ -235,29 +235,6 @@ impl Pool {
         Ok(sender)
     }
 
-    async fn connect_h2(
-        &self,
-        up: &Upstream,
-        tls: Option<&MeshTls>,
-    ) -> Result<http2::SendRequest<ProxyBody>, ConnectError> {
-        let io = up.connect(tls, Alpn::H2).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .adaptive_window(true)
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(ConnectError::Handshake)?;
-        let authority = up.authority.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(upstream = %authority, error = %e, "upstream HTTP/2 connection ended");
-            }
-        });
-        Ok(sender)
-    }
-
     pub(super) fn sweep(&self) {
         let timeout = self.idle_timeout;
         self.lock_h1()
@@ -267,4 +244,27 @@ impl Pool {
             *h2 = None;
         }
     }
+}
+
+/// A new HTTP/2 connection to `up` (mutual TLS when `tls` is given and `up` is a mesh endpoint).
+pub(super) async fn connect_h2(
+    up: &Upstream,
+    tls: Option<&MeshTls>,
+) -> Result<http2::SendRequest<ProxyBody>, ConnectError> {
+    let io = up.connect(tls, Alpn::H2).await?;
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .adaptive_window(true)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(ConnectError::Handshake)?;
+    let authority = up.authority.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(upstream = %authority, error = %e, "upstream HTTP/2 connection ended");
+        }
+    });
+    Ok(sender)
 }
