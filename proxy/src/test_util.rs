@@ -133,6 +133,20 @@ impl TestProxy {
         std::fs::rename(&tmp, &self.file).expect("replace config");
     }
 
+    /// Waits until the configuration of version `version` is in force.
+    pub async fn wait_version(&self, version: &str) {
+        let end = Instant::now() + DEADLINE;
+        while Instant::now() < end {
+            let dump = get(self.addrs.admin, "admin", "/config_dump").await.text();
+            let v: serde_json::Value = serde_json::from_str(&dump).unwrap_or_default();
+            if v["version"] == version {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("version {version} not in force within {DEADLINE:?}");
+    }
+
     /// Drains and stops the proxy.
     pub async fn stop(mut self) {
         self.shutdown.cancel();

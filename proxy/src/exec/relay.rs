@@ -30,13 +30,50 @@ pub enum RelayError {
     #[error("stopped")]
     Stopped(Transferred),
     /// A read or write failed.
-    #[error("{source}")]
+    #[error("{side:?} side: {source}")]
     Io {
         /// Bytes moved before the failure.
         moved: Transferred,
+        /// The end whose read or write failed.
+        side: Side,
         /// The failure.
         source: io::Error,
     },
+}
+
+/// One end of a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The downstream connection.
+    Client,
+    /// The upstream connection.
+    Server,
+}
+
+impl RelayError {
+    /// Bytes moved before it ended.
+    pub fn moved(&self) -> Transferred {
+        match self {
+            Self::Idle(m) | Self::Stopped(m) => *m,
+            Self::Io { moved, .. } => *moved,
+        }
+    }
+
+    /// The end that was reset by its peer (rather than closed), when one was: the other end
+    /// should then be reset too.
+    pub fn reset_side(&self) -> Option<Side> {
+        match self {
+            Self::Io { side, source, .. }
+                if matches!(
+                    source.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                Some(*side)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// One direction of the relay.
@@ -63,13 +100,15 @@ impl OneWay {
 
     /// Moves bytes from `r` to `w` until blocked; `Ready(Ok)` once EOF was read, all bytes
     /// written and the write side shut down (the half-close passed on).
+    /// A failure names the end it happened on: `sides` are the reader's and the writer's.
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         mut r: Pin<&mut R>,
         mut w: Pin<&mut W>,
+        sides: (Side, Side),
         moved: &mut bool,
-    ) -> Poll<io::Result<()>>
+    ) -> Poll<Result<(), (Side, io::Error)>>
     where
         R: AsyncRead + ?Sized,
         W: AsyncWrite + ?Sized,
@@ -88,18 +127,19 @@ impl OneWay {
                             *moved = true;
                         }
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err((sides.0, e))),
                     Poll::Pending => {
                         // Nothing more to read right now: make sure what was written is flushed.
-                        ready!(w.as_mut().poll_flush(cx))?;
+                        ready!(w.as_mut().poll_flush(cx)).map_err(|e| (sides.1, e))?;
                         return Poll::Pending;
                     }
                 }
             }
             while self.start < self.end {
-                let n = ready!(w.as_mut().poll_write(cx, &self.buf[self.start..self.end]))?;
+                let n = ready!(w.as_mut().poll_write(cx, &self.buf[self.start..self.end]))
+                    .map_err(|e| (sides.1, e))?;
                 if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    return Poll::Ready(Err((sides.1, io::ErrorKind::WriteZero.into())));
                 }
                 self.start += n;
                 self.total += n as u64;
@@ -107,7 +147,7 @@ impl OneWay {
             }
             if self.read_done {
                 if !self.shut {
-                    ready!(w.as_mut().poll_shutdown(cx))?;
+                    ready!(w.as_mut().poll_shutdown(cx)).map_err(|e| (sides.1, e))?;
                     self.shut = true;
                 }
                 return Poll::Ready(Ok(()));
@@ -161,6 +201,7 @@ where
                 cx,
                 Pin::new(&mut *client),
                 Pin::new(&mut *server),
+                (Side::Client, Side::Server),
                 &mut moved,
             ) {
                 Poll::Ready(Ok(())) => up_done = true,
@@ -173,6 +214,7 @@ where
                 cx,
                 Pin::new(&mut *server),
                 Pin::new(&mut *client),
+                (Side::Server, Side::Client),
                 &mut moved,
             ) {
                 Poll::Ready(Ok(())) => down_done = true,
@@ -197,7 +239,11 @@ where
         Ok(End::Done) => Ok(moved),
         Ok(End::Idle) => Err(RelayError::Idle(moved)),
         Ok(End::Stopped) => Err(RelayError::Stopped(moved)),
-        Err(source) => Err(RelayError::Io { moved, source }),
+        Err((side, source)) => Err(RelayError::Io {
+            moved,
+            side,
+            source,
+        }),
     }
 }
 
@@ -234,6 +280,25 @@ mod tests {
                 server_to_client: 4
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_reset_names_its_side() {
+        use crate::io::abort::Abort;
+        use tokio::net::{TcpListener, TcpStream};
+        async fn pair() -> (TcpStream, TcpStream) {
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = l.local_addr().expect("addr");
+            let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+            (c.expect("connect"), s.expect("accept").0)
+        }
+        let (_client, mut proxy_c) = pair().await;
+        let (mut proxy_s, server) = pair().await;
+        server.abort();
+        let r = relay(&mut proxy_c, &mut proxy_s, Duration::from_secs(5), None).await;
+        let e = r.expect_err("the server was reset");
+        assert_eq!(e.reset_side(), Some(Side::Server), "{e}");
+        assert_eq!(RelayError::Idle(Transferred::default()).reset_side(), None);
     }
 
     #[tokio::test]

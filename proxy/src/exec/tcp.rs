@@ -7,8 +7,9 @@ use std::time::{Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connect::{self, Connected};
-use super::relay::{self, RelayError, Transferred};
+use super::relay::{self, RelayError, Side, Transferred};
 use crate::ctx::{ConnInfo, Flags};
+use crate::io::abort::Abort;
 use crate::io::Counted;
 use crate::plan::Target;
 use crate::shared::Shared;
@@ -70,7 +71,7 @@ impl TcpLog {
 
 /// Relays `io` to an endpoint of `target` (until `watch` says the connection must close)
 /// and logs the connection when it ends.
-pub async fn carry<I: AsyncRead + AsyncWrite + Unpin>(
+pub async fn carry<I: AsyncRead + AsyncWrite + Unpin + Abort>(
     shared: &Shared,
     snap: &Snapshot,
     info: &ConnInfo,
@@ -128,22 +129,36 @@ pub async fn carry<I: AsyncRead + AsyncWrite + Unpin>(
     let mut server = Counted::new(server, conn);
     log.upstream = Some(up.authority.clone());
     let stop = watch.map(|w| w.watched().closed());
-    log.moved = match relay::relay(&mut io, &mut server, target.idle, stop).await {
-        Ok(m) => m,
-        Err(RelayError::Idle(m)) => {
+    let ended = relay::relay(&mut io, &mut server, target.idle, stop).await;
+    let (reset_client, reset_server) = match &ended {
+        Ok(_) => (false, false),
+        Err(RelayError::Idle(_)) => {
             log.flags.set(Flags::IDLE);
-            m
+            (false, false)
         }
-        Err(RelayError::Stopped(m)) => {
+        Err(RelayError::Stopped(_)) => {
             if let Some(why) = watch.and_then(|w| w.watched().why()) {
                 log.flags.set(why.flag());
             }
-            m
+            // Revoked: both ends learn the connection was cut, not finished.
+            (true, true)
         }
-        Err(RelayError::Io { moved, source }) => {
-            tracing::debug!(error = %source, "TCP relay ended with error");
-            moved
+        Err(e) => {
+            tracing::debug!(error = %e, "TCP relay ended with error");
+            // A reset on one end is passed on to the other, as the kernel would between peers.
+            let side = e.reset_side();
+            (side == Some(Side::Server), side == Some(Side::Client))
         }
     };
+    log.moved = match ended {
+        Ok(m) => m,
+        Err(e) => e.moved(),
+    };
+    if reset_client {
+        io.abort();
+    }
+    if reset_server {
+        server.abort();
+    }
     log.write(shared, snap, info);
 }

@@ -209,9 +209,9 @@ pub async fn run(t: Tunnel, mut ex: RequestCtx, watch: Option<Registration>) {
             }
             m
         }
-        Some(Err(RelayError::Io { moved, source })) => {
-            tracing::debug!(error = %source, "tunnel ended with error");
-            moved
+        Some(Err(e @ RelayError::Io { .. })) => {
+            tracing::debug!(error = %e, "tunnel ended with error");
+            e.moved()
         }
         None => {
             ex.flags.set(Flags::DC);

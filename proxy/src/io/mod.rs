@@ -1,5 +1,6 @@
 //! Stream helpers: replaying bytes consumed by protocol detection; plain-or-TLS streams.
 
+pub mod abort;
 pub mod body;
 pub mod replay;
 pub mod reply;
@@ -183,6 +184,11 @@ impl<S> Counted<S> {
     /// Wraps `inner` (no counting without `conn`); dropping it counts the connection closed.
     pub fn new(inner: S, conn: Option<crate::telemetry::istio::TcpConn>) -> Self {
         Self { inner, conn }
+    }
+
+    /// The stream it counts.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
     }
 }
 

@@ -15,6 +15,7 @@ use super::{inbound, outbound, server};
 use crate::ctx::{ConnInfo, Flags, ListenerKind};
 use crate::detect::{detect, Detected};
 use crate::exec::{self, tcp::TcpLog};
+use crate::io::abort::Abort;
 use crate::io::DownstreamIo;
 use crate::plan;
 use crate::shared::Shared;
@@ -188,7 +189,9 @@ async fn tcp(shared: &Shared, snap: &Snapshot, info: &Arc<ConnInfo>, io: Downstr
     if info.listener == ListenerKind::Inbound {
         let port = info.dst_port.or(target.service_port).unwrap_or(0);
         if !inbound::tcp_allowed(shared, snap, info, port) {
-            // Dropping the stream closes the connection before a byte reaches the app.
+            // Reset before a byte reaches the app: the caller's sidecar passes the reset on,
+            // and the caller sees a refusal, not an empty answer.
+            io.abort();
             return log.refused(shared, snap, info, Flags::RBAC);
         }
         let conns = &shared.open_conns;

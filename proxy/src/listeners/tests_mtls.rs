@@ -390,3 +390,66 @@ async fn tunnels_cross_as_connect_and_the_destinations_policy_answers_them() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A TLS handshake with `name` as its server name, through `proxy`, with a client that trusts
+/// nothing: how it failed (it cannot succeed).
+async fn tls_handshake_via(proxy: std::net::SocketAddr, name: &str) -> std::io::Error {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from(name.to_string()).expect("name");
+    let handshake = connector.connect(name, tcp);
+    match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await {
+        Ok(Ok(_)) => panic!("a TLS handshake with an untrusted peer succeeded"),
+        Ok(Err(e)) => e,
+        Err(_) => panic!("no end of the handshake within 10 s"),
+    }
+}
+
+#[tokio::test]
+async fn a_mesh_tcp_connection_the_destination_refuses_reaches_the_caller_as_a_reset() {
+    let ca = FakeCa::new();
+    let echo = Echo::start("b").await;
+    let b = TestProxy::start_with(
+        &tcp_server_config(echo.port(), "b-1", ""),
+        Some(ca.identity("b")),
+    )
+    .await;
+    let a = TestProxy::start_with(&tcp_client_config(&b), Some(ca.identity("a"))).await;
+
+    // TLS of the caller's own, routed by its server name, crosses as opaque TCP inside mesh
+    // TLS; the app (HTTP) does not speak it, so the handshake fails, but not with a reset.
+    let e = tls_handshake_via(a.addrs.outbound, "b-tcp.local").await;
+    assert_ne!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    b.wait_log("the allowed connection at B", |e| {
+        e["response_flags"] == "-" && e["upstream_host"].is_string()
+    })
+    .await;
+
+    // Refused by B's policy: B resets its side, A resets the caller's.
+    b.reconfigure(&tcp_server_config(
+        echo.port(),
+        "b-2",
+        "authorizationPolicies:
+  - name: default/deny-a
+    action: DENY
+    rules: [{from: [{principals: [cluster.local/ns/default/sa/a]}]}]
+",
+    ));
+    b.wait_version("b-2").await;
+    let e = tls_handshake_via(a.addrs.outbound, "b-tcp.local").await;
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    b.wait_log("the refused connection at B", |e| {
+        e["response_flags"] == "RBAC"
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
