@@ -15,6 +15,11 @@ use halyard_proxy::telemetry::logging;
 use halyard_xds::parse_duration;
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc gives pages freed after a burst of connections back to the OS; glibc's arenas
+/// kept the peak resident.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Halyard's sidecar proxy.
 #[derive(Debug, Parser)]
 #[command(name = "halyard-proxy", version, args_override_self = true)]
