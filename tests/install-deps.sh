@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for pair in curl:curl ip:iproute2 iptables:iptables python3:python3 openssl:openssl h2load:nghttp2-client prometheus:prometheus git:git nginx:nginx; do
+for pair in curl:curl ip:iproute2 iptables:iptables python3:python3 openssl:openssl h2load:nghttp2-client prometheus:prometheus git:git nginx:nginx make:make; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/halyard-target}"
-for pair in curl:curl python3:python3; do
+# make: jemalloc (the proxy's allocator) is built with it.
+for pair in curl:curl python3:python3 make:make; do
   command -v "${pair%%:*}" >/dev/null || { apt-get update -qq && apt-get install -y -qq "${pair#*:}" >/dev/null; }
 done
 
