@@ -19,6 +19,7 @@ pub mod types;
 
 mod client;
 mod delta;
+mod grpc;
 mod server;
 mod session;
 mod sotw;
@@ -28,6 +29,7 @@ mod stats;
 pub use client::{
     AdsClient, ClientConfig, ClientStatus, ClientTypeStatus, Mode, NackRecord as ClientNack,
 };
+pub use grpc::AdsService;
 pub use proto::envoy::config::core::v3::Node;
 pub use server::{AdsServer, Authorizer, ServerConfig};
 pub use source::{MemorySource, ResourceMap, ResourceSource};

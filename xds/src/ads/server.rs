@@ -7,13 +7,10 @@ use std::time::Duration;
 
 use prometheus::Registry;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status, Streaming};
 
-use super::proto::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
+use super::grpc::AdsService;
 use super::proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -143,8 +140,8 @@ impl AdsServer {
     }
 
     /// The tonic service to add to a `tonic::transport::Server`.
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<AdsServer> {
-        AggregatedDiscoveryServiceServer::new(self)
+    pub fn into_service(self) -> AdsService {
+        AdsService::new(self)
     }
 
     /// Waits for the first request of a stream.
@@ -200,34 +197,32 @@ impl AdsServer {
     }
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn stream_aggregated_resources(
+impl AdsServer {
+    /// Opens a state-of-the-world stream: its task is running when this returns.
+    pub(crate) async fn sotw(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+    ) -> Result<mpsc::Receiver<Result<DiscoveryResponse, Status>>, Status> {
         let peer = request.remote_addr();
         let (_, extensions, mut inbound) = request.into_parts();
         let first = self.first_request(&mut inbound).await?;
         let node_id = first.node.as_ref().map(|n| n.id.as_str());
         let (ctx, rx) = self.open(node_id, &extensions, peer, StreamKind::Sotw)?;
         tokio::spawn(sotw::run(ctx, inbound, first));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(rx)
     }
 
-    async fn delta_aggregated_resources(
+    /// Opens a delta stream: its task is running when this returns.
+    pub(crate) async fn delta(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+    ) -> Result<mpsc::Receiver<Result<DeltaDiscoveryResponse, Status>>, Status> {
         let peer = request.remote_addr();
         let (_, extensions, mut inbound) = request.into_parts();
         let first = self.first_request(&mut inbound).await?;
         let node_id = first.node.as_ref().map(|n| n.id.as_str());
         let (ctx, rx) = self.open(node_id, &extensions, peer, StreamKind::Delta)?;
         tokio::spawn(delta::run(ctx, inbound, first));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(rx)
     }
 }
